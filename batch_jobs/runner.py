@@ -1,0 +1,263 @@
+"""The stage runner: the stage contract of DESIGN.md, shared by every stage.
+
+`python -m batch_jobs run STAGE --workspace URI [--request-id ID] [--options JSON]`
+
+For a stage it: reads `{workspace}/request.json`, resolves the options into the stage's
+parameters, fingerprints its inputs (the request's input for `frames`, the `_SUCCESS.json` of
+the stages it reads otherwise), skips the stage when `{stage}/_SUCCESS.json` matches, else
+clears `{workspace}/{stage}/`, runs the stage module with a progress reporter, uploads what it
+wrote, and writes `_SUCCESS.json` last. A failure writes `{stage}/_ERROR.json` and the error to
+the status store, and exits non-zero (EXIT_BAD_INPUT when a retry cannot help).
+
+A stage module `batch_jobs.{stage}` defines:
+    UPSTREAM: tuple[str, ...]      stages whose outputs it reads
+    VERSION: int                   bump when the outputs change for the same inputs
+    def run(ctx: StageContext) -> dict   # metrics, recorded in _SUCCESS.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch_jobs import presets, storage
+from batch_jobs.errors import (
+    BAD_REQUEST,
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    INPUT_NOT_FOUND,
+    INTERNAL,
+    MISSING_INPUT,
+    StageError,
+)
+from batch_jobs.progress import ProgressReporter, default_sinks
+from functions import jobrecord
+from functions.options import OptionsError, normalize_options
+
+log = logging.getLogger("batch_jobs.runner")
+
+SUCCESS_FILE = "_SUCCESS.json"
+ERROR_FILE = "_ERROR.json"
+REQUEST_FILE = "request.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: where to read, where to write, its parameters, progress."""
+
+    stage: str
+    workspace: str  # gs://bucket/jobs/{id} or a local directory
+    request: dict[str, Any]
+    options: dict[str, Any]  # normalised request options
+    params: dict[str, Any]  # this stage's parameters (preset + overrides)
+    out_dir: Path  # local folder; everything here becomes {workspace}/{stage}/
+    work_root: Path  # local scratch for downloads of inputs
+    progress: ProgressReporter
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.request.get("request_id")
+
+    @property
+    def input_uri(self) -> str:
+        return str(self.request["input"])
+
+    def stage_uri(self, stage: str, *parts: str) -> str:
+        return storage.join(self.workspace, stage, *parts)
+
+    def input_dir(self, stage: str) -> Path:
+        """A local folder holding `{workspace}/{stage}/` (downloaded once when remote)."""
+        if not storage.is_gcs(self.workspace):
+            return Path(self.workspace) / stage
+        dest = self.work_root / "inputs" / stage
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            storage.download_tree(self.stage_uri(stage), tmp)
+            tmp.rename(dest)
+        return dest
+
+    @property
+    def device(self) -> str:
+        """`cuda` when a GPU is usable, else `cpu` (imports torch on first use)."""
+        if os.environ.get("SPLATPIPE_DEVICE"):
+            return os.environ["SPLATPIPE_DEVICE"]
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # "succeeded" | "skipped" | "failed"
+    exit_code: int
+    success: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_stage_module(stage: str) -> Any:
+    if stage not in jobrecord.STAGES:
+        raise StageError(BAD_REQUEST, f"unknown stage {stage!r}; stages are {', '.join(jobrecord.STAGES)}")
+    return importlib.import_module(f"batch_jobs.{stage}")
+
+
+def read_request(workspace: str, request_id: str | None, cli_options: dict[str, Any] | None) -> dict[str, Any]:
+    uri = storage.join(workspace, REQUEST_FILE)
+    try:
+        request = storage.read_json(uri)
+    except FileNotFoundError as exc:
+        raise StageError(BAD_REQUEST, f"{uri} does not exist: a workspace needs a request.json") from exc
+    except json.JSONDecodeError as exc:
+        raise StageError(BAD_REQUEST, f"{uri} is not valid JSON: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "NotFound":
+            raise StageError(BAD_REQUEST, f"{uri} does not exist: a workspace needs a request.json") from exc
+        raise
+    if not isinstance(request, dict) or not isinstance(request.get("input"), str) or not request["input"]:
+        raise StageError(BAD_REQUEST, f"{uri} must be an object with a non-empty 'input'")
+    opts = dict(request.get("options") or {})
+    opts.update(cli_options or {})
+    try:
+        request["options"] = normalize_options(opts)
+    except OptionsError as exc:
+        raise StageError(BAD_REQUEST, str(exc)) from exc
+    if request_id:
+        request["request_id"] = request_id
+    return request
+
+
+def input_fingerprints(module: Any, workspace: str, request: dict[str, Any]) -> dict[str, str]:
+    """Digests of everything the stage reads: upstream _SUCCESS.json files, or the raw input."""
+    fps: dict[str, str] = {}
+    upstream: tuple[str, ...] = getattr(module, "UPSTREAM", ())
+    if not upstream:
+        if not storage.exists(request["input"]) and not storage.list_files(request["input"]):
+            raise StageError(INPUT_NOT_FOUND, f"input {request['input']} does not exist")
+        fps["input"] = storage.fingerprint(request["input"])
+    for up in upstream:
+        uri = storage.join(workspace, up, SUCCESS_FILE)
+        if not storage.exists(uri):
+            raise StageError(MISSING_INPUT, f"stage {up!r} has not completed: {uri} is missing",
+                             retryable=False)
+        fps[up] = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+    return fps
+
+
+def _existing_success(workspace: str, stage: str) -> dict[str, Any] | None:
+    uri = storage.join(workspace, stage, SUCCESS_FILE)
+    try:
+        if storage.exists(uri):
+            return storage.read_json(uri)
+    except Exception:  # an unreadable marker means: run again
+        return None
+    return None
+
+
+def run_stage(stage: str, workspace: str, request_id: str | None = None,
+              options: dict[str, Any] | None = None, *, force: bool = False) -> StageResult:
+    """Run one stage under the contract; never raises for stage failures."""
+    workspace = workspace.rstrip("/") if storage.is_gcs(workspace) else str(Path(workspace).resolve())
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC).isoformat()
+    reporter = ProgressReporter(stage, default_sinks(stage, request_id))
+    try:
+        module = load_stage_module(stage)
+        request = read_request(workspace, request_id, options)
+        if not request_id:
+            reporter = ProgressReporter(stage, default_sinks(stage, request.get("request_id")))
+        try:
+            params = presets.resolve(stage, request["options"])
+        except ValueError as exc:
+            raise StageError(BAD_REQUEST, str(exc)) from exc
+        inputs = input_fingerprints(module, workspace, request)
+        version = int(getattr(module, "VERSION", 1))
+        key = {"stage": stage, "version": version, "inputs": inputs, "params": params}
+        prior = _existing_success(workspace, stage)
+        if not force and prior and prior.get("key_digest") == _digest(key):
+            log.info("%s: _SUCCESS.json matches inputs and options; skipping", stage)
+            reporter.update(1.0, "skipped: already done with these inputs and options", force=True)
+            return StageResult(stage, "skipped", EXIT_OK, success=prior)
+
+        stage_uri = storage.join(workspace, stage)
+        storage.delete_tree(stage_uri)
+        with contextlib.ExitStack() as stack:
+            work_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"splatpipe-{stage}-")))
+            # Local workspaces are written in place; remote ones are staged and uploaded.
+            out_dir = work_root / "out" if storage.is_gcs(workspace) else Path(stage_uri)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(stage=stage, workspace=workspace, request=request,
+                               options=request["options"], params=params, out_dir=out_dir,
+                               work_root=work_root, progress=reporter)
+            with reporter:
+                metrics = module.run(ctx) or {}
+                reporter.update(1.0, "writing outputs", force=True)
+            outputs = {
+                p.relative_to(out_dir).as_posix(): {"sha256": storage.file_sha256(p), "bytes": p.stat().st_size}
+                for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name not in (SUCCESS_FILE, ERROR_FILE)
+            }
+            if storage.is_gcs(workspace):
+                with ctx.timed("upload"):
+                    storage.upload_tree(out_dir, stage_uri)
+        success = {
+            "stage": stage,
+            "version": version,
+            "request_id": request.get("request_id"),
+            "inputs": inputs,
+            "options": request["options"],
+            "params": params,
+            "key_digest": _digest(key),
+            "outputs": outputs,
+            "metrics": metrics,
+            "timings": {**ctx.timings, "total": round(time.perf_counter() - started, 3)},
+            "started_at": started_at,
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+            "device": os.environ.get("SPLATPIPE_DEVICE", ""),
+        }
+        storage.write_json(storage.join(stage_uri, SUCCESS_FILE), success)
+        reporter.update(1.0, "done", force=True)
+        return StageResult(stage, "succeeded", EXIT_OK, success=success)
+    except StageError as exc:
+        return _fail(stage, workspace, reporter, exc.to_dict(stage),
+                     EXIT_RETRYABLE if exc.retryable else EXIT_BAD_INPUT)
+    except Exception as exc:
+        log.error("%s failed:\n%s", stage, traceback.format_exc())
+        err = {"code": INTERNAL, "message": f"{type(exc).__name__}: {exc}", "stage": stage, "retryable": True}
+        return _fail(stage, workspace, reporter, err, EXIT_RETRYABLE)
+
+
+def _fail(stage: str, workspace: str, reporter: ProgressReporter, error: dict[str, Any],
+          exit_code: int) -> StageResult:
+    reporter.fail(error)
+    try:
+        storage.write_json(storage.join(workspace, stage, ERROR_FILE), error)
+    except Exception as exc:  # the exit code and the status store still carry the failure
+        log.warning("could not write %s: %s", ERROR_FILE, exc)
+    return StageResult(stage, "failed", exit_code, error=error)

@@ -1,0 +1,70 @@
+"""Configuration from the environment: the same names in Terraform, in the workflow and locally."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the functions read. Build with :meth:`from_env`; tests pass values directly."""
+
+    project: str = "splatpipe-local"
+    region: str = "us-central1"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    uploads_bucket: str = "splatpipe-uploads"
+    data_bucket: str = "splatpipe-data"
+    workflow_name: str = "reconstruct"
+    max_concurrent_jobs: int = 2
+    rate_limit_per_minute: int = 10
+    dedup_window_seconds: int = 3600
+    lease_seconds: int = 6 * 3600
+    job_image: str = ""
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    # Extra buckets a request's `input` may name besides the uploads bucket.
+    extra_input_buckets: tuple[str, ...] = field(default_factory=tuple)
+    # Local stack only: the local Workflows engine's Executions REST API ("127.0.0.1:PORT").
+    workflows_emulator_host: str = ""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        return cls(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", d.project),
+            region=os.environ.get("REGION", d.region),
+            redis_url=os.environ.get("REDIS_URL", d.redis_url),
+            uploads_bucket=os.environ.get("UPLOADS_BUCKET", d.uploads_bucket),
+            data_bucket=os.environ.get("DATA_BUCKET", d.data_bucket),
+            workflow_name=os.environ.get("WORKFLOW_NAME", d.workflow_name),
+            max_concurrent_jobs=_int("MAX_CONCURRENT_JOBS", d.max_concurrent_jobs),
+            rate_limit_per_minute=_int("RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
+            dedup_window_seconds=_int("DEDUP_WINDOW_SECONDS", d.dedup_window_seconds),
+            lease_seconds=_int("LEASE_SECONDS", d.lease_seconds),
+            job_image=os.environ.get("JOB_IMAGE", d.job_image),
+            depth_model=os.environ.get("DEPTH_MODEL", d.depth_model),
+            extra_input_buckets=_list("EXTRA_INPUT_BUCKETS"),
+            workflows_emulator_host=os.environ.get("WORKFLOWS_EMULATOR_HOST", ""),
+        )
+
+    @property
+    def allowed_input_buckets(self) -> tuple[str, ...]:
+        return (self.uploads_bucket, *self.extra_input_buckets)
+
+    def workspace_uri(self, request_id: str) -> str:
+        """Where a request's stages write: DESIGN storage layout."""
+        return f"gs://{self.data_bucket}/jobs/{request_id}"

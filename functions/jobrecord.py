@@ -1,0 +1,97 @@
+"""The job record: states, legal transitions, stages and the Firestore document's field names.
+
+This module is the one definition of a request's record shared by the control plane
+(`functions`) and the data plane (`batch_jobs` imports it; nothing here imports heavy code).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+COLLECTION = "reconstructions"
+"""Firestore collection; one document per request id."""
+
+
+class State(enum.StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL_STATES: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+
+# Transitions a caller may ask for through `PUT /status/{id}`.
+LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.PROCESSING, State.CANCELLED}),
+    State.PROCESSING: frozenset({State.COMPLETED, State.FAILED, State.CANCELLED}),
+    State.COMPLETED: frozenset(),
+    State.FAILED: frozenset(),
+    State.CANCELLED: frozenset(),
+}
+
+# Internal only (never through the HTTP API): `dispatch` puts a request whose lease expired
+# back in the queue.
+REQUEUE_TRANSITION: tuple[State, State] = (State.PROCESSING, State.QUEUED)
+
+
+def is_legal(current: State | str, target: State | str) -> bool:
+    """True when `current -> target` is a transition `PUT /status` may make."""
+    try:
+        return State(target) in LEGAL_TRANSITIONS[State(current)]
+    except ValueError:
+        return False
+
+
+STAGES: tuple[str, ...] = ("frames", "sfm", "depth", "splat", "mesh")
+"""The pipeline's stages, in order. The workflow runs them in this order."""
+
+
+class StageState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    SKIPPED = "SKIPPED"  # a rerun found a matching _SUCCESS.json
+    FAILED = "FAILED"
+
+
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
+"""0 is the highest priority."""
+
+# Firestore document fields (DESIGN "Firestore"). Nested fields are written with dotted paths
+# (`progress.frames`) so writers never clobber each other's parts of the document:
+#   - the control plane owns state, priority, session_id, input, options, created_at,
+#     updated_at, stage, stages.{s}.{state,started_at,finished_at,batch_job}, outputs, error,
+#     callback_token_sha256;
+#   - a running stage owns progress.{s} and stages.{s}.message (and writes error on failure).
+FIELD_STATE = "state"
+FIELD_PRIORITY = "priority"
+FIELD_SESSION_ID = "session_id"
+FIELD_INPUT = "input"
+FIELD_OPTIONS = "options"
+FIELD_CREATED_AT = "created_at"
+FIELD_UPDATED_AT = "updated_at"
+FIELD_STAGE = "stage"
+FIELD_PROGRESS = "progress"
+FIELD_STAGES = "stages"
+FIELD_OUTPUTS = "outputs"
+FIELD_ERROR = "error"
+FIELD_CALLBACK_TOKEN_SHA256 = "callback_token_sha256"
+
+
+def progress_path(stage: str) -> str:
+    """Firestore field path of a stage's progress fraction (0..1)."""
+    return f"{FIELD_PROGRESS}.{stage}"
+
+
+def stage_path(stage: str, key: str) -> str:
+    """Firestore field path of one attribute of a stage (`state`, `started_at`, `message`, …)."""
+    return f"{FIELD_STAGES}.{stage}.{key}"
+
+
+def error_dict(code: str, message: str, stage: str | None = None) -> dict[str, Any]:
+    """The structured error every part reports: `{code, message, stage}`."""
+    return {"code": code, "message": message, "stage": stage}

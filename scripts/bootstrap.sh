@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what splatpipe needs on a Debian machine: system packages (when root), then a venv
+# with the package and every extra, always under constraints.txt (it pins the CPU torch).
+set -euo pipefail
+venv="${1:-.venv}"
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || need_apt+=(libusb-1.0-0)  # open3d
+ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)  # gcloud emulators
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  else
+    echo "bootstrap: please install: ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+python=${PYTHON:-python3}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[jobs,emulator,dev]"
+echo "bootstrap: ready ($venv)"

@@ -1,0 +1,142 @@
+"""Shared fixtures: real servers on free 127.0.0.1 ports, stopped by PID; the synthetic sample.
+
+Servers are session-scoped (started once); the per-test fixtures hand out a clean state.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from emulator import services
+from emulator.processes import HOST
+
+# Fast CPU torch (glibc malloc: keep freed memory instead of returning it to the OS).
+for _k, _v in (("MALLOC_MMAP_MAX_", "0"), ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
+               ("MALLOC_TOP_PAD_", "1000000000")):
+    os.environ.setdefault(_k, _v)
+
+PROJECT = services.DEFAULT_PROJECT
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def redis_service(run_dir: Path) -> Iterator[services.Service]:
+    svc = services.start_redis(run_dir)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def redis_url(redis_service: services.Service) -> str:
+    """A Redis URL with an empty database (the session's server, flushed)."""
+    import redis
+
+    url = redis_service.env["REDIS_URL"]
+    redis.Redis.from_url(url).flushall()
+    return url
+
+
+@pytest.fixture(scope="session")
+def firestore_service(run_dir: Path) -> Iterator[services.Service]:
+    svc = services.start_firestore(run_dir, project=PROJECT)
+    old = {k: os.environ.get(k) for k in svc.env}
+    os.environ.update(svc.env)
+    yield svc
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    svc.stop()
+
+
+@pytest.fixture
+def firestore_host(firestore_service: services.Service) -> str:
+    """FIRESTORE_EMULATOR_HOST of an emulator with no documents."""
+    req = urllib.request.Request(
+        f"http://{firestore_service.host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents",
+        method="DELETE")
+    urllib.request.urlopen(req, timeout=10).close()
+    return firestore_service.host
+
+
+@pytest.fixture(scope="session")
+def pubsub_service(run_dir: Path) -> Iterator[services.Service]:
+    svc = services.start_pubsub(run_dir, project=PROJECT)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_service(run_dir: Path) -> Iterator[services.Service]:
+    """fake-gcs-server (no events); STORAGE_EMULATOR_HOST set for the session."""
+    svc = services.start_gcs(run_dir, project=PROJECT)
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = svc.env["STORAGE_EMULATOR_HOST"]
+    from batch_jobs import storage
+
+    storage.reset_client()
+    yield svc
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+    storage.reset_client()
+    svc.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_service: services.Service, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket in the storage emulator; returns its name."""
+    import re
+    import uuid
+
+    from batch_jobs import storage
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    storage.gcs_client().create_bucket(name)
+    return name
+
+
+def _sample_cache() -> Path:
+    root = Path(os.environ.get("SPLATPIPE_TEST_CACHE", REPO / ".cache" / "test-samples"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_video() -> dict[str, Path]:
+    """The synthetic scene as a 3 s 480x360 H.264 video, 90 frames with known cameras (cached)."""
+    from emulator.synthetic_scene import render_video_sample
+
+    out = _sample_cache() / "video-90-480x360-v1"
+    paths = {"video": out / "scene.mp4", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
+    if not all(p.exists() for p in paths.values()):
+        render_video_sample(out, n_frames=90, width=480, height=360)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def synthetic_images() -> dict[str, Path]:
+    """The synthetic scene as 12 PNG photos, 640x480, with known cameras (cached)."""
+    from emulator.synthetic_scene import render_image_sample
+
+    out = _sample_cache() / "images-12-640x480-v1"
+    paths = {"images": out / "images", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
+    if not (paths["cameras"].exists() and paths["surface"].exists()):
+        render_image_sample(out, n_images=12, width=640, height=480)
+    return paths
+
+
+__all__ = ["HOST", "PROJECT", "SHARED_DATASETS"]
