@@ -6,8 +6,9 @@ Servers are session-scoped (started once); the per-test fixtures hand out a clea
 from __future__ import annotations
 
 import os
+import shutil
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,20 @@ def gcs_bucket(gcs_service: services.Service, request: pytest.FixtureRequest) ->
     return name
 
 
+def _cached(out: Path, render: Callable[[Path], object]) -> Path:
+    """Render into a private folder, then rename it into place: concurrent runs never see half."""
+    if out.is_dir():
+        return out
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    render(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _sample_cache() -> Path:
     root = Path(os.environ.get("SPLATPIPE_TEST_CACHE", REPO / ".cache" / "test-samples"))
     root.mkdir(parents=True, exist_ok=True)
@@ -120,11 +135,9 @@ def synthetic_video() -> dict[str, Path]:
     """The synthetic scene as a 3 s 480x360 H.264 video, 90 frames with known cameras (cached)."""
     from emulator.synthetic_scene import render_video_sample
 
-    out = _sample_cache() / "video-90-480x360-v1"
-    paths = {"video": out / "scene.mp4", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
-    if not all(p.exists() for p in paths.values()):
-        render_video_sample(out, n_frames=90, width=480, height=360)
-    return paths
+    out = _cached(_sample_cache() / "video-90-480x360-v1",
+                  lambda d: render_video_sample(d, n_frames=90, width=480, height=360))
+    return {"video": out / "scene.mp4", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
 
 
 @pytest.fixture(scope="session")
@@ -132,11 +145,9 @@ def synthetic_images() -> dict[str, Path]:
     """The synthetic scene as 12 PNG photos, 640x480, with known cameras (cached)."""
     from emulator.synthetic_scene import render_image_sample
 
-    out = _sample_cache() / "images-12-640x480-v1"
-    paths = {"images": out / "images", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
-    if not (paths["cameras"].exists() and paths["surface"].exists()):
-        render_image_sample(out, n_images=12, width=640, height=480)
-    return paths
+    out = _cached(_sample_cache() / "images-12-640x480-v1",
+                  lambda d: render_image_sample(d, n_images=12, width=640, height=480))
+    return {"images": out / "images", "cameras": out / "cameras.json", "surface": out / "surface.npy"}
 
 
 __all__ = ["HOST", "PROJECT", "SHARED_DATASETS"]
