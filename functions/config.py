@@ -38,6 +38,9 @@ class Settings:
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     # Extra buckets a request's `input` may name besides the uploads bucket.
     extra_input_buckets: tuple[str, ...] = field(default_factory=tuple)
+    # Memorystore with in-transit encryption: REDIS_URL is rediss://:AUTH@host:port and this is the
+    # server CA (PEM text). Empty: the system trust store.
+    redis_ca_cert: str = ""
     # Local stack only: the local Workflows engine's Executions REST API ("127.0.0.1:PORT").
     workflows_emulator_host: str = ""
 
@@ -58,6 +61,7 @@ class Settings:
             job_image=os.environ.get("JOB_IMAGE", d.job_image),
             depth_model=os.environ.get("DEPTH_MODEL", d.depth_model),
             extra_input_buckets=_list("EXTRA_INPUT_BUCKETS"),
+            redis_ca_cert=os.environ.get("REDIS_CA_CERT", ""),
             workflows_emulator_host=os.environ.get("WORKFLOWS_EMULATOR_HOST", ""),
         )
 
