@@ -16,6 +16,17 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
+
+
 def _list(name: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
 
@@ -43,6 +54,25 @@ class Settings:
     redis_ca_cert: str = ""
     # Local stack only: the local Workflows engine's Executions REST API ("127.0.0.1:PORT").
     workflows_emulator_host: str = ""
+    # The dispatch function's URL: `api` and `on_upload` poke it after an enqueue so the request
+    # starts at once (Cloud Scheduler's tick covers a lost poke). Empty: no poke.
+    dispatch_url: str = ""
+    # Proxies in front of `api` that append the client address to X-Forwarded-For (Cloud Run's
+    # front end: 1; an external HTTPS load balancer in front of it: 2). 0: ignore the header and
+    # use the peer address. The caller is the entry that many places from the right, never one a
+    # client wrote itself.
+    trusted_proxy_hops: int = 0
+    # When set, `Authorization: Bearer <Google ID token>` with this audience makes the verified
+    # principal the rate-limit caller (an invalid token is a 401). Empty: the client address.
+    auth_audience: str = ""
+    # How many times a request is handed out (lease expiries) before it is failed.
+    max_attempts: int = 3
+    # Mirror records to Firestore `reconstructions/{id}`. Default: on with the emulator or on GCP.
+    firestore_mirror: bool = False
+    # Outputs in `GET /status` as V4 signed URLs valid this long (on GCP only; 0: gs:// URIs).
+    signed_url_seconds: int = 3600
+    # Set by Cloud Run / Cloud Functions (K_SERVICE): we are on Google Cloud.
+    on_gcp: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,6 +93,14 @@ class Settings:
             extra_input_buckets=_list("EXTRA_INPUT_BUCKETS"),
             redis_ca_cert=os.environ.get("REDIS_CA_CERT", ""),
             workflows_emulator_host=os.environ.get("WORKFLOWS_EMULATOR_HOST", ""),
+            dispatch_url=os.environ.get("DISPATCH_URL", "").strip(),
+            trusted_proxy_hops=_int("TRUSTED_PROXY_HOPS", d.trusted_proxy_hops),
+            auth_audience=os.environ.get("AUTH_AUDIENCE", "").strip(),
+            max_attempts=_int("MAX_ATTEMPTS", d.max_attempts),
+            firestore_mirror=_bool("FIRESTORE_MIRROR", bool(os.environ.get("FIRESTORE_EMULATOR_HOST")
+                                                            or os.environ.get("K_SERVICE"))),
+            signed_url_seconds=_int("SIGNED_URL_SECONDS", d.signed_url_seconds),
+            on_gcp=bool(os.environ.get("K_SERVICE")),
         )
 
     @property

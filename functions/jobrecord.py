@@ -80,6 +80,13 @@ FIELD_STAGES = "stages"
 FIELD_OUTPUTS = "outputs"
 FIELD_ERROR = "error"
 FIELD_CALLBACK_TOKEN_SHA256 = "callback_token_sha256"
+# Also written by the control plane's mirror (functions.status_mirror):
+FIELD_STAGES_REQUESTED = "stages_requested"
+FIELD_EXECUTION = "execution"  # the current Workflows execution's name
+FIELD_ATTEMPTS = "attempts"  # how many times the request was handed out
+FIELD_MIRROR_VERSION = "mirror_version"  # the record version the document holds (writes never go back)
+# Written by a running stage next to stages.{s}.message (batch_jobs.progress):
+STAGE_HEARTBEAT_KEY = "heartbeat_at"
 
 
 def progress_path(stage: str) -> str:

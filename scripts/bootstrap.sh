@@ -27,4 +27,16 @@ python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
 "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[jobs,emulator,dev]"
+
+# --- checkov (issue 6: tests/terraform) ---------------------------------------------------------
+# checkov pins many packages of its own, so it lives in its own venv, not in $venv.
+checkov_venv=.venv-checkov
+checkov_version=3.3.30
+if ! "$checkov_venv/bin/checkov" --version 2>/dev/null | grep -qx "$checkov_version"; then
+  [ -x "$checkov_venv/bin/python" ] || "$python" -m venv "$checkov_venv"
+  "$checkov_venv/bin/python" -m pip install -q --upgrade pip
+  "$checkov_venv/bin/python" -m pip install -q -c constraints.txt "checkov==$checkov_version"
+fi
+# --- end checkov ---------------------------------------------------------------------------------
+
 echo "bootstrap: ready ($venv)"

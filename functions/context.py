@@ -1,0 +1,62 @@
+"""What a function invocation works with, built once per process and per configuration."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+
+import redis
+
+from functions import redis_conn
+from functions.caller import IdTokenVerifier
+from functions.config import Settings
+from functions.dispatch_kick import DispatchKick
+from functions.executor import Executor, LazyExecutor, from_settings
+from functions.output_links import OutputLinker
+from functions.rate_limit import SlidingWindowLimiter
+from functions.request_queue import RequestQueue
+from functions.status_mirror import StatusMirror
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    queue: RequestQueue
+    limiter: SlidingWindowLimiter
+    mirror: StatusMirror | None
+    links: OutputLinker
+    verifier: IdTokenVerifier | None
+    kick: DispatchKick
+    _executor: Executor | None = None
+    _executor_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def executor(self) -> Executor:
+        """The Workflows executor; its client is made on first use (only dispatch needs one)."""
+        with self._executor_lock:
+            if self._executor is None:
+                settings = self.settings
+                self._executor = LazyExecutor(lambda: from_settings(settings))
+            return self._executor
+
+
+def build(settings: Settings) -> Services:
+    client = redis_conn.client(settings)
+    queue = RequestQueue(client)
+    return Services(
+        settings=settings,
+        redis=client,
+        queue=queue,
+        limiter=SlidingWindowLimiter(client, settings.rate_limit_per_minute, 60.0),
+        mirror=StatusMirror(queue, settings.project) if settings.firestore_mirror else None,
+        links=OutputLinker(settings),
+        verifier=IdTokenVerifier() if settings.auth_audience else None,
+        kick=DispatchKick(settings.dispatch_url),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def services(settings: Settings) -> Services:
+    """The process-wide services of a configuration (settings are re-read on every call)."""
+    return build(settings)

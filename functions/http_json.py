@@ -1,0 +1,111 @@
+"""JSON over HTTP: the error type every handler raises, JSON responses, and reading request bodies.
+
+Every error leaves as `{"error": {"code", "message"}}` with a fitting status; a handler raises
+:class:`ApiError` and the entry point turns it into the response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flask
+from werkzeug.exceptions import HTTPException
+
+MAX_JSON_BYTES = 64 * 1024
+"""Largest JSON body any route takes (a request is a few hundred bytes)."""
+
+
+class ApiError(Exception):
+    """An error the caller sees: HTTP status, a stable machine code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def not_found(message: str = "no such request") -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def unprocessable(message: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(422, code, message)
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
+    resp = flask.Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status=status,
+                          mimetype="application/json")
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def error_response(err: ApiError) -> flask.Response:
+    return json_response({"error": {"code": err.code, "message": err.message}}, err.status, err.headers)
+
+
+def http_exception_response(exc: HTTPException) -> flask.Response:
+    """Werkzeug's own errors (the framework's fixed routes, a body larger than allowed) as JSON."""
+    status = exc.code or 500
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+            400: "bad_request"}.get(status, "error")
+    return error_response(ApiError(status, code, exc.description or exc.name))
+
+
+def _media_type(request: flask.Request) -> str:
+    return (request.mimetype or "").lower()
+
+
+def require_media_type(request: flask.Request, *accepted: str) -> str:
+    """The request's media type when it is one of `accepted` (a `type/*` entry allows a family), else 415."""
+    media = _media_type(request)
+    for a in accepted:
+        if media == a or (a.endswith("/*") and media.startswith(a[:-1])):
+            return media
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content-Type must be {' or '.join(accepted)}" + (f", not {media}" if media else ""))
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The raw body, at most `limit` bytes (413 past it), without reading more than limit + 1."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, "payload_too_large", f"request body is {length} bytes; the limit is {limit}")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than the limit of {limit} bytes")
+    return data
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def read_json(request: flask.Request, limit: int = MAX_JSON_BYTES) -> Any:
+    """The JSON body: 415 unless `application/json`, 413 past `limit`, 400 when malformed."""
+    require_media_type(request, "application/json")
+    data = read_body(request, limit)
+    if not data.strip():
+        raise ApiError(400, "malformed_json", "request body is empty; expected a JSON object")
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def read_json_object(request: flask.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    body = read_json(request, limit)
+    if not isinstance(body, dict):
+        raise unprocessable("request body must be a JSON object")
+    return body
+
+
+def retry_after_seconds(ms: float) -> str:
+    """`Retry-After` in whole seconds, at least 1."""
+    return str(max(1, math.ceil(ms / 1000.0)))

@@ -1,0 +1,92 @@
+"""The Cloud Functions entry points; each hands the request to the modules that do the work.
+
+  api        HTTP  public: POST /trigger-reconstruction, POST /preprocess-video,
+                   GET /status?callback_token=, GET /status/{id} (with the token)
+  queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next
+  on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
+  dispatch   HTTP  IAM-only, POST or GET: admission control (contract 5)
+
+Every HTTP answer is JSON; errors are `{"error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flask
+import functions_framework
+import redis
+from werkzeug.exceptions import HTTPException
+
+from functions import dispatcher, public_api, queue_service, upload_events
+from functions.config import Settings
+from functions.context import Services, services
+from functions.http_json import ApiError, error_response, http_exception_response, json_response
+from functions.routing import Route, match
+
+log = logging.getLogger("splatpipe.functions")
+
+# The framework's own fixed routes (/robots.txt, /favicon.ico) and errors answer in JSON too.
+if functions_framework.errorhandler is not None:
+    functions_framework.errorhandler(HTTPException)(http_exception_response)
+
+
+def _services() -> Services:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a bad environment variable: the deployment's fault, not the caller's
+        log.error("configuration error: %s", exc)
+        raise ApiError(500, "configuration_error", str(exc)) from None
+    return services(settings)
+
+
+def _guarded(work: Callable[[], flask.Response]) -> flask.Response:
+    """Run a handler; every failure becomes a JSON error (infrastructure trouble: 503)."""
+    try:
+        return work()
+    except ApiError as err:
+        return error_response(err)
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+        log.error("Redis unavailable: %s", exc)
+        return error_response(ApiError(503, "unavailable", "the queue store is unavailable; retry shortly",
+                                       {"Retry-After": "5"}))
+    except Exception:
+        log.exception("unexpected error")
+        return error_response(ApiError(500, "internal", "internal error"))
+
+
+def _serve(request: flask.Request, routes: Sequence[Route]) -> flask.Response:
+    def work() -> flask.Response:
+        handler, params = match(routes, request.method, request.path)
+        return handler(request, _services(), **params)
+
+    return _guarded(work)
+
+
+@functions_framework.http
+def api(request: flask.Request) -> flask.Response:
+    return _serve(request, public_api.ROUTES)
+
+
+@functions_framework.http
+def queue(request: flask.Request) -> flask.Response:
+    return _serve(request, queue_service.ROUTES)
+
+
+@functions_framework.cloud_event
+def on_upload(event: Any) -> None:
+    # Errors propagate: the platform answers 500 and Eventarc delivers the event again.
+    upload_events.handle_cloud_event(event, _services())
+
+
+@functions_framework.http
+def dispatch(request: flask.Request) -> flask.Response:
+    def work() -> flask.Response:
+        if request.method not in ("POST", "GET"):
+            raise ApiError(405, "method_not_allowed", "dispatch takes POST or GET", {"Allow": "GET, POST"})
+        svc = _services()
+        return json_response(dispatcher.run(svc, svc.executor()))
+
+    return _guarded(work)

@@ -1,0 +1,133 @@
+"""The public `api` function's routes: trigger, preprocess, and status by callback token.
+
+Reading a status here needs the request's callback token (`?callback_token=` or the
+`X-Callback-Token` header): the api is open to the internet, request ids are not secrets. The
+IAM-only `queue` function serves statuses by id alone.
+"""
+
+from __future__ import annotations
+
+import flask
+
+from functions import callback_token, intake, status_view, validation, video_upload
+from functions.caller import caller_key
+from functions.context import Services
+from functions.http_json import (
+    ApiError,
+    json_response,
+    read_body,
+    read_json_object,
+    require_media_type,
+    retry_after_seconds,
+)
+from functions.routing import Route
+
+TOKEN_HEADER = "X-Callback-Token"
+
+
+def _rate_limit(request: flask.Request, svc: Services) -> dict[str, str]:
+    """Count this call against its caller; 429 with Retry-After when over. Headers to add."""
+    s = svc.settings
+    caller = caller_key(request.headers, request.remote_addr, trusted_hops=s.trusted_proxy_hops,
+                        audience=s.auth_audience, verifier=svc.verifier)
+    decision = svc.limiter.hit(caller)
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited",
+                       f"more than {s.rate_limit_per_minute} requests in a minute; retry in "
+                       f"{retry_after_seconds(decision.retry_after_ms)} s",
+                       {"Retry-After": retry_after_seconds(decision.retry_after_ms),
+                        "X-RateLimit-Limit": str(s.rate_limit_per_minute), "X-RateLimit-Remaining": "0"})
+    if s.rate_limit_per_minute <= 0:
+        return {}
+    return {"X-RateLimit-Limit": str(s.rate_limit_per_minute), "X-RateLimit-Remaining": str(decision.remaining)}
+
+
+def status_url(request_id: str) -> str:
+    return f"/status/{request_id}"
+
+
+def _accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: str = "request_id") -> flask.Response:
+    body: dict[str, object] = {id_field: acc.request_id, "state": acc.state, "status_url": status_url(acc.request_id),
+                               "deduplicated": not acc.created}
+    if acc.created:
+        body["callback_token"] = acc.callback_token
+        return json_response(body, 202, headers)
+    return json_response(body, 200, headers)
+
+
+def trigger(request: flask.Request, svc: Services) -> flask.Response:
+    """POST /trigger-reconstruction"""
+    headers = _rate_limit(request, svc)
+    body = read_json_object(request)
+    req = validation.new_request(body, svc.settings.allowed_input_buckets)
+    return _accepted_response(intake.accept(svc, req, source="api"), headers)
+
+
+def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
+    """POST /preprocess-video: a JSON body naming a gs:// video, or the video itself as the body."""
+    headers = _rate_limit(request, svc)
+    media = require_media_type(request, "application/json", *video_upload.ACCEPTED_MEDIA_TYPES)
+    if media == "application/json":
+        if request.args:
+            raise validation.unprocessable("query parameters go with a video body; put the fields in the JSON",
+                                           "unknown_field")
+        body = read_json_object(request)
+        req = validation.new_request(body, svc.settings.allowed_input_buckets, default_stages=("frames",))
+    else:
+        q = request.args
+        unknown = sorted(set(q) - {"session_id", "priority", "idempotency_key"})
+        if unknown:
+            raise validation.unprocessable(f"unknown query parameter {unknown[0]!r}", "unknown_field")
+        sid = validation.session_id(q.get("session_id"))
+        prio_raw = q.get("priority")
+        if prio_raw is not None and not (prio_raw.isascii() and prio_raw.isdigit()):
+            raise validation.unprocessable("priority must be an integer from 0 to 9", "invalid_priority")
+        prio = validation.priority(int(prio_raw) if prio_raw is not None else None)
+        idem = validation.idempotency_key(q.get("idempotency_key"))
+        data = read_body(request, video_upload.MAX_VIDEO_BYTES)
+        uri = video_upload.store(svc.settings, sid, data)
+        req = validation.NewRequest(session_id=sid, input=uri, priority=prio, options=validation.options(None),
+                                    stages=("frames",), idempotency_key=idem)
+    return _accepted_response(intake.accept(svc, req, source="preprocess"), headers, id_field="job_id")
+
+
+def _status(svc: Services, request_id: str) -> flask.Response:
+    record = svc.queue.get(request_id)
+    if record is None:
+        raise ApiError(404, "not_found", "no such request")
+    overlay = svc.mirror.stage_fields(request_id) if svc.mirror is not None else None
+    return json_response(status_view.render(record, overlay, link=svc.links.link))
+
+
+def _token(request: flask.Request) -> str:
+    token = request.args.get("callback_token") or request.headers.get(TOKEN_HEADER) or ""
+    if not token:
+        raise ApiError(401, "token_required", f"pass the request's callback_token (query) or {TOKEN_HEADER} header")
+    return token
+
+
+def status_by_token(request: flask.Request, svc: Services) -> flask.Response:
+    """GET /status?callback_token=T"""
+    token = _token(request)
+    request_id = svc.queue.id_for_token(callback_token.digest(token))
+    if request_id is None:
+        raise ApiError(404, "not_found", "no request has this callback token")
+    return _status(svc, request_id)
+
+
+def status_by_id(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
+    """GET /status/{request_id} with the request's callback token."""
+    token = _token(request)
+    validation.request_id(request_id)
+    record = svc.queue.get(request_id)
+    if record is None or not callback_token.matches(token, record["callback_token_sha256"]):
+        raise ApiError(404, "not_found", "no such request for this callback token")
+    return _status(svc, request_id)
+
+
+ROUTES = (
+    Route("POST", "/trigger-reconstruction", trigger),
+    Route("POST", "/preprocess-video", preprocess_video),
+    Route("GET", "/status", status_by_token),
+    Route("GET", "/status/{request_id}", status_by_id),
+)

@@ -1,0 +1,267 @@
+"""Request bodies and identifiers, checked field by field with messages that name the field.
+
+Every failure is an :class:`ApiError` (422 unless noted) that is safe to show the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from functions import jobrecord
+from functions.http_json import ApiError, unprocessable
+from functions.options import OptionsError, normalize_options
+
+REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Characters we refuse in object names although Cloud Storage allows them: control characters,
+# and the wildcard / URL characters that make a name mean something else to another tool.
+_BAD_OBJECT_CHARS = re.compile(r"[\x00-\x1f\x7f#?*\[\]\\]")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+MAX_OBJECT_NAME = 1024
+MAX_URL = 2048
+MAX_IDEMPOTENCY_KEY = 255
+MAX_TEXT = 4096  # error messages, batch job and execution names
+
+TRIGGER_FIELDS = frozenset({"session_id", "input", "priority", "options", "idempotency_key", "webhook_url"})
+ENQUEUE_FIELDS = TRIGGER_FIELDS | {"stages"}
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A validated request to enqueue."""
+
+    session_id: str
+    input: str
+    priority: int
+    options: dict[str, Any]
+    stages: tuple[str, ...]
+    idempotency_key: str | None = None
+    webhook_url: str | None = None
+
+
+def _utf8(value: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def request_id(value: str) -> str:
+    """A request id from a path: unknown shapes are simply not found (404)."""
+    if not REQUEST_ID_RE.match(value or ""):
+        raise ApiError(404, "not_found", "no such request")
+    return value
+
+
+def session_id(value: Any) -> str:
+    if not isinstance(value, str) or not SESSION_ID_RE.match(value):
+        raise unprocessable("session_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
+                            "starting with a letter or digit", "invalid_session_id")
+    return value
+
+
+def priority(value: Any) -> int:
+    if value is None:
+        return jobrecord.PRIORITY_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not jobrecord.PRIORITY_MIN <= value <= jobrecord.PRIORITY_MAX:
+        raise unprocessable(f"priority must be an integer from {jobrecord.PRIORITY_MIN} (highest) to "
+                            f"{jobrecord.PRIORITY_MAX}", "invalid_priority")
+    return value
+
+
+def split_gs_uri(value: str) -> tuple[str, str]:
+    """`gs://bucket/name` -> (bucket, name); no checks beyond the shape."""
+    rest = value[len("gs://"):]
+    bucket, _, name = rest.partition("/")
+    return bucket, name
+
+
+def gs_uri(value: Any, allowed_buckets: Iterable[str], field: str = "input") -> str:
+    """A `gs://bucket/object-or-prefix` in one of the allowed buckets, with no `.`/`..` segments."""
+    if not isinstance(value, str) or not value.startswith("gs://"):
+        raise unprocessable(f"{field} must be a gs:// URI", "invalid_uri")
+    bucket, name = split_gs_uri(value)
+    if not BUCKET_RE.match(bucket) or ".." in bucket:
+        raise unprocessable(f"{field} has an invalid bucket name", "invalid_uri")
+    allowed = tuple(allowed_buckets)
+    if bucket not in allowed:
+        raise unprocessable(f"{field} must be in bucket {' or '.join(allowed)}", "bucket_not_allowed")
+    if not name or name == "/":
+        raise unprocessable(f"{field} must name an object or a prefix inside the bucket", "invalid_uri")
+    if not _utf8(name) or len(name.encode("utf-8")) > MAX_OBJECT_NAME or _BAD_OBJECT_CHARS.search(name):
+        raise unprocessable(f"{field} has an invalid object name", "invalid_uri")
+    segments = name.split("/")
+    if segments[-1] == "":  # a prefix: "images/" is fine
+        segments = segments[:-1]
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise unprocessable(f"{field} must not contain empty, '.' or '..' path segments", "invalid_uri")
+    return value
+
+
+def webhook_url(value: Any) -> str | None:
+    """An https URL (http only to this machine, for the local stack), without credentials."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        raise unprocessable(f"webhook_url must be a URL of at most {MAX_URL} characters", "invalid_webhook_url")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        host = parts.hostname or ""
+        _ = parts.port
+    except ValueError:
+        raise unprocessable("webhook_url is not a valid URL", "invalid_webhook_url") from None
+    local = host in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme not in ("https", "http") or not host or (parts.scheme == "http" and not local):
+        raise unprocessable("webhook_url must be an https:// URL", "invalid_webhook_url")
+    if parts.username is not None or parts.password is not None or _CONTROL.search(value) \
+            or not _utf8(value):
+        raise unprocessable("webhook_url must not carry credentials or control characters", "invalid_webhook_url")
+    return value
+
+
+def idempotency_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable():
+        raise unprocessable(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+                            "invalid_idempotency_key")
+    return value
+
+
+def stages(value: Any) -> tuple[str, ...]:
+    """A non-empty subset of the stages, returned in pipeline order."""
+    if value is None:
+        return jobrecord.STAGES
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
+        raise unprocessable("stages must be a non-empty list of stage names", "invalid_stages")
+    unknown = [s for s in value if s not in jobrecord.STAGES]
+    if unknown:
+        raise unprocessable(f"unknown stage {unknown[0]!r}; stages are {', '.join(jobrecord.STAGES)}",
+                            "invalid_stages")
+    if len(set(value)) != len(value):
+        raise unprocessable("stages must not repeat a stage", "invalid_stages")
+    return tuple(s for s in jobrecord.STAGES if s in value)
+
+
+def options(value: Any) -> dict[str, Any]:
+    try:
+        return normalize_options(value)
+    except OptionsError as exc:
+        raise unprocessable(str(exc), "invalid_options") from None
+
+
+def reject_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise unprocessable(f"unknown field {extra[0]!r}; allowed fields are {', '.join(sorted(allowed))}",
+                            "unknown_field")
+
+
+def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allow_stages: bool = False,
+                default_stages: tuple[str, ...] = jobrecord.STAGES) -> NewRequest:
+    """`POST /trigger-reconstruction` (and `/enqueue`, which may also name `stages`)."""
+    reject_unknown(body, ENQUEUE_FIELDS if allow_stages else TRIGGER_FIELDS)
+    for key, value in body.items():
+        if value is None:  # leave an optional field out rather than send null
+            raise unprocessable(f"{key} must not be null")
+    if "session_id" not in body:
+        raise unprocessable("session_id is required", "invalid_session_id")
+    if "input" not in body:
+        raise unprocessable("input is required (a gs:// URI of a video or an image prefix)", "invalid_uri")
+    return NewRequest(
+        session_id=session_id(body["session_id"]),
+        input=gs_uri(body["input"], allowed_buckets),
+        priority=priority(body.get("priority")),
+        options=options(body.get("options")),
+        stages=stages(body["stages"]) if allow_stages and "stages" in body else default_stages,
+        idempotency_key=idempotency_key(body.get("idempotency_key")),
+        webhook_url=webhook_url(body.get("webhook_url")),
+    )
+
+
+# --- PUT /status/{id} (contract 3) ---------------------------------------------------------------
+
+STATUS_FIELDS = frozenset({"state", "stage", "stage_state", "batch_job", "progress", "outputs", "error",
+                           "execution"})
+_STAGE_STATES = tuple(s.value for s in jobrecord.StageState if s is not jobrecord.StageState.PENDING)
+
+
+def _text(value: Any, field: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or not _utf8(value):
+        raise unprocessable(f"{field} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def _stage(value: Any, field: str = "stage") -> str:
+    if value not in jobrecord.STAGES:
+        raise unprocessable(f"{field} must be one of {', '.join(jobrecord.STAGES)}", "invalid_stage")
+    return str(value)
+
+
+def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated update, ready for the queue's update script (only the fields given; a null
+    field counts as absent, which suits workflow expressions that may yield null)."""
+    reject_unknown(body, STATUS_FIELDS)
+    patch = {k: v for k, v in body.items() if v is not None}
+    if not patch:
+        raise unprocessable(f"give at least one of {', '.join(sorted(STATUS_FIELDS))}", "empty_update")
+    out: dict[str, Any] = {}
+    if "state" in patch:
+        if patch["state"] not in tuple(jobrecord.State):
+            raise unprocessable(f"state must be one of {', '.join(jobrecord.State)}", "invalid_state")
+        out["state"] = str(patch["state"])
+    if "stage" in patch:
+        out["stage"] = _stage(patch["stage"])
+    if "stage_state" in patch:
+        if patch["stage_state"] not in _STAGE_STATES:
+            raise unprocessable(f"stage_state must be one of {', '.join(_STAGE_STATES)}", "invalid_stage_state")
+        if "stage" not in out:
+            raise unprocessable("stage_state needs stage", "invalid_stage_state")
+        out["stage_state"] = str(patch["stage_state"])
+    if "batch_job" in patch:
+        if "stage" not in out:
+            raise unprocessable("batch_job needs stage")
+        out["batch_job"] = _text(patch["batch_job"], "batch_job")
+    if "execution" in patch:
+        out["execution"] = _text(patch["execution"], "execution")
+    if "progress" in patch:
+        prog = patch["progress"]
+        if not isinstance(prog, dict) or not prog:
+            raise unprocessable("progress must be an object {stage: fraction}", "invalid_progress")
+        clean: dict[str, float] = {}
+        for k, v in prog.items():
+            _stage(k, "progress key")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= 1:
+                raise unprocessable(f"progress.{k} must be a number from 0 to 1", "invalid_progress")
+            clean[k] = float(v)
+        out["progress"] = clean
+    if "outputs" in patch:
+        outs = patch["outputs"]
+        if not isinstance(outs, dict) or not outs:
+            raise unprocessable("outputs must be an object {name: gs:// URI}", "invalid_outputs")
+        for k, v in outs.items():
+            if not OUTPUT_NAME_RE.match(k):
+                raise unprocessable("output names are 1-64 letters, digits, '_', '.' or '-'", "invalid_outputs")
+            if not isinstance(v, str) or not v.startswith("gs://") or len(v) > MAX_URL:
+                raise unprocessable(f"outputs.{k} must be a gs:// URI", "invalid_outputs")
+        out["outputs"] = dict(outs)
+    if "error" in patch:
+        err = patch["error"]
+        if not isinstance(err, dict) or set(err) - {"code", "message", "stage"}:
+            raise unprocessable("error must be an object {code, message, stage?}", "invalid_error")
+        e = {"code": _text(err.get("code"), "error.code", 200), "message": _text(err.get("message"), "error.message")}
+        if err.get("stage") is not None:
+            e["stage"] = _stage(err["stage"], "error.stage")
+        out["error"] = e
+    return out

@@ -1,0 +1,366 @@
+# The Cloud Functions (gen2) from functions/: one source zip, four entry points.
+#   api        public HTTP (its rate limit is in code)
+#   queue      internal HTTP, IAM-only invokers (the queue service routes)
+#   on_upload  CloudEvent: object finalized in the uploads bucket, through Eventarc
+#   dispatch   internal HTTP, IAM-only invokers; Cloud Scheduler calls it every minute
+
+locals {
+  functions_dir = "${local.repo_root}/functions"
+
+  function_names = {
+    api       = "${local.p}-api"
+    queue     = "${local.p}-queue"
+    on_upload = "${local.p}-on-upload"
+    dispatch  = "${local.p}-dispatch"
+  }
+
+  # Cloud Run's deterministic URLs (SERVICE-PROJECT_NUMBER.REGION.run.app; a gen2 function's
+  # service has the function's name): known before the functions exist, so every function can
+  # carry DISPATCH_URL, dispatch included, without a dependency cycle.
+  function_urls = {
+    for k, name in local.function_names : k => "https://${name}-${data.google_project.this.number}.${var.region}.run.app"
+  }
+
+  # The package as deployed: every file under functions/ but caches.
+  function_package_files = sort([
+    for f in fileset(local.functions_dir, "**") : f
+    if !strcontains(f, "__pycache__") && !endswith(f, ".pyc")
+  ])
+
+  # The zip's content hash names the object, so a code change redeploys the functions.
+  function_source_hash = sha256(join("", concat(
+    [filesha256("${path.module}/functions_shim/main.py"), filesha256("${local.functions_dir}/requirements.txt")],
+    [for f in local.function_package_files : "${f}:${filesha256("${local.functions_dir}/${f}")}"],
+  )))
+
+  # Every setting functions/config.py reads (REDIS_URL comes from Secret Manager below; the
+  # *_EMULATOR_HOST variables belong to the local stack only).
+  function_env = {
+    GOOGLE_CLOUD_PROJECT  = var.project_id
+    REGION                = var.region
+    UPLOADS_BUCKET        = google_storage_bucket.uploads.name
+    DATA_BUCKET           = google_storage_bucket.data.name
+    WORKFLOW_NAME         = local.workflow_name
+    MAX_CONCURRENT_JOBS   = tostring(var.max_concurrent_jobs)
+    RATE_LIMIT_PER_MINUTE = tostring(var.rate_limit_per_minute)
+    DEDUP_WINDOW_SECONDS  = tostring(var.dedup_window_seconds)
+    LEASE_SECONDS         = tostring(var.lease_seconds)
+    JOB_IMAGE             = local.job_image
+    DEPTH_MODEL           = var.depth_model
+    EXTRA_INPUT_BUCKETS   = join(",", var.extra_input_buckets)
+    REDIS_CA_CERT         = join("\n", google_redis_instance.queue.server_ca_certs[*].cert) # every CA, rotation included
+    DISPATCH_URL          = local.function_urls.dispatch
+    TRUSTED_PROXY_HOPS    = tostring(var.trusted_proxy_hops)
+    AUTH_AUDIENCE         = var.api_id_token_auth ? local.function_urls.api : ""
+    MAX_ATTEMPTS          = tostring(var.max_attempts)
+    FIRESTORE_MIRROR      = "true"
+    SIGNED_URL_SECONDS    = tostring(var.signed_url_seconds)
+  }
+
+  function_build_service_account = google_service_account.sa["build"].id
+}
+
+data "archive_file" "functions" {
+  type        = "zip"
+  output_path = "${path.module}/build/functions-source.zip"
+
+  # Root main.py re-exports the entry points; requirements.txt is the functions' own.
+  source {
+    content  = file("${path.module}/functions_shim/main.py")
+    filename = "main.py"
+  }
+
+  source {
+    content  = file("${local.functions_dir}/requirements.txt")
+    filename = "requirements.txt"
+  }
+
+  dynamic "source" {
+    for_each = local.function_package_files
+    content {
+      content  = file("${local.functions_dir}/${source.value}")
+      filename = "functions/${source.value}"
+    }
+  }
+}
+
+resource "google_storage_bucket_object" "functions_source" {
+  name   = "functions/source-${local.function_source_hash}.zip"
+  bucket = google_storage_bucket.sources.name
+  source = data.archive_file.functions.output_path
+}
+
+resource "google_cloudfunctions2_function" "api" {
+  #checkov:skip=CKV_GCP_124:api is splatpipe's public front door (POST /trigger-reconstruction, GET /status?callback_token=); clients call it from the internet, its rate limit and validation are in code. queue, dispatch and on_upload are internal-only.
+  project     = var.project_id
+  name        = local.function_names.api
+  location    = var.region
+  description = "splatpipe public API: trigger, preprocess, status."
+  labels      = local.labels
+
+  build_config {
+    runtime           = "python311"
+    entry_point       = "api"
+    docker_repository = google_artifact_registry_repository.functions.id
+    service_account   = local.function_build_service_account
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory               = var.functions_memory
+    timeout_seconds                = 60
+    max_instance_count             = var.api_max_instances
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.sa["api"].email
+    vpc_connector                  = google_vpc_access_connector.functions.id
+    vpc_connector_egress_settings  = "ALL_TRAFFIC"
+    environment_variables          = local.function_env
+
+    secret_environment_variables {
+      key        = "REDIS_URL"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.redis_url.secret_id
+      version    = google_secret_manager_secret_version.redis_url.version
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.redis_url,
+    google_artifact_registry_repository_iam_member.build_pushes_function_images,
+    google_storage_bucket_iam_member.component,
+    google_project_iam_member.component,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "queue" {
+  project     = var.project_id
+  name        = local.function_names.queue
+  location    = var.region
+  description = "splatpipe queue service: enqueue, next, status, queue statistics (IAM-only)."
+  labels      = local.labels
+
+  build_config {
+    runtime           = "python311"
+    entry_point       = "queue"
+    docker_repository = google_artifact_registry_repository.functions.id
+    service_account   = local.function_build_service_account
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory               = var.functions_memory
+    timeout_seconds                = 60
+    max_instance_count             = 10
+    ingress_settings               = var.internal_ingress
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.sa["api"].email
+    vpc_connector                  = google_vpc_access_connector.functions.id
+    vpc_connector_egress_settings  = "ALL_TRAFFIC"
+    environment_variables          = local.function_env
+
+    secret_environment_variables {
+      key        = "REDIS_URL"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.redis_url.secret_id
+      version    = google_secret_manager_secret_version.redis_url.version
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.redis_url,
+    google_artifact_registry_repository_iam_member.build_pushes_function_images,
+    google_storage_bucket_iam_member.component,
+    google_project_iam_member.component,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "on_upload" {
+  project     = var.project_id
+  name        = local.function_names.on_upload
+  location    = var.region
+  description = "splatpipe upload handler: a finalized video or _UPLOAD_COMPLETE marker becomes a request."
+  labels      = local.labels
+
+  build_config {
+    runtime           = "python311"
+    entry_point       = "on_upload"
+    docker_repository = google_artifact_registry_repository.functions.id
+    service_account   = local.function_build_service_account
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory               = var.functions_memory
+    timeout_seconds                = 120
+    max_instance_count             = 10
+    ingress_settings               = "ALLOW_INTERNAL_ONLY" # Eventarc deliveries are internal
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.sa["upload"].email
+    vpc_connector                  = google_vpc_access_connector.functions.id
+    vpc_connector_egress_settings  = "ALL_TRAFFIC"
+    environment_variables          = local.function_env
+
+    secret_environment_variables {
+      key        = "REDIS_URL"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.redis_url.secret_id
+      version    = google_secret_manager_secret_version.redis_url.version
+    }
+  }
+
+  # At-least-once delivery with retries; the handler makes one request per object generation.
+  event_trigger {
+    trigger_region        = var.region
+    event_type            = "google.cloud.storage.object.v1.finalized"
+    retry_policy          = "RETRY_POLICY_RETRY"
+    service_account_email = google_service_account.sa["eventarc"].email
+
+    event_filters {
+      attribute = "bucket"
+      value     = google_storage_bucket.uploads.name
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.gcs_publishes_events,
+    google_secret_manager_secret_iam_member.redis_url,
+    google_artifact_registry_repository_iam_member.build_pushes_function_images,
+    google_storage_bucket_iam_member.component,
+    google_project_iam_member.component,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "dispatch" {
+  project     = var.project_id
+  name        = local.function_names.dispatch
+  location    = var.region
+  description = "splatpipe admission control: starts workflow executions, re-queues expired leases (IAM-only)."
+  labels      = local.labels
+
+  build_config {
+    runtime           = "python311"
+    entry_point       = "dispatch"
+    docker_repository = google_artifact_registry_repository.functions.id
+    service_account   = local.function_build_service_account
+    source {
+      storage_source {
+        bucket = google_storage_bucket.sources.name
+        object = google_storage_bucket_object.functions_source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory               = var.functions_memory
+    timeout_seconds                = 300
+    max_instance_count             = 3
+    ingress_settings               = var.internal_ingress
+    all_traffic_on_latest_revision = true
+    service_account_email          = google_service_account.sa["dispatch"].email
+    vpc_connector                  = google_vpc_access_connector.functions.id
+    vpc_connector_egress_settings  = "ALL_TRAFFIC"
+    environment_variables          = local.function_env
+
+    secret_environment_variables {
+      key        = "REDIS_URL"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.redis_url.secret_id
+      version    = google_secret_manager_secret_version.redis_url.version
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.redis_url,
+    google_artifact_registry_repository_iam_member.build_pushes_function_images,
+    google_storage_bucket_iam_member.component,
+    google_project_iam_member.component,
+  ]
+}
+
+# --- Invokers (Cloud Run invoker on each function's service) ----------------------------------
+
+# A gen2 function is invoked through its Cloud Run service, so run.invoker goes there.
+# The public front door; every other function is IAM-only.
+resource "google_cloud_run_service_iam_member" "api_public" {
+  #checkov:skip=CKV_GCP_102:The api function is the public API by design (clients without Google identities call POST /trigger-reconstruction and GET /status?callback_token=); it rate-limits and validates in code. queue, dispatch and on_upload have service-account invokers only.
+  project  = var.project_id
+  location = var.region
+  service  = google_cloudfunctions2_function.api.service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+locals {
+  # Which component may call which internal function.
+  invokers = {
+    "queue workflow"     = { function = "queue", sa = "workflow" }
+    "dispatch workflow"  = { function = "dispatch", sa = "workflow" }
+    "dispatch scheduler" = { function = "dispatch", sa = "scheduler" }
+    "dispatch api"       = { function = "dispatch", sa = "api" }
+    "dispatch upload"    = { function = "dispatch", sa = "upload" }
+    "on_upload eventarc" = { function = "on_upload", sa = "eventarc" }
+  }
+
+  internal_function_services = {
+    queue     = google_cloudfunctions2_function.queue.service_config[0].service
+    dispatch  = google_cloudfunctions2_function.dispatch.service_config[0].service
+    on_upload = google_cloudfunctions2_function.on_upload.service_config[0].service
+  }
+}
+
+resource "google_cloud_run_service_iam_member" "internal" {
+  for_each = local.invokers
+
+  project  = var.project_id
+  location = var.region
+  service  = local.internal_function_services[each.value.function]
+  role     = "roles/run.invoker"
+  member   = google_service_account.sa[each.value.sa].member
+}
+
+# --- Cloud Scheduler: dispatch every minute with an OIDC token --------------------------------
+
+resource "google_cloud_scheduler_job" "dispatch" {
+  project          = var.project_id
+  name             = "${local.p}-dispatch"
+  region           = var.region
+  description      = "Calls splatpipe dispatch: starts queued requests, re-queues expired leases."
+  schedule         = var.dispatch_schedule
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "320s"
+
+  # The next tick is the retry.
+  retry_config {
+    retry_count = 0
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = local.function_urls.dispatch
+    headers     = { "Content-Type" = "application/json" }
+    body        = base64encode("{}")
+
+    oidc_token {
+      service_account_email = google_service_account.sa["scheduler"].email
+      audience              = local.function_urls.dispatch
+    }
+  }
+
+  depends_on = [google_cloudfunctions2_function.dispatch, google_cloud_run_service_iam_member.internal]
+}

@@ -1,0 +1,238 @@
+variable "project_id" {
+  description = "Google Cloud project to deploy splatpipe into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, the workflow, the Batch jobs, Redis, the buckets and Artifact Registry."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name (service accounts, buckets, functions, the workflow). Lower-case letters, digits and hyphens."
+  type        = string
+  default     = "splatpipe"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,14}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 3-16 characters of lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  description = "Labels added to every resource that takes labels."
+  type        = map(string)
+  default     = {}
+}
+
+# --- Batch jobs -------------------------------------------------------------------------------
+
+variable "gpu_type" {
+  description = "Accelerator type of the GPU stages' Batch VMs (e.g. nvidia-l4, nvidia-tesla-t4)."
+  type        = string
+  default     = "nvidia-l4"
+}
+
+variable "gpu_count" {
+  description = "GPUs per GPU stage VM."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.gpu_count >= 1 && var.gpu_count <= 8
+    error_message = "gpu_count must be between 1 and 8."
+  }
+}
+
+variable "gpu_machine_type" {
+  description = "Machine type of the GPU stages (depth, splat, mesh); must accept gpu_type x gpu_count (g2-* for L4)."
+  type        = string
+  default     = "g2-standard-8"
+}
+
+variable "cpu_machine_type" {
+  description = "Machine type of the CPU stages (frames, sfm)."
+  type        = string
+  default     = "n2-standard-8"
+}
+
+variable "use_spot" {
+  description = "Run Batch jobs on Spot VMs (PROVISIONING_MODEL; cheaper, may be preempted: the workflow re-creates a preempted stage's job and finished stages are skipped). A request's options.spot overrides it."
+  type        = bool
+  default     = true
+}
+
+variable "job_image_name" {
+  description = "Name of the Batch job image inside the Artifact Registry repository."
+  type        = string
+  default     = "splatpipe-jobs"
+}
+
+variable "job_image_tag" {
+  description = "Tag of the Batch job image the workflow runs (build and push it with cloudbuild.yaml)."
+  type        = string
+  default     = "latest"
+}
+
+variable "depth_model" {
+  description = "Depth-Anything-V2 model for the depth stage: a Hugging Face id or a gs:// directory holding the model."
+  type        = string
+  default     = "depth-anything/Depth-Anything-V2-Small-hf"
+}
+
+# --- Control plane ----------------------------------------------------------------------------
+
+variable "max_concurrent_jobs" {
+  description = "MAX_CONCURRENT_JOBS: requests processed at once; dispatch starts no more executions than this."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.max_concurrent_jobs >= 1
+    error_message = "max_concurrent_jobs must be at least 1."
+  }
+}
+
+variable "rate_limit_per_minute" {
+  description = "RATE_LIMIT_PER_MINUTE: reconstruction triggers allowed per caller per minute."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.rate_limit_per_minute >= 1
+    error_message = "rate_limit_per_minute must be at least 1."
+  }
+}
+
+variable "dedup_window_seconds" {
+  description = "DEDUP_WINDOW_SECONDS: how long an identical request is answered with the first one."
+  type        = number
+  default     = 3600
+}
+
+variable "lease_seconds" {
+  description = "LEASE_SECONDS: how long a PROCESSING request may go without an update before dispatch re-queues it."
+  type        = number
+  default     = 21600
+}
+
+variable "max_attempts" {
+  description = "MAX_ATTEMPTS: how many times a request is handed out (lease expiries included) before it is failed."
+  type        = number
+  default     = 3
+}
+
+variable "trusted_proxy_hops" {
+  description = "TRUSTED_PROXY_HOPS: proxies in front of the api that append the client address to X-Forwarded-For (Cloud Run's front end: 1; add 1 for an external HTTPS load balancer). The rate limit keys on that entry."
+  type        = number
+  default     = 1
+}
+
+variable "api_id_token_auth" {
+  description = "Key the api's rate limit on the caller's verified Google ID token (AUTH_AUDIENCE = the api's URL) instead of the client address; a request with an invalid token is then a 401."
+  type        = bool
+  default     = false
+}
+
+variable "signed_url_seconds" {
+  description = "SIGNED_URL_SECONDS: lifetime of the signed output URLs in GET /status (0: plain gs:// URIs)."
+  type        = number
+  default     = 3600
+}
+
+variable "extra_input_buckets" {
+  description = "EXTRA_INPUT_BUCKETS: existing buckets a request's input may name besides the uploads bucket; the control plane and the Batch jobs get read access to them."
+  type        = list(string)
+  default     = []
+}
+
+variable "upload_expiry_days" {
+  description = "Days after which uploaded objects are deleted from the uploads bucket."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.upload_expiry_days >= 1
+    error_message = "upload_expiry_days must be at least 1."
+  }
+}
+
+variable "noncurrent_version_days" {
+  description = "Days a replaced or deleted object version is kept (every bucket is versioned) before it is removed."
+  type        = number
+  default     = 7
+}
+
+variable "dispatch_schedule" {
+  description = "Cloud Scheduler cron schedule that calls dispatch (admission control and lease expiry)."
+  type        = string
+  default     = "* * * * *"
+}
+
+variable "internal_ingress" {
+  description = "Ingress of the internal functions (queue, dispatch, on_upload). ALLOW_INTERNAL_ONLY admits Workflows, Cloud Scheduler, Eventarc and the functions' own VPC egress; ALLOW_ALL lets operators reach them from outside (IAM still applies)."
+  type        = string
+  default     = "ALLOW_INTERNAL_ONLY"
+
+  validation {
+    condition     = contains(["ALLOW_INTERNAL_ONLY", "ALLOW_ALL"], var.internal_ingress)
+    error_message = "internal_ingress must be ALLOW_INTERNAL_ONLY or ALLOW_ALL."
+  }
+}
+
+variable "api_max_instances" {
+  description = "Most instances of the public api function (a cost ceiling; the per-caller rate limit is in code)."
+  type        = number
+  default     = 20
+}
+
+variable "functions_memory" {
+  description = "Memory of each function (e.g. 512M)."
+  type        = string
+  default     = "512M"
+}
+
+# --- Redis, Firestore, network ----------------------------------------------------------------
+
+variable "redis_memory_size_gb" {
+  description = "Memorystore for Redis capacity in GiB (standard tier)."
+  type        = number
+  default     = 1
+}
+
+variable "redis_version" {
+  description = "Memorystore for Redis version."
+  type        = string
+  default     = "REDIS_7_2"
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as us-central1 or a multi-region such as nam5). Empty: the region."
+  type        = string
+  default     = ""
+}
+
+variable "create_firestore_database" {
+  description = "Create the project's (default) Firestore database in native mode. Set false when the project already has one."
+  type        = bool
+  default     = true
+}
+
+variable "connector_cidr" {
+  description = "/28 range of the Serverless VPC Access connector's subnet."
+  type        = string
+  default     = "10.8.0.0/28"
+}
+
+variable "batch_cidr" {
+  description = "Range of the subnet the Batch job VMs may use (Private Google Access and Cloud NAT, no external IPs needed)."
+  type        = string
+  default     = "10.10.0.0/20"
+}
+
+variable "force_destroy_buckets" {
+  description = "Let terraform destroy delete buckets that still hold objects (trial environments only)."
+  type        = bool
+  default     = false
+}

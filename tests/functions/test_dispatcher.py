@@ -1,0 +1,250 @@
+"""dispatch: admission control, lease expiry, and the executor (a fake at its unit boundary; the
+REST executor against a local server speaking the Executions REST API subset)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from fn_testlib import PROJECT, Buckets, FnApps, RecordingServer, post_json, put_json
+
+from functions import dispatcher, gcs
+from functions.config import Settings
+from functions.executor import ExecutionsClientExecutor, ExecutionsRestExecutor, ExecutorError, from_settings
+
+
+class FakeExecutor:
+    """Starts nothing: records arguments, answers states it is told."""
+
+    def __init__(self) -> None:
+        self.started: list[dict[str, Any]] = []
+        self.states: dict[str, str] = {}
+        self.cancelled: list[str] = []
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def start(self, argument: dict[str, Any]) -> str:
+        if self.fail:
+            raise ExecutorError("workflows unavailable")
+        with self._lock:
+            self.started.append(dict(argument))
+            name = f"projects/{PROJECT}/locations/us-central1/workflows/reconstruct/executions/e{len(self.started)}"
+        self.states[name] = "ACTIVE"
+        return name
+
+    def state(self, execution: str) -> str | None:
+        return self.states.get(execution)
+
+    def cancel(self, execution: str) -> None:
+        self.cancelled.append(execution)
+        self.states[execution] = "CANCELLED"
+
+
+def _enqueue(fn_apps: FnApps, buckets: Buckets, n: int, priority: int = 5, **extra: Any) -> str:
+    body = {"session_id": "dsp", "priority": priority, "input": f"gs://{buckets.uploads}/dsp/{n}.mp4", **extra}
+    resp = post_json(fn_apps.queue, "/enqueue", body)
+    assert resp.status_code == 202
+    return resp.get_json()["request_id"]
+
+
+def test_starts_up_to_the_limit_in_priority_order(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                   services_now) -> None:
+    ids = [_enqueue(fn_apps, buckets, i, p, **({"webhook_url": "https://example.com/h"} if i == 2 else {}))
+           for i, p in enumerate([5, 2, 0, 5, 9])]
+    ex = FakeExecutor()
+    svc = services_now()
+    out = dispatcher.run(svc, ex)
+    assert out == {"started": [ids[2], ids[1]], "requeued": [], "running": 2, "max": 2}
+    arg = ex.started[0]
+    assert arg == {"request_id": ids[2], "workspace": f"gs://{buckets.data}/jobs/{ids[2]}",
+                   "input": f"gs://{buckets.uploads}/dsp/2.mp4", "options": {"preset": "standard"}, "priority": 0,
+                   "stages": ["frames", "sfm", "depth", "splat", "mesh"], "webhook_url": "https://example.com/h"}
+    assert "webhook_url" not in ex.started[1]
+    rec = svc.queue.get(ids[2])
+    assert rec["state"] == "PROCESSING" and rec["execution"].endswith("/e1")
+    # The execution is recorded, so the lease is the full LEASE_SECONDS, not the short start lease.
+    assert rec["lease_expires_at"] - rec["updated_at"] == 21600 * 1000
+    assert dispatcher.run(svc, ex)["started"] == []  # at the limit
+    put_json(fn_apps.queue, f"/status/{ids[2]}", {"state": "COMPLETED", "outputs": {"ply": "gs://d/x.ply"}})
+    out = dispatcher.run(svc, ex)
+    assert out["started"] == [ids[0]] and out["running"] == 2
+
+
+def test_request_json_is_rewritten_when_missing(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                services_now) -> None:
+    rid = _enqueue(fn_apps, buckets, 1)
+    blob = gcs.client(PROJECT).bucket(buckets.data).blob(f"jobs/{rid}/request.json")
+    blob.delete()
+    dispatcher.run(services_now(), FakeExecutor())
+    assert json.loads(blob.download_as_bytes())["request_id"] == rid
+
+
+def test_executor_failure_puts_the_request_back(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                services_now) -> None:
+    a, b = _enqueue(fn_apps, buckets, 1, 1), _enqueue(fn_apps, buckets, 2, 2)
+    ex = FakeExecutor()
+    ex.fail = True
+    svc = services_now()
+    out = dispatcher.run(svc, ex)
+    assert out["started"] == [] and out["running"] == 0
+    rec = svc.queue.get(a)
+    assert rec["state"] == "QUEUED" and rec["attempts"] == 0
+    ex.fail = False
+    assert dispatcher.run(svc, ex)["started"] == [a, b]
+
+
+def test_expired_lease_requeued_once_or_renewed_while_running(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                              monkeypatch, services_now) -> None:
+    monkeypatch.setenv("LEASE_SECONDS", "1")
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "1")
+    alive, dead = _enqueue(fn_apps, buckets, 1, 0), _enqueue(fn_apps, buckets, 2, 1)
+    svc = services_now()
+    ex = FakeExecutor()
+    assert dispatcher.run(svc, ex)["started"] == [alive]
+    time.sleep(1.2)
+    # Its execution still runs: the lease is renewed, nothing else starts.
+    out = dispatcher.run(svc, ex)
+    assert out["requeued"] == [] and out["started"] == [] and svc.queue.get(alive)["state"] == "PROCESSING"
+    # The execution died without telling us: re-queued, by exactly one of many concurrent dispatches.
+    ex.states[svc.queue.get(alive)["execution"]] = "FAILED"
+    time.sleep(1.2)
+    results: list[dict] = []
+    barrier = threading.Barrier(8)
+
+    def one() -> None:
+        barrier.wait()
+        results.append(dispatcher.run(svc, ex))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    requeued = [rid for r in results for rid in r["requeued"]]
+    started = [rid for r in results for rid in r["started"]]
+    assert requeued == [alive]
+    assert started == [alive]  # back at its place ahead of `dead`, and started again (limit 1)
+    rec = svc.queue.get(alive)
+    assert rec["attempts"] == 2 and rec["execution"].endswith("/e2")
+    assert svc.queue.get(dead)["state"] == "QUEUED"
+
+
+def test_too_many_expiries_fail_the_request(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch,
+                                            services_now) -> None:
+    monkeypatch.setenv("LEASE_SECONDS", "1")
+    monkeypatch.setenv("MAX_ATTEMPTS", "2")
+    rid = _enqueue(fn_apps, buckets, 1)
+    for _ in range(2):
+        assert fn_apps.queue.get("/next").get_json()["request_id"] == rid  # a worker that vanishes
+        time.sleep(1.15)
+        dispatcher.requeue_expired(services_now(), FakeExecutor())
+    doc = fn_apps.queue.get(f"/status/{rid}").get_json()
+    assert doc["state"] == "FAILED" and doc["error"]["code"] == "lease_expired"
+
+
+def test_cancelled_between_take_and_start_cancels_the_execution(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                                 services_now) -> None:
+    rid = _enqueue(fn_apps, buckets, 1)
+    svc = services_now()
+
+    class CancellingExecutor(FakeExecutor):
+        def start(self, argument: dict[str, Any]) -> str:
+            name = super().start(argument)
+            put_json(fn_apps.queue, f"/status/{argument['request_id']}", {"state": "CANCELLED"})
+            return name
+
+    ex = CancellingExecutor()
+    dispatcher.run(svc, ex)
+    assert len(ex.started) == 1
+    assert ex.cancelled == [f"projects/{PROJECT}/locations/us-central1/workflows/reconstruct/executions/e1"]
+    assert svc.queue.get(rid)["state"] == "CANCELLED"
+
+
+# --- the executor ---------------------------------------------------------------------------------
+
+def _engine(executions: dict[str, dict]) -> RecordingServer:
+    """A stand-in of the local Workflows engine's REST subset (contract 5)."""
+
+    def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
+        prefix = "/v1/projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions"
+        if method == "POST" and path == prefix:
+            name = prefix[4:] + f"/x{len(executions) + 1}"
+            executions[name] = {"name": name, "state": "ACTIVE", "argument": json.loads(body)["argument"]}
+            return 200, executions[name]
+        name = path[4:]
+        if method == "POST" and name.endswith(":cancel") and name[:-7] in executions:
+            executions[name[:-7]]["state"] = "CANCELLED"
+            return 200, executions[name[:-7]]
+        if method == "GET" and name in executions:
+            return 200, executions[name]
+        return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
+
+    return RecordingServer(respond)
+
+
+def test_rest_executor_speaks_the_executions_api() -> None:
+    executions: dict[str, dict] = {}
+    with _engine(executions) as engine:
+        settings = Settings(project="splatpipe-local", region="us-central1", workflow_name="reconstruct",
+                            workflows_emulator_host=engine.host)
+        ex = from_settings(settings)
+        assert isinstance(ex, ExecutionsRestExecutor) and ex.base_url == f"http://{engine.host}"
+        name = ex.start({"request_id": "r1", "stages": ["frames"]})
+        assert name == "projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions/x1"
+        method, path, body, headers = engine.requests[0]
+        assert (method, path) == ("POST", "/v1/projects/splatpipe-local/locations/us-central1/workflows/"
+                                          "reconstruct/executions")
+        assert headers["Content-Type"] == "application/json"
+        # The argument is a JSON *string* inside the body, as the Executions API wants it.
+        assert json.loads(json.loads(body)["argument"]) == {"request_id": "r1", "stages": ["frames"]}
+        assert ex.state(name) == "ACTIVE"
+        ex.cancel(name)
+        assert ex.state(name) == "CANCELLED"
+        assert ex.state(name + "-missing") is None
+        with pytest.raises(ExecutorError):
+            ex.cancel(name + "-missing")
+    with pytest.raises(ExecutorError):  # the engine is gone
+        ex.start({"request_id": "r2"})
+
+
+def test_gcp_executor_is_the_executions_client() -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.workflows import executions_v1
+
+    settings = Settings(project="p1", region="europe-west4", workflow_name="wf")
+    ex = ExecutionsClientExecutor(settings, client=executions_v1.ExecutionsClient(credentials=AnonymousCredentials()))
+    assert ex.parent == "projects/p1/locations/europe-west4/workflows/wf"
+    assert isinstance(ex.client, executions_v1.ExecutionsClient)
+
+
+def test_dispatch_function_starts_executions_on_the_local_engine(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                                  monkeypatch) -> None:
+    executions: dict[str, dict] = {}
+    with _engine(executions) as engine:
+        monkeypatch.setenv("WORKFLOWS_EMULATOR_HOST", engine.host)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "splatpipe-local")
+        rid = _enqueue(fn_apps, buckets, 1)
+        resp = fn_apps.dispatch.post("/", data="{}", content_type="application/json")
+        assert resp.status_code == 200
+        assert resp.get_json() == {"started": [rid], "requeued": [], "running": 1, "max": 2}
+        (ex,) = executions.values()
+        assert json.loads(ex["argument"])["request_id"] == rid
+        assert fn_apps.queue.get(f"/status/{rid}").get_json()["execution"] == ex["name"]
+        assert fn_apps.dispatch.get("/").get_json()["started"] == []  # GET works too
+
+
+def test_api_pokes_dispatch_after_an_enqueue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch) -> None:
+    with RecordingServer(lambda m, p, b: (200, {"started": [], "requeued": [], "running": 0, "max": 2})) as srv:
+        monkeypatch.setenv("DISPATCH_URL", f"http://{srv.host}/")
+        assert post_json(fn_apps.api, "/trigger-reconstruction",
+                         {"session_id": "k", "input": f"gs://{buckets.uploads}/k/v.mp4"}).status_code == 202
+        assert [(m, p) for m, p, _, _ in srv.requests] == [("POST", "/")]
+        # A duplicate enqueues nothing, so it pokes nothing.
+        post_json(fn_apps.api, "/trigger-reconstruction", {"session_id": "k", "input": f"gs://{buckets.uploads}/k/v.mp4"})
+        assert len(srv.requests) == 1
+    # Dispatch unreachable: the trigger still succeeds.
+    assert post_json(fn_apps.api, "/trigger-reconstruction",
+                     {"session_id": "k", "input": f"gs://{buckets.uploads}/k/w.mp4"}).status_code == 202

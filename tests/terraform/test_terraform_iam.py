@@ -1,0 +1,131 @@
+"""Least privilege: no primitive roles, no public bucket, one account per component, impersonation
+scoped to single accounts, and each component holding what its work needs."""
+
+from __future__ import annotations
+
+import re
+
+from tfmodel import all_strings, first, sa_key
+
+PRIMITIVE = re.compile(r"\broles/(owner|editor|viewer)\b")
+PUBLIC = {"allUsers", "allAuthenticatedUsers"}
+AUTHORITATIVE = {"google_project_iam_binding", "google_project_iam_policy", "google_storage_bucket_iam_binding",
+                 "google_storage_bucket_iam_policy", "google_storage_bucket_acl",
+                 "google_storage_default_object_acl", "google_storage_object_acl"}
+
+
+def test_no_primitive_roles_anywhere(tf):
+    for path in tf.files + tf.module_files:
+        assert not PRIMITIVE.search(path.read_text()), f"{path.name} names a primitive role"
+    for doc in tf.parsed.values():
+        assert not [s for s in all_strings(doc) if PRIMITIVE.search(s)]
+
+
+def test_no_authoritative_iam_or_acls(tf):
+    used = {t for (t, _) in tf.resources}
+    assert not used & AUTHORITATIVE, f"authoritative IAM / ACLs replace other grants: {used & AUTHORITATIVE}"
+
+
+def test_no_public_bucket(tf, iam):
+    buckets = tf.of_type("google_storage_bucket")
+    assert {"uploads", "data"} <= set(buckets)
+    for name, bucket in buckets.items():
+        assert bucket["uniform_bucket_level_access"] is True, name
+        assert bucket["public_access_prevention"] == "enforced", name
+    for g in iam:
+        if g.scope == "bucket":
+            assert g.member not in PUBLIC, g.address
+
+
+def test_uploads_expire(tf):
+    rules = tf.resource("google_storage_bucket", "uploads")["lifecycle_rule"]
+    expiry = [first(r, "condition")["age"] for r in rules
+              if first(r, "action")["type"] == "Delete" and "age" in first(r, "condition")]
+    assert expiry == ["${var.upload_expiry_days}"]
+    assert tf.variables["upload_expiry_days"]["default"] >= 1
+
+
+def test_one_account_per_component(tf, functions):
+    accounts = set(tf.locals["service_accounts"])
+    runtime = {name: fn.runtime_sa for name, fn in functions.items()}
+    assert set(runtime.values()) <= accounts
+    # api and queue are one component (the control plane's HTTP face); the rest have their own.
+    assert runtime["api"] == runtime["queue"]
+    assert len({runtime["api"], runtime["on_upload"], runtime["dispatch"]}) == 3
+    workflow = sa_key(tf.resource("google_workflows_workflow", "reconstruct")["service_account"])
+    scheduler = sa_key(first(first(tf.resource("google_cloud_scheduler_job", "dispatch"), "http_target"),
+                             "oidc_token")["service_account_email"])
+    eventarc = sa_key(functions["on_upload"].event_trigger["service_account_email"])
+    build = {fn.build_sa for fn in functions.values()}
+    assert len(build) == 1
+    others = [workflow, scheduler, eventarc, build.pop(), "batch"]
+    assert len(set(others)) == len(others)
+    assert not set(others) & set(runtime.values())
+    assert set(others) <= accounts
+
+
+def test_every_grant_names_a_known_account(tf, iam):
+    accounts = set(tf.locals["service_accounts"])
+    for g in iam:
+        if g.member.startswith("sa:"):
+            assert g.member[3:] in accounts, g.address
+
+
+def test_impersonation_is_scoped_to_single_accounts(iam):
+    for g in iam:
+        if g.scope == "project":
+            assert g.role not in {"roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator"}, g.address
+            assert not re.search(r"admin$|\.admin\b|Admin$", g.role), f"{g.address}: admin role at project level"
+    acts_as = [g for g in iam if g.role == "roles/iam.serviceAccountUser"]
+    assert [(g.scope, g.target, g.member) for g in acts_as] == [("service_account", "batch", "sa:workflow")]
+
+
+def _roles(iam, member, scope=None, target=None) -> set[str]:
+    return {g.role for g in iam if g.member == member and (scope is None or g.scope == scope)
+            and (target is None or g.target == target)}
+
+
+def test_batch_job_account(iam):
+    assert {"roles/batch.agentReporter", "roles/logging.logWriter", "roles/datastore.user"} <= _roles(
+        iam, "sa:batch", "project")
+    assert _roles(iam, "sa:batch", "bucket", "data") & {"roles/storage.objectUser", "roles/storage.objectAdmin"}
+    assert "roles/storage.objectViewer" in _roles(iam, "sa:batch", "bucket", "uploads")
+    assert "roles/artifactregistry.reader" in _roles(iam, "sa:batch", "repository", "jobs")
+
+
+def test_workflow_account(iam):
+    assert "roles/batch.jobsEditor" in _roles(iam, "sa:workflow", "project")
+    assert "roles/logging.logWriter" in _roles(iam, "sa:workflow", "project")  # call logging
+
+
+def test_control_plane_accounts(iam, functions):
+    for name in ("api", "on_upload", "dispatch"):
+        sa = f"sa:{functions[name].runtime_sa}"
+        assert "roles/datastore.user" in _roles(iam, sa, "project"), name  # status mirror
+        # request.json is written by the control plane (COMMON contract 2)
+        assert _roles(iam, sa, "bucket", "data") & {"roles/storage.objectUser", "roles/storage.objectAdmin"}, name
+    assert "roles/workflows.invoker" in _roles(iam, f"sa:{functions['dispatch'].runtime_sa}", "project")
+    assert "roles/storage.objectViewer" in _roles(iam, f"sa:{functions['on_upload'].runtime_sa}", "bucket", "uploads")
+    # POST /preprocess-video stores the uploaded video in the uploads bucket
+    assert _roles(iam, f"sa:{functions['api'].runtime_sa}", "bucket", "uploads") >= {
+        "roles/storage.objectViewer", "roles/storage.objectCreator"}
+    # object roles only: nobody administers a bucket (or its IAM)
+    assert not [g for g in iam if g.scope == "bucket" and g.role == "roles/storage.admin"]
+    # signed output URLs: the api signs as itself, and only as itself
+    api = functions["api"].runtime_sa
+    assert any(g.scope == "service_account" and g.target == api and g.member == f"sa:{api}"
+               and g.role == "roles/iam.serviceAccountTokenCreator" for g in iam)
+
+
+def test_builds_push_only_to_their_repositories(iam, functions):
+    build = f"sa:{functions['api'].build_sa}"
+    assert {(g.target, g.role) for g in iam if g.member == build and g.scope == "repository"} == {
+        ("jobs", "roles/artifactregistry.writer"), ("functions", "roles/artifactregistry.writer")}
+    assert _roles(iam, build, "project") == {"roles/logging.logWriter"}
+    for fn in functions.values():
+        assert fn.build["docker_repository"] == "${google_artifact_registry_repository.functions.id}"
+
+
+def test_storage_agent_publishes_upload_events(iam):
+    assert any(g.scope == "project" and g.role == "roles/pubsub.publisher"
+               and "google_storage_project_service_account" in g.member for g in iam)
