@@ -1,0 +1,1 @@
+"""The local Cloud Batch runner: `jobspec` (the Job JSON it accepts), `runner` (processes)."""

@@ -1,0 +1,117 @@
+"""A client of the running local stack for the end-to-end tests: only the stack's public faces
+(the functions' HTTP APIs, the storage and Firestore emulators, the Executions API, the local
+Batch runner's process list)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import requests
+
+from emulator.stack import StackInfo, _env
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class StackClient:
+    def __init__(self, info: StackInfo) -> None:
+        self.info = info
+        self.urls = info.urls
+        self.env = info.env
+        self.uploads = info.env["UPLOADS_BUCKET"]
+        self.data = info.env["DATA_BUCKET"]
+        self.project = info.env["GOOGLE_CLOUD_PROJECT"]
+        self.workflow = f"projects/{self.project}/locations/{info.env['REGION']}/workflows/{info.env['WORKFLOW_NAME']}"
+        self.http = requests.Session()
+
+    # --- storage ----------------------------------------------------------------------------
+    def _storage(self) -> Any:
+        from google.cloud import storage
+
+        with _env(self.env):
+            return storage.Client(project=self.project)
+
+    def put_object(self, bucket: str, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                   content_type: str = "video/mp4") -> str:
+        blob = self._storage().bucket(bucket).blob(name)
+        if metadata:
+            blob.metadata = dict(metadata)
+        blob.upload_from_string(data, content_type=content_type)
+        return f"gs://{bucket}/{name}"
+
+    def object(self, uri: str) -> Any:
+        """The blob (with metadata loaded) or None."""
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        return self._storage().bucket(bucket).get_blob(name)
+
+    def read(self, uri: str) -> bytes:
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        return bytes(self._storage().bucket(bucket).blob(name).download_as_bytes())
+
+    # --- functions ----------------------------------------------------------------------------
+    def enqueue(self, body: Mapping[str, Any]) -> str:
+        r = self.http.post(f"{self.urls['queue']}/enqueue", json=dict(body), timeout=30)
+        assert r.status_code == 202, r.text
+        return str(r.json()["request_id"])
+
+    def preprocess(self, body: Mapping[str, Any]) -> str:
+        r = self.http.post(f"{self.urls['api']}/preprocess-video", json=dict(body), timeout=30)
+        assert r.status_code == 202, r.text
+        return str(r.json()["job_id"])
+
+    def status(self, request_id: str) -> dict[str, Any]:
+        r = self.http.get(f"{self.urls['queue']}/status/{request_id}", timeout=30)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def queue_stats(self) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.urls['queue']}/queue", timeout=30).json())
+
+    def wait(self, request_ids: Iterable[str], timeout: float, states: tuple[str, ...] = TERMINAL,
+             on_poll: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+        ids = list(request_ids)
+        deadline = time.monotonic() + timeout
+        last: dict[str, dict[str, Any]] = {}
+        while True:
+            if on_poll:
+                on_poll()
+            last = {rid: self.status(rid) for rid in ids}
+            if all(s["state"] in states for s in last.values()):
+                return last
+            if time.monotonic() > deadline:
+                pending = {rid: (s["state"], s.get("stage")) for rid, s in last.items() if s["state"] not in states}
+                raise AssertionError(f"not {states} after {timeout:.0f}s: {pending}; logs in {self.info.run_dir}")
+            time.sleep(0.5)
+
+    # --- Firestore ----------------------------------------------------------------------------
+    def firestore_doc(self, request_id: str) -> dict[str, Any] | None:
+        from google.cloud import firestore
+
+        with _env(self.env):
+            snap = firestore.Client(project=self.project).collection("reconstructions").document(request_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def request_for_input(self, input_uri: str, timeout: float = 60) -> str:
+        from emulator.demo import find_request
+
+        return find_request(self.info, input_uri, timeout)
+
+    # --- workflows and batch -----------------------------------------------------------------
+    def executions(self) -> list[dict[str, Any]]:
+        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/v1/{self.workflow}/executions",
+                          params={"view": "FULL", "pageSize": 1000}, timeout=30)
+        return list(r.json().get("executions", []))
+
+    def executions_of(self, request_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.executions() if json.loads(e["argument"])["request_id"] == request_id]
+
+    def batch_processes(self) -> list[dict[str, Any]]:
+        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/emulator/batch/processes", timeout=30)
+        return list(r.json()["processes"])
+
+    def batch_job(self, name: str) -> dict[str, Any]:
+        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/v1/{name}", timeout=30)
+        return dict(r.json())

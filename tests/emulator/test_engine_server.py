@@ -1,0 +1,226 @@
+"""The engine as a server: the real google-cloud-workflows ExecutionsClient and the REST subset
+(contract 5) on one port; the Cloud Storage and Batch connectors against real back ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from google.api_core import exceptions as gexc
+from google.cloud.workflows.executions_v1 import Execution
+from wfcheck import result
+
+from emulator.workflows.client import local_executions_client
+from emulator.workflows.server import EngineServer
+
+PARENT = "projects/splatpipe-local/locations/us-central1/workflows/echo"
+ECHO = """
+main:
+  params: [args]
+  steps:
+    - wait:
+        call: sys.sleep
+        args:
+          seconds: ${default(map.get(args, "sleep"), 0)}
+    - check:
+        switch:
+          - condition: ${map.get(args, "fail") == true}
+            raise:
+              code: "ASKED"
+              message: "asked to fail"
+    - r:
+        return:
+          echo: ${args}
+          env: ${sys.get_env("SETTING")}
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EngineServer]:
+    (tmp_path / "echo.yaml").write_text(ECHO)
+    srv = EngineServer(tmp_path / "run", {"echo": tmp_path / "echo.yaml"}, {"SETTING": "on"}).start()
+    yield srv
+    srv.stop()
+
+
+def _wait_state(client: Any, name: str, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        ex = client.get_execution(name=name)
+        if ex.state != Execution.State.ACTIVE or time.monotonic() > deadline:
+            return ex
+        time.sleep(0.05)
+
+
+def test_executions_client_create_get_list_cancel(server: EngineServer) -> None:
+    client = local_executions_client(server.host)
+    ex = client.create_execution(parent=PARENT, execution=Execution(argument=json.dumps({"x": 1})))
+    assert ex.name.startswith(PARENT + "/executions/") and ex.state == Execution.State.ACTIVE
+    done = _wait_state(client, ex.name)
+    assert done.state == Execution.State.SUCCEEDED
+    assert json.loads(done.result) == {"echo": {"x": 1}, "env": "on"}
+    assert done.end_time and done.duration
+
+    failing = client.create_execution(parent=PARENT, execution=Execution(argument=json.dumps({"fail": True})))
+    failed = _wait_state(client, failing.name)
+    assert failed.state == Execution.State.FAILED
+    assert json.loads(failed.error.payload) == {"code": "ASKED", "message": "asked to fail"}
+
+    slow = client.create_execution(parent=PARENT, execution=Execution(argument=json.dumps({"sleep": 30})))
+    active = list(client.list_executions(request={"parent": PARENT, "filter": 'state="ACTIVE"'}))
+    assert [e.name for e in active] == [slow.name]
+    cancelled = client.cancel_execution(name=slow.name)
+    assert cancelled.state == Execution.State.CANCELLED
+
+    listed = list(client.list_executions(parent=PARENT))
+    assert [e.name for e in listed] == [slow.name, failing.name, ex.name]  # newest first
+    with pytest.raises(gexc.NotFound):
+        client.get_execution(name=PARENT + "/executions/nope")
+    with pytest.raises(gexc.NotFound):
+        client.create_execution(parent=PARENT.replace("echo", "nope"), execution=Execution(argument="{}"))
+    with pytest.raises(gexc.InvalidArgument):
+        client.create_execution(parent=PARENT, execution=Execution(argument="{bad"))
+
+
+def test_rest_subset_on_the_same_port(server: EngineServer) -> None:
+    base = f"http://{server.host}/v1"
+    r = requests.post(f"{base}/{PARENT}/executions", json={"argument": json.dumps({"sleep": 30})}, timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "ACTIVE"
+    name = r.json()["name"]
+    got = requests.get(f"{base}/{name}", timeout=10).json()
+    assert got["argument"] == json.dumps({"sleep": 30}) and got["status"]["currentSteps"][-1]["step"] == "wait"
+    listed = requests.get(f"{base}/{PARENT}/executions", params={"filter": 'state="ACTIVE"'}, timeout=10).json()
+    assert [e["name"] for e in listed["executions"]] == [name]
+    c = requests.post(f"{base}/{name}:cancel", json={}, timeout=30)
+    assert c.status_code == 200 and c.json()["state"] == "CANCELLED"
+    again = requests.post(f"{base}/{name}:cancel", json={}, timeout=10)
+    assert again.status_code == 400 and again.json()["error"]["status"] == "FAILED_PRECONDITION"
+    missing = requests.get(f"{base}/{PARENT}/executions/nope", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
+    bad = requests.post(f"{base}/{PARENT}/executions", data=b"{not json", timeout=10)
+    assert bad.status_code == 400
+    assert requests.get(f"http://{server.host}/healthz", timeout=5).json() == {"ok": True}
+
+
+def test_storage_connector_reads_the_emulator(run_workflow: Any, gcs_bucket: str) -> None:
+    from batch_jobs import storage
+
+    storage.write_json(f"gs://{gcs_bucket}/jobs/r1/frames/_ERROR.json", {"code": "X", "message": "m"})
+    storage.write_bytes(f"gs://{gcs_bucket}/jobs/r1/raw.bin", b"\x01\x02")
+    ex = run_workflow("""
+main:
+  params: [bucket]
+  steps:
+    - media:
+        call: googleapis.storage.v1.objects.get
+        args:
+          bucket: ${bucket}
+          object: ${text.url_encode("jobs/r1/frames/_ERROR.json")}
+          alt: "media"
+        result: doc
+    - raw:
+        call: googleapis.storage.v1.objects.get
+        args:
+          bucket: ${bucket}
+          object: ${text.url_encode("jobs/r1/raw.bin")}
+          alt: "media"
+        result: raw
+    - meta:
+        call: googleapis.storage.v1.objects.get
+        args:
+          bucket: ${bucket}
+          object: ${text.url_encode("jobs/r1/raw.bin")}
+        result: meta
+    - listing:
+        call: googleapis.storage.v1.objects.list
+        args:
+          bucket: ${bucket}
+          prefix: "jobs/r1/"
+        result: listing
+    - unencoded:
+        try:
+          call: googleapis.storage.v1.objects.get
+          args:
+            bucket: ${bucket}
+            object: "jobs/r1/raw.bin"
+        except:
+          as: e
+          steps:
+            - keep:
+                assign:
+                  - unencoded_code: ${e.code}
+    - r:
+        return: ${[doc, get_type(raw), len(raw), meta.size, len(listing.items), unencoded_code]}
+""", gcs_bucket)
+    assert result(ex) == [{"code": "X", "message": "m"}, "bytes", 2, "2", 2, 404]
+
+
+BATCH_CALL = """
+main:
+  params: [args]
+  steps:
+    - create:
+        try:
+          call: googleapis.batch.v1.projects.locations.jobs.create
+          args:
+            parent: "projects/splatpipe-local/locations/us-central1"
+            jobId: ${args.id}
+            body:
+              taskGroups:
+                - taskSpec:
+                    runnables:
+                      - script:
+                          text: ${args.script}
+                    maxRetryCount: 0
+            connector_params:
+              timeout: ${default(map.get(args, "timeout"), 60)}
+              skip_polling: ${default(map.get(args, "skip_polling"), false)}
+              polling_policy:
+                initial_delay: 1
+                multiplier: 1.25
+                max_delay: 10
+          result: job
+        except:
+          as: e
+          steps:
+            - r:
+                return:
+                  tags: ${e.tags}
+                  code: ${map.get(e, "code")}
+                  state: ${map.get(map.get(e, "operation"), ["status", "state"])}
+    - ok:
+        return:
+          state: ${job.status.state}
+          name: ${job.name}
+"""
+
+
+def test_batch_connector_waits_for_the_job(run_workflow: Any) -> None:
+    ok = result(run_workflow(BATCH_CALL, {"id": "ok-job", "script": "exit 0"}))
+    assert ok == {"state": "SUCCEEDED", "name": "projects/splatpipe-local/locations/us-central1/jobs/ok-job"}
+    failed = result(run_workflow(BATCH_CALL, {"id": "bad-job", "script": "exit 1"}))
+    assert failed == {"tags": ["OperationError"], "code": None, "state": "FAILED"}
+    slow = result(run_workflow(BATCH_CALL, {"id": "slow-job", "script": "sleep 30", "timeout": 0.5}))
+    assert slow["tags"] == ["TimeoutError"]
+    started = result(run_workflow(BATCH_CALL, {"id": "async-job", "script": "sleep 1", "skip_polling": True}))
+    assert started["state"] in ("QUEUED", "SCHEDULED", "RUNNING")
+    dup = result(run_workflow(BATCH_CALL, {"id": "ok-job", "script": "exit 0"}))
+    assert dup == {"tags": ["HttpError"], "code": 409, "state": None}
+    invalid = result(run_workflow(BATCH_CALL, {"id": "Bad_Id", "script": "exit 0"}))
+    assert invalid["code"] == 400
+
+
+def test_cancelling_an_execution_deletes_the_job_it_waits_for(run_workflow: Any, engine: Any, local_batch: Any) -> None:
+    ex = run_workflow(BATCH_CALL, {"id": "long-job", "script": "sleep 60"}, wait=False)
+    deadline = time.monotonic() + 20
+    while not local_batch.processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert local_batch.processes(), "the job's task never started"
+    engine.cancel(ex.name)
+    assert ex.state == "CANCELLED"
+    assert local_batch.processes() == []
