@@ -14,14 +14,23 @@ from functions.options import DEFAULT_PRESET, PRESETS
 # Per stage, per preset. Keys are the stage's own parameter names.
 STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "frames": {
-        "preview": {"target_frames": 40, "min_frames": 8, "long_side": 640},
-        "standard": {"target_frames": 120, "min_frames": 12, "long_side": 1280},
-        "high": {"target_frames": 300, "min_frames": 12, "long_side": 1920},
+        "preview": {"target_frames": 40, "min_frames": 6, "long_side": 640},
+        "standard": {"target_frames": 120, "min_frames": 6, "long_side": 1280},
+        "high": {"target_frames": 300, "min_frames": 8, "long_side": 1920},
     },
     "sfm": {
-        "preview": {"matcher": "auto", "mapper": "auto", "max_num_features": 4096},
-        "standard": {"matcher": "auto", "mapper": "auto", "max_num_features": 8192},
-        "high": {"matcher": "auto", "mapper": "auto", "max_num_features": 16384},
+        # exhaustive_max_images: photo sets up to this size are matched all-pairs, larger ones
+        # in name order with loop closure; sequential_overlap: neighbours matched per image;
+        # loop_stride: keyframe spacing for loop closure.
+        "preview": {"matcher": "auto", "mapper": "auto", "max_num_features": 4096,
+                    "exhaustive_max_images": 40, "sequential_overlap": 6, "loop_stride": 5,
+                    "min_registered_fraction": 0.5},
+        "standard": {"matcher": "auto", "mapper": "auto", "max_num_features": 8192,
+                     "exhaustive_max_images": 60, "sequential_overlap": 8, "loop_stride": 6,
+                     "min_registered_fraction": 0.5},
+        "high": {"matcher": "auto", "mapper": "auto", "max_num_features": 16384,
+                 "exhaustive_max_images": 100, "sequential_overlap": 10, "loop_stride": 8,
+                 "min_registered_fraction": 0.5},
     },
     "depth": {
         "preview": {"enabled": True, "input_size": 252, "batch_size": 4},
@@ -29,12 +38,14 @@ STAGE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "high": {"enabled": True, "input_size": 518, "batch_size": 8},
     },
     "splat": {
-        "preview": {"steps": 600, "strategy": "default", "sh_degree": 1, "depth_loss": False,
-                    "max_long_side": 320},
+        # preview: about 2 min of training on 2 idle CPU cores for the synthetic 40-view scene
+        # at 320 px (cap_max bounds the cost per step).
+        "preview": {"steps": 1000, "strategy": "default", "sh_degree": 1, "depth_loss": False,
+                    "max_long_side": 320, "cap_max": 40_000},
         "standard": {"steps": 7000, "strategy": "default", "sh_degree": 3, "depth_loss": True,
-                     "max_long_side": 1280},
+                     "max_long_side": 1280, "cap_max": 1_500_000},
         "high": {"steps": 30000, "strategy": "mcmc", "sh_degree": 3, "depth_loss": True,
-                 "max_long_side": 1920},
+                 "max_long_side": 1920, "cap_max": 3_000_000},
     },
     "mesh": {
         "preview": {"enabled": True, "voxel_size": 0.0, "max_long_side": 320},

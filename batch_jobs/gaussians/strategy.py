@@ -1,0 +1,131 @@
+"""Densification: gsplat's `DefaultStrategy` (3DGS clone/split/prune) or `MCMCStrategy`, on any device.
+
+Both strategies are plain PyTorch on the parameter and optimiser tensors; they read from the
+render's `info` the 2D means' gradient, the radii, the image size and the camera count, which
+our CPU renderer provides in gsplat's layout. Two helpers the MCMC strategy calls are CUDA
+kernels in gsplat 1.5.3 (`compute_relocation` and `quat_scale_to_covar_preci`);
+`enable_cpu_mcmc` routes their CPU calls to PyTorch versions (the relocation formula of
+Eq. 9 in "3D Gaussian Splatting as Markov Chain Monte Carlo", the covariance from gsplat's
+reference implementation) and leaves CUDA calls untouched.
+
+Schedules are scaled to the run's length: a 600-step preview densifies early and often, a
+30k-step run uses the 3DGS numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+from gsplat.strategy import DefaultStrategy, MCMCStrategy
+
+
+@dataclass
+class CappedDefaultStrategy(DefaultStrategy):
+    """DefaultStrategy that never grows past `cap_max` Gaussians (pruning goes on).
+
+    When more Gaussians qualify than the cap leaves room for, only those with the largest
+    image-plane gradients grow (each clone or split adds exactly one Gaussian).
+    """
+
+    cap_max: int = 0
+
+    @torch.no_grad()
+    def _grow_gs(self, params: Any, optimizers: Any, state: dict[str, Any], step: int) -> tuple[int, int]:
+        if not self.cap_max:
+            return super()._grow_gs(params, optimizers, state, step)
+        budget = self.cap_max - len(params["means"])
+        if budget <= 0:
+            return 0, 0
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        if int((grads > self.grow_grad2d).sum()) <= budget:
+            return super()._grow_gs(params, optimizers, state, step)
+        threshold = self.grow_grad2d
+        self.grow_grad2d = max(threshold, float(torch.topk(grads, budget + 1).values[-1]))
+        try:
+            return super()._grow_gs(params, optimizers, state, step)
+        finally:
+            self.grow_grad2d = threshold
+
+
+def schedule(steps: int) -> dict[str, int]:
+    """Refinement start / stop / interval for a run of `steps`."""
+    return {
+        "refine_start_iter": min(500, max(10, steps // 10)),
+        "refine_stop_iter": min(15_000, int(steps * 0.75)),
+        "refine_every": min(100, max(10, steps // 30)),
+    }
+
+
+def make_strategy(name: str, steps: int, scene_scale: float, cap_max: int) -> tuple[Any, dict[str, Any]]:
+    """(strategy, its state) for `name` in {"default", "mcmc"}."""
+    sched = schedule(steps)
+    if name == "default":
+        strategy = CappedDefaultStrategy(cap_max=cap_max, reset_every=min(3000, max(1, steps // 4)), **sched)
+        return strategy, strategy.initialize_state(scene_scale=scene_scale)
+    if name == "mcmc":
+        enable_cpu_mcmc()
+        strategy = MCMCStrategy(cap_max=cap_max, **sched)
+        return strategy, strategy.initialize_state()
+    raise ValueError(f"unknown densification strategy {name!r} (default or mcmc)")
+
+
+def relocation_torch(opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor,
+                     binoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9 of the 3DGS-MCMC paper: opacity and scale of a Gaussian split into `ratio` copies.
+
+    new_o = 1 - (1 - o)^(1/n);  new_s = s * o / sum_{i=1..n} sum_{k<i} C(i-1, k) (-1)^k new_o^(k+1) / sqrt(k+1)
+    """
+    n_max = binoms.shape[0]
+    n = ratios.clamp(1, n_max).long()
+    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n.to(opacities.dtype))
+    # sum over i = 1..n of C(i-1, k): a cumulative table cum[n-1, k]
+    cum = torch.cumsum(binoms.to(opacities.dtype), dim=0)  # cum[m, k] = sum_{i<=m} C(i, k)
+    k = torch.arange(n_max, dtype=opacities.dtype, device=opacities.device)
+    sign_root = torch.where(k.long() % 2 == 0, 1.0, -1.0).to(opacities.dtype) / torch.sqrt(k + 1)
+    powers = new_o[:, None] ** (k[None, :] + 1)  # [N, n_max]
+    denom = (cum[n - 1] * sign_root[None, :] * powers).sum(dim=1)
+    new_s = (opacities / denom)[:, None] * scales
+    return new_o, new_s
+
+
+_patched = False
+
+
+def enable_cpu_mcmc() -> None:
+    """Route gsplat's MCMC helpers to PyTorch for CPU tensors (idempotent; CUDA unchanged)."""
+    global _patched
+    if _patched:
+        return
+    import gsplat.strategy.ops as ops
+
+    cuda_relocation = ops.compute_relocation
+    cuda_covar = ops.quat_scale_to_covar_preci
+
+    def compute_relocation(opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor,
+                           binoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if opacities.is_cuda:
+            return cuda_relocation(opacities, scales, ratios, binoms)
+        return relocation_torch(opacities, scales, ratios, binoms)
+
+    def quat_scale_to_covar_preci(quats: torch.Tensor, scales: torch.Tensor, compute_covar: bool = True,
+                                  compute_preci: bool = True, triu: bool = False) -> Any:
+        if quats.is_cuda:
+            return cuda_covar(quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu)
+        return _quat_scale_to_covar_preci(quats, scales, compute_covar, compute_preci, triu)
+
+    ops.compute_relocation = compute_relocation
+    ops.quat_scale_to_covar_preci = quat_scale_to_covar_preci
+    _patched = True
+
+
+def binomials(n_max: int = 51) -> torch.Tensor:
+    """C(n, k) table as MCMCStrategy builds it (for tests of relocation_torch)."""
+    out = torch.zeros(n_max, n_max)
+    for n in range(n_max):
+        for k in range(n + 1):
+            out[n, k] = math.comb(n, k)
+    return out

@@ -1,0 +1,150 @@
+"""Stage `splat`: train 3D Gaussians from the SfM model and its images.
+
+Reads `sfm/sparse/0` and `sfm/images/` (and `depth/*.npy` when the depth loss is on); writes
+`splat/point_cloud.ply` (standard 3DGS layout), `splat/scene.spz` (Niantic SPZ v3),
+`splat/preview.png` (a render from a training camera beside its photo) and
+`splat/report.json` (held-out PSNR / SSIM, training speed, Gaussian count, parameters).
+
+On CUDA the renderer is `gsplat.rasterization`; on CPU gsplat's PyTorch reference projection
+plus our tiled rasterizer (batch_jobs.gaussians). Every 8th view (by name) is held out of
+training and used only for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batch_jobs.errors import StageError
+from batch_jobs.runner import StageContext
+from batch_jobs.sparse_model import held_out, read_sparse_model
+
+UPSTREAM = ("sfm", "depth")
+VERSION = 1
+
+TOO_FEW_VIEWS = "TOO_FEW_VIEWS"
+HOLDOUT_EVERY = 8
+log = logging.getLogger("batch_jobs.splat")
+
+
+def _depth_available(depth_dir: Path) -> bool:
+    try:
+        report = json.loads((depth_dir / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(report.get("enabled", True)) and any(depth_dir.glob("*.npy"))
+
+
+def write_preview(path: Path, render_rgb: np.ndarray, photo: np.ndarray) -> None:
+    """The render (left) beside the photo (right), 8-bit PNG."""
+    import cv2
+
+    both = np.concatenate([render_rgb, photo], axis=1)
+    cv2.imwrite(str(path), cv2.cvtColor((np.clip(both, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from batch_jobs.gaussians import ply, spz
+    from batch_jobs.gaussians.camera import load_views
+    from batch_jobs.gaussians.evaluate import evaluate
+    from batch_jobs.gaussians.params import init_params, to_arrays
+    from batch_jobs.gaussians.render import render
+    from batch_jobs.gaussians.trainer import TrainConfig, train
+
+    p = ctx.params
+    device = ctx.device
+    steps = int(p["steps"])
+    sh_degree = int(p["sh_degree"])
+    strategy = str(p.get("strategy", "default"))
+    seed = int(p.get("seed", 0))
+    torch.manual_seed(seed)
+
+    sfm_dir = ctx.input_dir("sfm")
+    with ctx.timed("load"):
+        model = read_sparse_model(sfm_dir / "sparse" / "0")
+        depth_loss = bool(p.get("depth_loss", False))
+        depth_dir = ctx.input_dir("depth") if depth_loss else None
+        if depth_dir is not None and not _depth_available(depth_dir):
+            log.warning("depth_loss requested but the depth stage wrote no depth maps; training without it")
+            depth_loss, depth_dir = False, None
+        views = load_views(model, sfm_dir / "images", int(p.get("max_long_side", 0)), depth_dir)
+    if len(views) < 2:
+        raise StageError(TOO_FEW_VIEWS, f"splatting needs at least 2 registered views, got {len(views)}")
+    if len(views) >= 3:
+        test = [v for i, v in enumerate(views) if held_out(i, HOLDOUT_EVERY)]
+        train_views = [v for i, v in enumerate(views) if not held_out(i, HOLDOUT_EVERY)]
+    else:  # too few to hold any out
+        test, train_views = [], list(views)
+    if device == "cuda":
+        for v in views:
+            v.image = v.image.to(device)
+            v.depth = v.depth.to(device) if v.depth is not None else None
+
+    _, scene_scale = model.scene_extent()
+    mcmc = strategy == "mcmc"
+    params = init_params(model.points, model.colors, sh_degree, seed=seed, device=device,
+                         init_opacity=0.5 if mcmc else 0.1, init_scale=0.1 if mcmc else 1.0)
+    cfg = TrainConfig(steps=steps, sh_degree=sh_degree, strategy=strategy, depth_loss=depth_loss,
+                      cap_max=int(p.get("cap_max", 1_000_000)), seed=seed)
+    ctx.progress.update(0.02, f"training {len(params['means'])} Gaussians on {len(train_views)} views ({device})")
+
+    def on_step(step: int, total: int, message: str) -> None:
+        ctx.progress.update(0.02 + 0.88 * step / total, message)
+
+    with ctx.timed("train"):
+        stats = train(params, train_views, cfg, scene_scale, on_step)
+
+    ctx.progress.update(0.9, f"evaluating on {len(test)} held-out views")
+    background = torch.tensor(stats.background, dtype=torch.float32, device=params["means"].device)
+    with ctx.timed("evaluate"):
+        held = evaluate(params, test, sh_degree, background)
+        seen = evaluate(params, train_views[:: max(1, len(train_views) // 8)], sh_degree, background)
+
+    ctx.progress.update(0.95, "exporting")
+    with ctx.timed("export"):
+        arrays = to_arrays(params)
+        ply.write_ply(ctx.out_dir / "point_cloud.ply", arrays)
+        spz.write_spz(ctx.out_dir / "scene.spz", arrays, version=3)
+        pv = train_views[len(train_views) // 2]
+        with torch.no_grad():
+            out = render(params, pv, sh_degree, background=background)
+        write_preview(ctx.out_dir / "preview.png", out.rgb.detach().cpu().numpy(), pv.image.cpu().numpy())
+
+    metrics = {
+        "psnr": held["psnr"],
+        "ssim": held["ssim"],
+        "train_psnr": seen["psnr"],
+        "n_gaussians": stats.n_gaussians,
+        "steps": stats.steps,
+        "steps_per_s": round(stats.steps_per_s, 3),
+        "train_seconds": round(stats.seconds, 2),
+        "device": device,
+        "renderer": "gsplat.rasterization (CUDA)" if device == "cuda" else "cpu tiled rasterizer (numba)",
+        "n_train_views": len(train_views),
+        "n_test_views": len(test),
+    }
+    report = {
+        **metrics,
+        "strategy": strategy,
+        "sh_degree": sh_degree,
+        "depth_loss": depth_loss,
+        "resolution": [views[0].width, views[0].height],
+        "scene_scale": round(scene_scale, 6),
+        "initial_gaussians": int(model.points.shape[0]),
+        "peak_gaussians": stats.peak_gaussians,
+        "background": stats.background,
+        "loss_history": stats.loss_history,
+        "held_out": held,
+        "train_sample": seen,
+        "preview_view": pv.name,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    return metrics
