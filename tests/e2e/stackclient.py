@@ -108,6 +108,16 @@ class StackClient:
     def executions_of(self, request_id: str) -> list[dict[str, Any]]:
         return [e for e in self.executions() if json.loads(e["argument"])["request_id"] == request_id]
 
+    def settled_executions_of(self, request_id: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """The request's executions once none is ACTIVE: a workflow marks its request done and then
+        still calls dispatch and the webhook before its execution ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = self.executions_of(request_id)
+            if all(e["state"] != "ACTIVE" for e in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
+
     def batch_processes(self) -> list[dict[str, Any]]:
         r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/emulator/batch/processes", timeout=30)
         return list(r.json()["processes"])

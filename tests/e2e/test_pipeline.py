@@ -57,7 +57,7 @@ def test_upload_to_completed_through_every_stage(stack: StackClient, synthetic_v
     for stage in STAGES:
         assert doc["stages"][stage]["state"] == "SUCCEEDED" and doc["progress"][stage] == 1
         assert doc["stages"][stage]["batch_job"] == status["stages"][stage]["batch_job"]
-    (execution,) = stack.executions_of(rid)
+    (execution,) = stack.settled_executions_of(rid)
     assert execution["state"] == "SUCCEEDED" and json.loads(execution["result"])["state"] == "COMPLETED"
     assert stack.queue_stats()["running"] == 0
 
@@ -76,7 +76,7 @@ def test_corrupt_video_fails_clearly_and_the_queue_moves_on(stack: StackClient, 
     assert all(failed["stages"][s]["state"] == "PENDING" for s in STAGES[1:])
     doc = stack.firestore_doc(bad_id)
     assert doc is not None and doc["state"] == "FAILED" and doc["error"]["code"] == failed["error"]["code"]
-    (execution,) = stack.executions_of(bad_id)
+    (execution,) = stack.settled_executions_of(bad_id)
     assert execution["state"] == "FAILED"
     assert json.loads(execution["error"]["payload"])["code"] == failed["error"]["code"]
     job = stack.batch_job(failed["stages"]["frames"]["batch_job"])
@@ -126,7 +126,7 @@ def test_killed_stage_is_retried_and_a_rerun_skips_finished_stages(stack: StackC
     status = stack.wait([rid], timeout=420)[rid]
     assert status["state"] == "COMPLETED", status.get("error")
 
-    runs = sorted(stack.executions_of(rid), key=lambda e: e["startTime"])
+    runs = sorted(stack.settled_executions_of(rid), key=lambda e: e["startTime"])
     assert [e["state"] for e in runs] == ["CANCELLED", "SUCCEEDED"]
     for s in ("frames", "sfm", "depth"):
         assert status["stages"][s]["state"] == "SKIPPED", (s, status["stages"][s])
@@ -165,7 +165,7 @@ def test_ten_requests_two_at_a_time_highest_priority_first(stack: StackClient, v
     assert most <= 2
 
     # Everything queued behind the blockers started in priority order (0 is the highest).
-    runs = {rid: stack.executions_of(rid) for rid in final}
+    runs = {rid: stack.settled_executions_of(rid) for rid in final}
     assert all(len(r) == 1 and r[0]["state"] == "SUCCEEDED" for r in runs.values())
     first_done = min(spans[rid][1] for rid in blockers)
     waiting = [rid for rid in queued if spans[rid][0] >= first_done]
