@@ -36,19 +36,19 @@ locals {
   # Object access per bucket (bucket-level IAM).
   bucket_roles = {
     # Inputs: the control plane checks that a request's input exists; the stages read it.
-    uploads_api = { bucket = google_storage_bucket.uploads.name, sa = "api", role = "roles/storage.objectViewer" }
+    uploads_api = { bucket = google_storage_bucket.bucket["uploads"].name, sa = "api", role = "roles/storage.objectViewer" }
     # POST /preprocess-video stores a direct upload (never overwrites: create, not update).
-    uploads_api_create = { bucket = google_storage_bucket.uploads.name, sa = "api", role = "roles/storage.objectCreator" }
-    uploads_upload     = { bucket = google_storage_bucket.uploads.name, sa = "upload", role = "roles/storage.objectViewer" }
-    uploads_batch      = { bucket = google_storage_bucket.uploads.name, sa = "batch", role = "roles/storage.objectViewer" }
+    uploads_api_create = { bucket = google_storage_bucket.bucket["uploads"].name, sa = "api", role = "roles/storage.objectCreator" }
+    uploads_upload     = { bucket = google_storage_bucket.bucket["uploads"].name, sa = "upload", role = "roles/storage.objectViewer" }
+    uploads_batch      = { bucket = google_storage_bucket.bucket["uploads"].name, sa = "batch", role = "roles/storage.objectViewer" }
     # Workspaces: request.json (control plane), stage outputs (Batch), signed output URLs (api).
-    data_api      = { bucket = google_storage_bucket.data.name, sa = "api", role = "roles/storage.objectUser" }
-    data_upload   = { bucket = google_storage_bucket.data.name, sa = "upload", role = "roles/storage.objectUser" }
-    data_dispatch = { bucket = google_storage_bucket.data.name, sa = "dispatch", role = "roles/storage.objectUser" }
-    data_batch    = { bucket = google_storage_bucket.data.name, sa = "batch", role = "roles/storage.objectUser" }
-    data_workflow = { bucket = google_storage_bucket.data.name, sa = "workflow", role = "roles/storage.objectViewer" }
+    data_api      = { bucket = google_storage_bucket.bucket["data"].name, sa = "api", role = "roles/storage.objectUser" }
+    data_upload   = { bucket = google_storage_bucket.bucket["data"].name, sa = "upload", role = "roles/storage.objectUser" }
+    data_dispatch = { bucket = google_storage_bucket.bucket["data"].name, sa = "dispatch", role = "roles/storage.objectUser" }
+    data_batch    = { bucket = google_storage_bucket.bucket["data"].name, sa = "batch", role = "roles/storage.objectUser" }
+    data_workflow = { bucket = google_storage_bucket.bucket["data"].name, sa = "workflow", role = "roles/storage.objectViewer" }
     # Build inputs: the functions' source zip and Cloud Build's staged sources.
-    sources_build = { bucket = google_storage_bucket.sources.name, sa = "build", role = "roles/storage.objectViewer" }
+    sources_build = { bucket = google_storage_bucket.bucket["sources"].name, sa = "build", role = "roles/storage.objectViewer" }
   }
 
   extra_input_readers = {

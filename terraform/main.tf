@@ -99,14 +99,50 @@ resource "google_storage_bucket_iam_member" "access_logs_writer" {
   member = "group:cloud-storage-analytics@google.com"
 }
 
-resource "google_storage_bucket" "uploads" {
-  name                        = "${var.project_id}-${local.p}-uploads"
+locals {
+  # Old object versions go after var.noncurrent_version_days, in every bucket.
+  noncurrent_versions_rule = {
+    condition = { days_since_noncurrent_time = var.noncurrent_version_days, with_state = "ARCHIVED" }
+    action    = "Delete"
+  }
+
+  # The buckets that log to access_logs, with what differs between them (the key names the bucket).
+  buckets = {
+    # Uploads are inputs only: a request copies nothing, the stages read them once (frames).
+    uploads = {
+      force_destroy = var.force_destroy_buckets
+      lifecycle_rules = [
+        { condition = { age = var.upload_expiry_days }, action = "Delete" },
+        local.noncurrent_versions_rule,
+        { condition = { age = 1 }, action = "AbortIncompleteMultipartUpload" },
+      ]
+    }
+    # Request workspaces. Stages overwrite their outputs on a rerun; keep replaced versions only briefly.
+    data = {
+      force_destroy   = var.force_destroy_buckets
+      lifecycle_rules = [local.noncurrent_versions_rule]
+    }
+    # The functions' source zips and Cloud Build's staged sources (cloudbuild.yaml).
+    sources = {
+      force_destroy = true # holds only build inputs that Terraform or a build re-creates
+      lifecycle_rules = [
+        { condition = { age = 7, matches_prefix = ["cloudbuild/"] }, action = "Delete" },
+        local.noncurrent_versions_rule,
+      ]
+    }
+  }
+}
+
+resource "google_storage_bucket" "bucket" {
+  for_each = local.buckets
+
+  name                        = "${var.project_id}-${local.p}-${each.key}"
   project                     = var.project_id
   location                    = var.region
   storage_class               = "STANDARD"
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
-  force_destroy               = var.force_destroy_buckets
+  force_destroy               = each.value.force_destroy
   labels                      = local.labels
 
   versioning {
@@ -115,115 +151,41 @@ resource "google_storage_bucket" "uploads" {
 
   logging {
     log_bucket        = google_storage_bucket.access_logs.name
-    log_object_prefix = "uploads/"
+    log_object_prefix = "${each.key}/"
   }
 
-  # Uploads are inputs only: a request copies nothing, the stages read them once (frames).
-  lifecycle_rule {
-    condition {
-      age = var.upload_expiry_days
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      age = 1
-    }
-    action {
-      type = "AbortIncompleteMultipartUpload"
+  dynamic "lifecycle_rule" {
+    for_each = each.value.lifecycle_rules
+    content {
+      condition {
+        age                        = lookup(lifecycle_rule.value.condition, "age", null)
+        days_since_noncurrent_time = lookup(lifecycle_rule.value.condition, "days_since_noncurrent_time", null)
+        with_state                 = lookup(lifecycle_rule.value.condition, "with_state", null)
+        matches_prefix             = lookup(lifecycle_rule.value.condition, "matches_prefix", null)
+      }
+      action {
+        type = lifecycle_rule.value.action
+      }
     }
   }
 
   depends_on = [google_project_service.enabled]
 }
 
-resource "google_storage_bucket" "data" {
-  name                        = "${var.project_id}-${local.p}-data"
-  project                     = var.project_id
-  location                    = var.region
-  storage_class               = "STANDARD"
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = var.force_destroy_buckets
-  labels                      = local.labels
-
-  versioning {
-    enabled = true
-  }
-
-  logging {
-    log_bucket        = google_storage_bucket.access_logs.name
-    log_object_prefix = "data/"
-  }
-
-  # Stages overwrite their outputs on a rerun; keep replaced versions only briefly.
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  depends_on = [google_project_service.enabled]
+# The buckets were three separate resources: their state moves, nothing is replaced.
+moved {
+  from = google_storage_bucket.uploads
+  to   = google_storage_bucket.bucket["uploads"]
 }
 
-# The functions' source zips and Cloud Build's staged sources (cloudbuild.yaml).
-resource "google_storage_bucket" "sources" {
-  name                        = "${var.project_id}-${local.p}-sources"
-  project                     = var.project_id
-  location                    = var.region
-  storage_class               = "STANDARD"
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-  force_destroy               = true # holds only build inputs that Terraform or a build re-creates
-  labels                      = local.labels
+moved {
+  from = google_storage_bucket.data
+  to   = google_storage_bucket.bucket["data"]
+}
 
-  versioning {
-    enabled = true
-  }
-
-  logging {
-    log_bucket        = google_storage_bucket.access_logs.name
-    log_object_prefix = "sources/"
-  }
-
-  lifecycle_rule {
-    condition {
-      age            = 7
-      matches_prefix = ["cloudbuild/"]
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_storage_bucket.sources
+  to   = google_storage_bucket.bucket["sources"]
 }
 
 # --- Firestore --------------------------------------------------------------------------------

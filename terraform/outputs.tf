@@ -1,31 +1,31 @@
 output "api_url" {
   description = "URL of the public api function (POST /trigger-reconstruction, GET /status/...)."
-  value       = google_cloudfunctions2_function.api.service_config[0].uri
+  value       = google_cloudfunctions2_function.function["api"].service_config[0].uri
 }
 
 output "queue_url" {
   description = "URL of the internal queue function (IAM-only; reachable from inside the project unless internal_ingress = ALLOW_ALL)."
-  value       = google_cloudfunctions2_function.queue.service_config[0].uri
+  value       = google_cloudfunctions2_function.function["queue"].service_config[0].uri
 }
 
 output "dispatch_url" {
   description = "URL of the internal dispatch function (IAM-only)."
-  value       = google_cloudfunctions2_function.dispatch.service_config[0].uri
+  value       = google_cloudfunctions2_function.function["dispatch"].service_config[0].uri
 }
 
 output "uploads_bucket" {
   description = "Bucket clients upload videos and photo sets to (gs://UPLOADS_BUCKET/{session_id}/...); uploads expire after upload_expiry_days."
-  value       = google_storage_bucket.uploads.name
+  value       = google_storage_bucket.bucket["uploads"].name
 }
 
 output "data_bucket" {
   description = "Bucket of the request workspaces (gs://DATA_BUCKET/jobs/{request_id}/...)."
-  value       = google_storage_bucket.data.name
+  value       = google_storage_bucket.bucket["data"].name
 }
 
 output "sources_bucket" {
   description = "Bucket of the functions' source zip and Cloud Build's staged sources."
-  value       = google_storage_bucket.sources.name
+  value       = google_storage_bucket.bucket["sources"].name
 }
 
 output "workflow_name" {
@@ -49,7 +49,7 @@ output "job_image_build_command" {
     "gcloud builds submit --project=${var.project_id} --region=${var.region}",
     "--config=cloudbuild.yaml",
     "--service-account=${google_service_account.sa["build"].id}",
-    "--gcs-source-staging-dir=gs://${google_storage_bucket.sources.name}/cloudbuild/source",
+    "--gcs-source-staging-dir=gs://${google_storage_bucket.bucket["sources"].name}/cloudbuild/source",
     "--substitutions=_REPOSITORY=${google_artifact_registry_repository.jobs.repository_id},_IMAGE=${var.job_image_name},_TAG=${var.job_image_tag}",
     ".",
   ])

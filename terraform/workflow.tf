@@ -4,8 +4,8 @@
 locals {
   workflow_env = {
     REGION                = var.region
-    DATA_BUCKET           = google_storage_bucket.data.name
-    UPLOADS_BUCKET        = google_storage_bucket.uploads.name
+    DATA_BUCKET           = google_storage_bucket.bucket["data"].name
+    UPLOADS_BUCKET        = google_storage_bucket.bucket["uploads"].name
     QUEUE_URL             = local.function_urls.queue
     DISPATCH_URL          = local.function_urls.dispatch
     JOB_IMAGE             = local.job_image
@@ -33,8 +33,7 @@ resource "google_workflows_workflow" "reconstruct" {
   user_env_vars   = local.workflow_env
 
   depends_on = [
-    google_cloudfunctions2_function.queue,
-    google_cloudfunctions2_function.dispatch,
+    google_cloudfunctions2_function.function,
     google_project_iam_member.component,
     google_service_account_iam_member.workflow_acts_as_batch,
     google_cloud_run_service_iam_member.internal,

@@ -46,12 +46,12 @@ def test_contract_entry_points_are_in_the_code(entry_points):
 
 
 def test_cloudevent_functions_fire_on_object_finalize_in_the_uploads_bucket(tf, functions, iam, entry_points):
-    uploads = tf.resource("google_storage_bucket", "uploads")
+    uploads = tf.instance("google_storage_bucket", 'bucket["uploads"]')
     for name in (n for n, s in entry_points.items() if s == "cloudevent"):
         trigger = functions[name].event_trigger
         assert trigger["event_type"] == FINALIZED
         filters = trigger["event_filters"] if isinstance(trigger["event_filters"], list) else [trigger["event_filters"]]
-        assert {f["attribute"]: f["value"] for f in filters} == {"bucket": "${google_storage_bucket.uploads.name}"}
+        assert {f["attribute"]: f["value"] for f in filters} == {"bucket": '${google_storage_bucket.bucket["uploads"].name}'}
         # A Cloud Storage trigger lives in its bucket's region.
         assert trigger["trigger_region"] == uploads["location"]
         assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"  # at-least-once; the handler dedups
@@ -75,8 +75,8 @@ def test_every_setting_the_code_reads_is_set_on_every_function(functions):
 def test_settings_values_come_from_the_resources_they_name(tf, functions):
     for fn in functions.values():
         env = fn.env
-        assert env["UPLOADS_BUCKET"] == "${google_storage_bucket.uploads.name}"
-        assert env["DATA_BUCKET"] == "${google_storage_bucket.data.name}"
+        assert env["UPLOADS_BUCKET"] == '${google_storage_bucket.bucket["uploads"].name}'
+        assert env["DATA_BUCKET"] == '${google_storage_bucket.bucket["data"].name}'
         assert env["GOOGLE_CLOUD_PROJECT"] == "${var.project_id}"
         assert env["REGION"] == "${var.region}"
         workflow = tf.resource("google_workflows_workflow", "reconstruct")
@@ -176,7 +176,7 @@ def test_function_urls_are_the_deterministic_run_app_urls(tf, functions):
                         r'"https://\$\{\2\}-\$\{data\.google_project\.this\.number\}\.\$\{var\.region\}\.run\.app"\}\}',
                         expr), expr
     for entry, fn in functions.items():
-        assert tf.resource("google_cloudfunctions2_function", fn.resource)["name"] == f"${{local.function_names.{entry}}}"
+        assert fn.body["name"] == f'${{local.function_names["{entry}"]}}', fn.address
         # a DNS label: SERVICE-PROJECT_NUMBER (12 digits at most) within 63 characters
         name = tf.interpolate(tf.locals["function_names"][entry]).replace("${var.name_prefix}", "x" * 16)
         assert len(name) + 1 + 12 <= 63

@@ -27,8 +27,8 @@ def test_no_authoritative_iam_or_acls(tf):
 
 
 def test_no_public_bucket(tf, iam):
-    buckets = tf.of_type("google_storage_bucket")
-    assert {"uploads", "data"} <= set(buckets)
+    buckets = {inst.address: inst.body for inst in tf.instances("google_storage_bucket")}
+    assert {'google_storage_bucket.bucket["uploads"]', 'google_storage_bucket.bucket["data"]'} <= set(buckets)
     for name, bucket in buckets.items():
         assert bucket["uniform_bucket_level_access"] is True, name
         assert bucket["public_access_prevention"] == "enforced", name
@@ -38,7 +38,7 @@ def test_no_public_bucket(tf, iam):
 
 
 def test_uploads_expire(tf):
-    rules = tf.resource("google_storage_bucket", "uploads")["lifecycle_rule"]
+    rules = tf.instance("google_storage_bucket", 'bucket["uploads"]')["lifecycle_rule"]
     expiry = [first(r, "condition")["age"] for r in rules
               if first(r, "action")["type"] == "Delete" and "age" in first(r, "condition")]
     assert expiry == ["${var.upload_expiry_days}"]

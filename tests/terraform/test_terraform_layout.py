@@ -89,6 +89,17 @@ def test_apis_are_enabled_for_every_resource(tf):
     assert tf.resource("google_project_service", "enabled")["disable_on_destroy"] is False
 
 
+def test_moved_blocks_lead_to_instances(tf):
+    # A state move whose target is gone would make Terraform replace the resource instead.
+    declared = {f"{t}.{n}" for (t, n) in tf.resources}
+    instances = {inst.address for rtype in {t for (t, _) in tf.resources} for inst in tf.instances(rtype)}
+    for doc in tf.parsed.values():
+        for moved in doc.get("moved", []):
+            source, target = (re.fullmatch(r"\$\{(.+)\}", moved[k]).group(1) for k in ("from", "to"))
+            assert target in instances, f"moved to {target}, which the configuration does not declare"
+            assert source not in declared, f"{source} is still declared"
+
+
 def test_files_read_by_terraform_exist(tf):
     paths = tf.file_paths()
     assert paths
@@ -104,8 +115,8 @@ def test_local_build_output_is_not_tracked():
 
 def test_readme_deploy_section():
     text = (REPO / "README.md").read_text()
-    m = re.search(r"<!-- section: deploy \(issue 6\) -->(.*?)(?=<!-- section:|\Z)", text, re.S)
-    assert m, "README deploy section marker is missing"
+    m = re.search(r"^## Deploy to Google Cloud\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, "README has no '## Deploy to Google Cloud' section"
     section = m.group(1)
     for needle in ("terraform init", "terraform apply", "cloudbuild.yaml", "gcloud auth print-identity-token",
                    "curl"):

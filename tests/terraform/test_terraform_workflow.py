@@ -51,7 +51,7 @@ def test_workflow_settings_point_at_the_right_resources(tf, workflow_env, functi
     expected = {
         "QUEUE_URL": "${local.function_urls.queue}",
         "DISPATCH_URL": "${local.function_urls.dispatch}",
-        "DATA_BUCKET": "${google_storage_bucket.data.name}",
+        "DATA_BUCKET": '${google_storage_bucket.bucket["data"].name}',
         "REGION": "${var.region}",
     }
     for name, value in expected.items():
@@ -100,4 +100,4 @@ def test_cloudbuild_pushes_the_image_terraform_runs(tf, cloudbuild):
     assert rendered == tf.locals["job_image"]
     assert "--config=cloudbuild.yaml" in command
     assert sa_key(command.split("--service-account=")[1]) == "build"
-    assert "gs://${google_storage_bucket.sources.name}/" in command  # staged where the build SA may read
+    assert 'gs://${google_storage_bucket.bucket["sources"].name}/' in command  # staged where the build SA may read

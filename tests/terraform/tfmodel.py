@@ -1,6 +1,7 @@
 """The Terraform configuration as data: python-hcl2 parses `terraform/`, and a small resolver
-follows `local.*` / `var.*` (defaults) references and expands `for_each` over literal maps and
-lists, so tests can ask "who may invoke dispatch" without a provider or `terraform plan`."""
+follows `local.*` / `var.*` (defaults) references and expands `for_each` and `dynamic` blocks over
+literal maps and lists, so tests can ask "who may invoke dispatch" without a provider or
+`terraform plan`."""
 
 from __future__ import annotations
 
@@ -133,12 +134,31 @@ class TfConfig:
     def resource(self, rtype: str, name: str) -> dict[str, Any]:
         return self.resources[(rtype, name)]
 
+    def instance(self, rtype: str, ref: str) -> dict[str, Any]:
+        """The body of one instance: `ref` is a resource name, or `name["key"]` for a for_each key."""
+        for inst in self.instances(rtype):
+            if inst.address == f"{rtype}.{ref}":
+                return inst.body
+        raise KeyError(f"{rtype}.{ref} is not an instance of the configuration")
+
     def of_type(self, rtype: str) -> dict[str, dict[str, Any]]:
         return {n: b for (t, n), b in self.resources.items() if t == rtype}
 
+    def _literal(self, expr: Any) -> Any:
+        """`expr` resolved, a literal-bool conditional decided and an inline JSON-like list
+        (the `[1]` of `cond ? [1] : []`) parsed; anything else as resolve() leaves it."""
+        value = self.resolve(_pick_branch(expr))
+        m = re.fullmatch(r"\$\{(\[.*\])\}", value, re.S) if isinstance(value, str) else None
+        if m:
+            try:
+                return json.loads(m.group(1))
+            except json.JSONDecodeError:
+                return value
+        return value
+
     def _for_each_items(self, expr: Any) -> list[tuple[str, Any]] | None:
         """Keys and values of a for_each over a literal map or list; None when not literal."""
-        value = self.resolve(expr)
+        value = self._literal(expr)
         if isinstance(value, str):
             m = re.fullmatch(r"\$\{toset\((.*)\)\}", value, re.S)
             if m:
@@ -163,14 +183,39 @@ class TfConfig:
         out: list[Instance] = []
         for name, body in self.of_type(rtype).items():
             if "for_each" not in body:
-                out.append(Instance(rtype, name, None, body))
+                out.append(Instance(rtype, name, None, self.expand_dynamic(body)))
                 continue
             items = self._for_each_items(body["for_each"])
+            rest = {k: v for k, v in body.items() if k != "for_each"}
             if items is None:
                 out.append(Instance(rtype, name, "*", body))
                 continue
             for key, val in items:
-                out.append(Instance(rtype, name, key, _substitute_each(body, key, val)))
+                out.append(Instance(rtype, name, key, self.expand_dynamic(_substitute_each(rest, key, val, "each"))))
+        return out
+
+    def expand_dynamic(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` with each `dynamic "x"` block whose for_each is literal replaced by its `x`
+        blocks (an unexpandable one stays under "dynamic")."""
+        out = {k: v for k, v in body.items() if k != "dynamic"}
+        kept = []
+        for entry in body.get("dynamic", []):
+            for label, spec in entry.items():
+                value = self._literal(spec["for_each"])
+                # A dynamic block's iterator key is the list index or the map key.
+                items = (list(value.items()) if isinstance(value, dict)
+                         else list(enumerate(value)) if isinstance(value, list) else None)
+                if items is None:
+                    kept.append({label: spec})
+                    continue
+                blocks = out.get(label, [])
+                blocks = list(blocks) if isinstance(blocks, list) else [blocks]
+                for key, val in items:
+                    content = first(spec, "content")
+                    blocks.append(_substitute_each(content, str(key), self.resolve(val), label))
+                out[label] = blocks
+        if kept:
+            out["dynamic"] = kept
         return out
 
 
@@ -182,27 +227,56 @@ def _expr_text(value: Any) -> str:
     return json.dumps(value)
 
 
-def _substitute_each(node: Any, key: str, value: Any) -> Any:
+def _pick_branch(expr: Any) -> Any:
+    """The chosen side of `${true ? A : B}` / `${false ? A : B}` (as `${A}` / `${B}`), else `expr`."""
+    m = re.fullmatch(r"\$\{(true|false) \? (.+?) : (.+)\}", expr, re.S) if isinstance(expr, str) else None
+    return "${" + (m.group(2) if m.group(1) == "true" else m.group(3)) + "}" if m else expr
+
+
+_NOTHING = object()
+
+
+def _path(value: Any, path: str) -> Any:
+    """`value.a.b` for path "a.b" over nested dicts (_NOTHING where a step is missing)."""
+    for step in filter(None, path.split(".")):
+        if not isinstance(value, dict) or step not in value:
+            return _NOTHING
+        value = value[step]
+    return value
+
+
+def _substitute_each(node: Any, key: str, value: Any, it: str) -> Any:
+    """`node` with the iterator `it` (`each`, or a dynamic block's label) replaced by one item:
+    whole references become the item's value, references inside expressions its HCL text, and an
+    attribute set to `lookup(it.value..., "k", null)` of a missing key is dropped."""
     if isinstance(node, dict):
-        return {k: _substitute_each(v, key, value) for k, v in node.items() if k != "for_each"}
+        out = {}
+        for k, v in node.items():
+            new = _substitute_each(v, key, value, it)
+            if new is not _NOTHING:
+                out[k] = new
+        return out
     if isinstance(node, list):
-        return [_substitute_each(v, key, value) for v in node]
-    if not isinstance(node, str) or "each." not in node:
+        return [_substitute_each(v, key, value, it) for v in node]
+    if not isinstance(node, str) or f"{it}." not in node:
         return node
+    name = re.escape(it)
+
+    whole = re.fullmatch(rf"\$\{{{name}\.value((?:\.\w+)*)\}}", node)
+    if whole and _path(value, whole.group(1)) is not _NOTHING:
+        return _path(value, whole.group(1))
+    lookup = re.fullmatch(rf'\$\{{lookup\({name}\.value((?:\.\w+)*), "(\w+)", null\)\}}', node)
+    if lookup and isinstance(_path(value, lookup.group(1)), dict):
+        return _path(value, lookup.group(1)).get(lookup.group(2), _NOTHING)
+    if node == f"${{{it}.key}}":
+        return key
 
     def field(m: re.Match[str]) -> str:
-        return _expr_text(value[m.group(1)]) if isinstance(value, dict) else m.group(0)
+        return _expr_text(value[m.group(1)]) if isinstance(value, dict) and m.group(1) in value else m.group(0)
 
-    whole = re.fullmatch(r"\$\{each\.value\.(\w+)\}", node)
-    if whole and isinstance(value, dict):
-        return value[whole.group(1)]
-    if node == "${each.value}":
-        return value
-    if node == "${each.key}":
-        return key
-    text = re.sub(r"each\.value\.(\w+)", field, node)
-    text = re.sub(r"\beach\.key\b", json.dumps(key), text)
-    text = re.sub(r"\beach\.value\b", _expr_text(value) if not isinstance(value, dict) else "each.value", text)
+    text = re.sub(rf"\b{name}\.value\.(\w+)", field, node)
+    text = re.sub(rf"\b{name}\.key\b", json.dumps(key), text)
+    text = re.sub(rf"\b{name}\.value\b", _expr_text(value) if not isinstance(value, dict) else f"{it}.value", text)
     return text
 
 
@@ -241,10 +315,12 @@ IAM_MEMBER_TYPES = {
     "google_secret_manager_secret_iam_member": ("secret", "secret_id"),
 }
 
+# The granted-on resource: its name, or its for_each key for an instance (`sa["batch"]` -> batch).
+_KEY = r'(?:\["([^"]+)"\])?'
 _TARGET_REFS = {
-    "bucket": re.compile(r"google_storage_bucket\.(\w+)"),
-    "run_service": re.compile(r"google_cloudfunctions2_function\.(\w+)"),
-    "function": re.compile(r"google_cloudfunctions2_function\.(\w+)"),
+    "bucket": re.compile(r"google_storage_bucket\.(\w+)" + _KEY),
+    "run_service": re.compile(r"google_cloudfunctions2_function\.(\w+)" + _KEY),
+    "function": re.compile(r"google_cloudfunctions2_function\.(\w+)" + _KEY),
     "service_account": SA_REF,
     "repository": re.compile(r"google_artifact_registry_repository\.(\w+)"),
     "secret": re.compile(r"google_secret_manager_secret\.(\w+)"),
@@ -254,7 +330,7 @@ _TARGET_REFS = {
 @dataclass(frozen=True)
 class Grant:
     scope: str  # project, bucket, run_service, service_account, repository, secret, ...
-    target: str | None  # the Terraform name of the resource granted on (None: the project)
+    target: str | None  # the resource granted on: Terraform name or for_each key (None: the project)
     role: str
     member: str  # "sa:<component>" for the module's own accounts, else the literal member
     address: str
@@ -273,7 +349,7 @@ def grants(cfg: TfConfig) -> list[Grant]:
             if arg is not None:
                 ref = str(cfg.resolve(inst.body.get(arg, "")))
                 m = _TARGET_REFS[scope].search(ref)
-                target = m.group(1) if m else ref
+                target = next(g for g in reversed(m.groups()) if g) if m else ref
             out.append(Grant(scope, target, str(inst.body.get("role")), _member(inst.body.get("member")),
                              inst.address))
     return out
@@ -284,7 +360,9 @@ def grants(cfg: TfConfig) -> list[Grant]:
 
 @dataclass(frozen=True)
 class DeployedFunction:
-    resource: str  # Terraform name
+    resource: str  # as grants name it: the for_each key of an instance, else the Terraform name
+    address: str  # the Terraform instance address
+    body: dict[str, Any]  # the instance's arguments, for_each and dynamic blocks expanded
     entry_point: str
     signature: str  # http | cloudevent
     event_trigger: dict[str, Any]
@@ -300,7 +378,10 @@ class DeployedFunction:
 def deployed_functions(cfg: TfConfig) -> dict[str, DeployedFunction]:
     """{entry point: its deployment} for every google_cloudfunctions2_function."""
     out: dict[str, DeployedFunction] = {}
-    for name, body in cfg.of_type("google_cloudfunctions2_function").items():
+    for inst in cfg.instances("google_cloudfunctions2_function"):
+        body = inst.body
+        # An unexpanded dynamic trigger would pass for an HTTP function.
+        assert not [d for d in body.get("dynamic", []) if "event_trigger" in d], f"{inst.address}: unresolved trigger"
         build, service, trigger = first(body, "build_config"), first(body, "service_config"), first(body, "event_trigger")
         env = cfg.resolve(service.get("environment_variables", {}))
         secrets = service.get("secret_environment_variables", [])
@@ -308,7 +389,9 @@ def deployed_functions(cfg: TfConfig) -> dict[str, DeployedFunction]:
         entry = build["entry_point"]
         assert entry not in out, f"entry point {entry} deployed twice"
         out[entry] = DeployedFunction(
-            resource=name,
+            resource=inst.key if inst.key is not None else inst.name,
+            address=inst.address,
+            body=body,
             entry_point=entry,
             signature="cloudevent" if trigger else "http",
             event_trigger=trigger,
