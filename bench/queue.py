@@ -8,7 +8,9 @@
 
 One client, no pipelining, loopback. Throughput is operations per second over a run; latency is
 per call (p50 / p99). Each measurement is the median of `--rounds` rounds, the rounds of
-the three interleaved; Redis is flushed before each. Goals: our enqueue >= 2x rq's, and >= 5,000 enqueue+next pairs per second.
+the contenders interleaved; Redis is flushed before each. Goals: our enqueue >= 2x rq's, and >= 5,000
+enqueue+next pairs per second. A PING through the same client is measured too: a pair is two round
+trips, so half the PING rate is the ceiling for any two-call queue on this machine.
 
     .venv/bin/python -m bench.queue [--n 5000] [--rounds 6] [--aof]
 """
@@ -135,14 +137,18 @@ def main() -> int:
             print(f"Redis {ours_client.info('server')['redis_version']} on {url}, AOF "
                   f"{'on (fsync always)' if args.aof else 'off'}; n={args.n}, median of {args.rounds} rounds",
                   file=sys.stderr)
-            rq_res, ours, pairs = measure({"rq enqueue": rq_enqueue, "ours enqueue": enqueue,
-                                           "ours enqueue+next": enqueue_next}, args.n, flush, args.rounds)
+            def ping(i: int) -> None:
+                ours_client.ping()
+
+            rq_res, ours, pairs, floor = measure({"rq enqueue": rq_enqueue, "ours enqueue": enqueue,
+                                                  "ours enqueue+next": enqueue_next, "PING (floor)": ping},
+                                                 args.n, flush, args.rounds)
         finally:
             svc.stop()
 
     print()
     print(f"{'':<22} {'ops/s':>10} {'p50 µs':>9} {'p99 µs':>9}")
-    for r in (rq_res, ours, pairs):
+    for r in (rq_res, ours, pairs, floor):
         print(f"{r.name:<22} {r.ops_per_s:>10.0f} {r.p50_us:>9.0f} {r.p99_us:>9.0f}")
     ratio = ours.ops_per_s / rq_res.ops_per_s
     print()
@@ -151,6 +157,9 @@ def main() -> int:
     print(f"enqueue+next pairs per second:     {pairs.ops_per_s:5.0f}    (goal >= 5000)  "
           f"{'met' if pairs.ops_per_s >= 5000 else 'NOT met'}")
     print(f"enqueue+next pairs / rq enqueues:  {pairs.ops_per_s / rq_res.ops_per_s:5.2f}x")
+    # A pair is two round trips; two PINGs through the same client are what no queue can beat here.
+    ceiling = floor.ops_per_s / 2
+    print(f"pairs / two-PING ceiling ({ceiling:.0f}/s):  {pairs.ops_per_s / ceiling:5.2f}x")
     return 0
 
 
