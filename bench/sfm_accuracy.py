@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# Run as a script, sys.path[0] is bench/, whose queue.py would shadow the standard library's: use the repo.
+sys.path[0] = str(REPO)
 os.environ.setdefault("SPLATPIPE_STATUS_STORE", "log")
 
 from batch_jobs import pose_accuracy as pa  # noqa: E402
