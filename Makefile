@@ -9,7 +9,7 @@ export MALLOC_TOP_PAD_ ?= 1000000000
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt scripts/bootstrap.sh
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
 	touch $@
 

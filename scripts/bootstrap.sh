@@ -35,7 +35,7 @@ checkov_version=3.3.30
 if ! "$checkov_venv/bin/checkov" --version 2>/dev/null | grep -qx "$checkov_version"; then
   [ -x "$checkov_venv/bin/python" ] || "$python" -m venv "$checkov_venv"
   "$checkov_venv/bin/python" -m pip install -q --upgrade pip
-  "$checkov_venv/bin/python" -m pip install -q -c constraints.txt "checkov==$checkov_version"
+  "$checkov_venv/bin/python" -m pip install -q -c constraints-checkov.txt "checkov==$checkov_version"
 fi
 # --- end checkov ---------------------------------------------------------------------------------
 
