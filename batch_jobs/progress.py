@@ -53,14 +53,8 @@ class FirestoreSink:
         from google.cloud.firestore_v1.field_path import FieldPath
 
         # set(merge=True) creates the document if the mirror has not yet; dotted keys are paths.
-        nested: dict[str, Any] = {}
-        for path, value in fields.items():
-            cur = nested
-            parts = FieldPath.from_string(path).parts
-            for p in parts[:-1]:
-                cur = cur.setdefault(p, {})
-            cur[parts[-1]] = value
-        self._doc.set(nested, merge=True)
+        parts = ((FieldPath.from_string(path).parts, value) for path, value in fields.items())
+        self._doc.set(jobrecord.nested(parts), merge=True)
 
 
 def firestore_configured() -> bool:

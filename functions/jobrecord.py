@@ -7,7 +7,7 @@ This module is the one definition of a request's record shared by the control pl
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 COLLECTION = "reconstructions"
@@ -97,6 +97,17 @@ def progress_path(stage: str) -> str:
 def stage_path(stage: str, key: str) -> str:
     """Firestore field path of one attribute of a stage (`state`, `started_at`, `message`, …)."""
     return f"{FIELD_STAGES}.{stage}.{key}"
+
+
+def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+    """`((parts of a field path), value)` pairs as one nested map, for a create or a merge-set."""
+    out: dict[str, Any] = {}
+    for parts, value in fields:
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return out
 
 
 def error_dict(code: str, message: str, stage: str | None = None) -> dict[str, Any]:

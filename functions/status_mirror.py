@@ -78,16 +78,6 @@ def document_fields(record: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...]
     yield (FIELD_MIRROR_VERSION,), record["version"]
 
 
-def _nested(pairs: Iterator[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for parts, value in pairs:
-        cur = out
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
-    return out
-
-
 def _flat(pairs: Iterator[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -160,7 +150,7 @@ class StatusMirror:
                     continue
             else:
                 try:
-                    ref.create(_nested(document_fields(record)), retry=None, timeout=self.timeout)
+                    ref.create(jobrecord.nested(document_fields(record)), retry=None, timeout=self.timeout)
                     break
                 except gexc.Conflict:
                     continue
