@@ -136,16 +136,13 @@ def start_process(name: str, cmd: Sequence[str], run_dir: Path, *, env: Mapping[
     return proc
 
 
-def stop_pid_files(run_dir: Path) -> list[str]:
-    """Stop every process with a PID file in `run_dir` (what `emulator down` does)."""
-    stopped = []
-    for pid_file in sorted(run_dir.glob("*.pid")):
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            pid_file.unlink(missing_ok=True)
-            continue
-        stop_pid(pid)
+def stop_pid_file(pid_file: Path) -> bool:
+    """Stop the process a PID file names and remove the file; False if it named none."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
         pid_file.unlink(missing_ok=True)
-        stopped.append(pid_file.stem)
-    return stopped
+        return False
+    stop_pid(pid)
+    pid_file.unlink(missing_ok=True)
+    return True

@@ -25,7 +25,15 @@ from typing import Any
 import requests
 
 from emulator import services
-from emulator.processes import HOST, ManagedProcess, free_port, http_ok, pid_alive, start_process, stop_pid
+from emulator.processes import (
+    HOST,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    pid_alive,
+    start_process,
+    stop_pid_file,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = REPO / ".splatpipe" / "stack"
@@ -264,18 +272,10 @@ class Stack:
             order = list(json.loads((self.run_dir / STATE_FILE).read_text())["processes"])
         pid_files = {p.stem: p for p in self.run_dir.glob("*.pid")} if self.run_dir.is_dir() else {}
         names = [n for n in reversed(order) if n in pid_files] + sorted(set(pid_files) - set(order))
-        for name in names:
-            pid_file = pid_files[name]
-            with contextlib.suppress(OSError, ValueError):
-                stop_pid(int(pid_file.read_text().strip()))
-                stopped.append(name)
-            pid_file.unlink(missing_ok=True)
+        stopped += [name for name in names if stop_pid_file(pid_files[name])]
         if self.run_dir.is_dir():
-            for pid_file in sorted(self.run_dir.glob("workflows/batch/*/*.pid")):
-                with contextlib.suppress(OSError, ValueError):
-                    stop_pid(int(pid_file.read_text().strip()))
-                    stopped.append(f"batch task {pid_file.parent.name}/{pid_file.stem}")
-                pid_file.unlink(missing_ok=True)
+            stopped += [f"batch task {p.parent.name}/{p.stem}"
+                        for p in sorted(self.run_dir.glob("workflows/batch/*/*.pid")) if stop_pid_file(p)]
             (self.run_dir / STATE_FILE).unlink(missing_ok=True)
         if stopped and not quiet:
             print(f"stopped: {', '.join(stopped)}")

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from functions.config import Settings
 
 ACTIVE_STATES = frozenset({"ACTIVE", "QUEUED"})
-GOOGLE_EXECUTIONS_ENDPOINT = "https://workflowexecutions.googleapis.com"
 
 
 class ExecutorError(RuntimeError):

@@ -33,18 +33,8 @@ LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
     State.CANCELLED: frozenset(),
 }
 
-# Internal only (never through the HTTP API): `dispatch` puts a request whose lease expired
-# back in the queue.
-REQUEUE_TRANSITION: tuple[State, State] = (State.PROCESSING, State.QUEUED)
-
-
-def is_legal(current: State | str, target: State | str) -> bool:
-    """True when `current -> target` is a transition `PUT /status` may make."""
-    try:
-        return State(target) in LEGAL_TRANSITIONS[State(current)]
-    except ValueError:
-        return False
-
+# Besides these, `dispatch` alone puts a request whose lease expired back from PROCESSING to
+# QUEUED (never through the HTTP API; functions/request_queue.py).
 
 STAGES: tuple[str, ...] = ("frames", "sfm", "depth", "splat", "mesh")
 """The pipeline's stages, in order. The workflow runs them in this order."""
@@ -108,8 +98,3 @@ def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = value
     return out
-
-
-def error_dict(code: str, message: str, stage: str | None = None) -> dict[str, Any]:
-    """The structured error every part reports: `{code, message, stage}`."""
-    return {"code": code, "message": message, "stage": stage}

@@ -24,10 +24,6 @@ def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb - 0.5) / SH_C0
 
 
-def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
-    return sh0 * SH_C0 + 0.5
-
-
 def knn_rms_distance(points: torch.Tensor, k: int = 3, chunk: int = 2048) -> torch.Tensor:
     """RMS distance of every point to its `k` nearest other points (chunked: O(chunk x N) memory)."""
     n = points.shape[0]

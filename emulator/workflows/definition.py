@@ -23,7 +23,6 @@ from emulator.workflows.stdlib import FUNCTIONS
 
 MAX_ASSIGNMENTS = 50
 MAX_EXPRESSION_CHARS = 400  # Workflows' limit on one expression
-JUMPS = ("end", "break", "continue")
 RESERVED_ENV_PREFIXES = ("GOOGLE_", "WORKFLOWS_")
 _MISSING = object()
 
