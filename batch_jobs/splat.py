@@ -3,7 +3,7 @@
 Reads `sfm/sparse/0` and `sfm/images/` (and `depth/*.npy` when the depth loss is on); writes
 `splat/point_cloud.ply` (standard 3DGS layout), `splat/scene.spz` (Niantic SPZ v3),
 `splat/preview.png` (a render from a training camera beside its photo) and
-`splat/report.json` (held-out PSNR / SSIM, training speed, Gaussian count, parameters).
+`splat/report.json` (held-out PSNR / SSIM as `heldout_psnr` / `heldout_ssim`, training speed, Gaussian count, parameters).
 
 On CUDA the renderer is `gsplat.rasterization`; on CPU gsplat's PyTorch reference projection
 plus our tiled rasterizer (batch_jobs.gaussians). Every 8th view (by name) is held out of
@@ -117,11 +117,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
             out = render(params, pv, sh_degree, background=background)
         write_preview(ctx.out_dir / "preview.png", out.rgb.detach().cpu().numpy(), pv.image.cpu().numpy())
 
+    # The headline figures are top-level scalars: the workflow forwards this dict to the status
+    # (`metrics.splat`), which keeps scalars only.
     metrics = {
-        "psnr": held["psnr"],
-        "ssim": held["ssim"],
+        "heldout_psnr": held["psnr"],
+        "heldout_ssim": held["ssim"],
         "train_psnr": seen["psnr"],
-        "n_gaussians": stats.n_gaussians,
+        "gaussians": stats.n_gaussians,
         "steps": stats.steps,
         "steps_per_s": round(stats.steps_per_s, 3),
         "train_seconds": round(stats.seconds, 2),

@@ -128,11 +128,11 @@ def test_splat_stage_outputs_quick(small_gt_workspace: GTWorkspace, tmp_path: Pa
     assert report["strategy"] == "mcmc" and report["depth_loss"] is True and report["sh_degree"] == 2
     assert m["n_test_views"] == 2 and m["n_train_views"] == SMALL.n_frames - 2  # views 0 and 8 held out
     assert set(report["held_out"]["views"]) == {small_gt_workspace.names[0], small_gt_workspace.names[8]}
-    assert m["psnr"] is not None and m["steps"] == 40
+    assert m["heldout_psnr"] is not None and m["steps"] == 40
     cloud = ply.read_ply(out / "point_cloud.ply")
-    assert len(cloud["means"]) == m["n_gaussians"] and cloud["shN"].shape[1] == 8
+    assert len(cloud["means"]) == m["gaussians"] and cloud["shN"].shape[1] == 8
     packed = spz.read_spz(out / "scene.spz")
-    assert len(packed["means"]) == m["n_gaussians"] and np.abs(packed["means"] - cloud["means"]).max() < 1e-3
+    assert len(packed["means"]) == m["gaussians"] and np.abs(packed["means"] - cloud["means"]).max() < 1e-3
     import cv2
 
     preview = cv2.imread(str(out / "preview.png"))
