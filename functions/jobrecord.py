@@ -7,6 +7,7 @@ This module is the one definition of a request's record shared by the control pl
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -55,7 +56,7 @@ PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 # (`progress.frames`) so writers never clobber each other's parts of the document:
 #   - the control plane owns state, priority, session_id, input, options, created_at,
 #     updated_at, stage, stages.{s}.{state,started_at,finished_at,batch_job}, outputs, error,
-#     callback_token_sha256;
+#     warnings, metrics, callback_token_sha256;
 #   - a running stage owns progress.{s} and stages.{s}.message (and writes error on failure).
 FIELD_STATE = "state"
 FIELD_PRIORITY = "priority"
@@ -70,6 +71,8 @@ FIELD_STAGES = "stages"
 FIELD_OUTPUTS = "outputs"
 FIELD_ERROR = "error"
 FIELD_CALLBACK_TOKEN_SHA256 = "callback_token_sha256"
+FIELD_WARNINGS = "warnings"  # [{code, message, stage}]: what went wrong without failing the request
+FIELD_METRICS = "metrics"  # {stage: {key: scalar}}: each stage's headline figures
 # Also written by the control plane's mirror (functions.status_mirror):
 FIELD_STAGES_REQUESTED = "stages_requested"
 FIELD_EXECUTION = "execution"  # the current Workflows execution's name
@@ -77,6 +80,41 @@ FIELD_ATTEMPTS = "attempts"  # how many times the request was handed out
 FIELD_MIRROR_VERSION = "mirror_version"  # the record version the document holds (writes never go back)
 # Written by a running stage next to stages.{s}.message (batch_jobs.progress):
 STAGE_HEARTBEAT_KEY = "heartbeat_at"
+
+
+# Bounds on what a record keeps of `warnings` and `metrics` (the record stays small: it is read
+# on every status call and copied to Firestore on every change).
+MAX_WARNINGS = 32  # per request; one per (stage, code)
+MAX_METRICS_PER_STAGE = 32
+MAX_METRIC_KEY = 64  # characters
+MAX_METRIC_TEXT = 256  # characters of a string value
+_METRIC_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def scalar_metrics(values: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """What a record keeps of a stage's metrics: finite numbers, bools and short strings under
+    identifier keys (`[A-Za-z0-9_]`, at most MAX_METRIC_KEY), the first MAX_METRICS_PER_STAGE of
+    them; anything else (lists, maps, nulls, NaN) is dropped, not refused, so a stage's new
+    figure never fails its status update."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in values.items():
+        if len(out) >= MAX_METRICS_PER_STAGE:
+            break
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_METRIC_KEY or not set(key) <= _METRIC_KEY_CHARS:
+            continue
+        if _keepable(value):
+            out[key] = value
+    return out
+
+
+def _keepable(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) < 10**14  # Redis's Lua cjson keeps 14 significant digits
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_METRIC_TEXT
 
 
 def progress_path(stage: str) -> str:

@@ -4,7 +4,7 @@ Keys (prefix `sp:`):
   req:{id}      HASH   the record: `doc` (JSON of what never changes: session_id, input, options,
                        stages_requested, token digest, source, webhook_url), scalars (state,
                        priority, seq, version, attempts, times, stage, execution) and JSON text
-                       for stages/progress/outputs/error
+                       for stages/progress/outputs/error/warnings/metrics
   queue         ZSET   QUEUED ids, score priority * 1e14 + arrival sequence: priority, then FIFO
   leases        ZSET   PROCESSING ids, score = lease expiry (ms); its size is "running"
   seq           STRING arrival counter
@@ -51,6 +51,12 @@ def _lua_state_tables() -> str:
         for src, dsts in jobrecord.LEGAL_TRANSITIONS.items())
     terminal = ", ".join(f"{s.value} = true" for s in sorted(jobrecord.TERMINAL_STATES))
     return f"local legal = {{{legal}}}\nlocal terminal = {{{terminal}}}\n"
+
+
+def _lua_limits() -> str:
+    """jobrecord's bounds on warnings and metrics, as Lua locals."""
+    return (f"local max_warnings = {jobrecord.MAX_WARNINGS}\n"
+            f"local max_metrics = {jobrecord.MAX_METRICS_PER_STAGE}\n")
 
 
 # KEYS: req, queue, seq, counts, outbox, token, dedup... ARGV: id, priority, "ttl:sticky,..", req prefix,
@@ -107,7 +113,7 @@ end
 """
 
 # KEYS: req, queue, leases, counts, outbox. ARGV: id, patch JSON, lease ms.
-_UPDATE = _NOW + _lua_state_tables() + """
+_UPDATE = _NOW + _lua_state_tables() + _lua_limits() + """
 local rk, id = KEYS[1], ARGV[1]
 local cur = redis.call('HGET', rk, 'state')
 if not cur then return {'missing'} end
@@ -160,6 +166,45 @@ if p['error'] then
     if s and s ~= '' then e['stage'] = s else e['stage'] = cjson.null end
   end
   set('error', cjson.encode(e))
+end
+if p['warnings'] then
+  -- appended, one per (stage, code): a retried update adds nothing
+  local ws = cjson.decode(redis.call('HGET', rk, 'warnings') or '[]')
+  local seen = {}
+  for _, w in ipairs(ws) do seen[tostring(w['stage']) .. '|' .. w['code']] = true end
+  for _, w in ipairs(p['warnings']) do
+    if not w['stage'] then
+      local s = stage or redis.call('HGET', rk, 'stage')
+      if s and s ~= '' then w['stage'] = s else w['stage'] = cjson.null end
+    end
+    local key = tostring(w['stage']) .. '|' .. w['code']
+    if not seen[key] and #ws < max_warnings then
+      ws[#ws + 1] = w
+      seen[key] = true
+    end
+  end
+  if #ws > 0 then set('warnings', cjson.encode(ws)) end
+end
+if p['metrics'] then
+  -- merged per stage; a stage keeps at most max_metrics keys
+  local ms = cjson.decode(redis.call('HGET', rk, 'metrics') or '{}')
+  for s, kv in pairs(p['metrics']) do
+    local m = ms[s] or {}
+    local n = 0
+    for _ in pairs(m) do n = n + 1 end
+    for k, v in pairs(kv) do
+      if m[k] == nil then
+        if n < max_metrics then
+          m[k] = v
+          n = n + 1
+        end
+      else
+        m[k] = v
+      end
+    end
+    if n > 0 then ms[s] = m end
+  end
+  if next(ms) then set('metrics', cjson.encode(ms)) end
 end
 if p['execution'] then set('execution', p['execution']) end
 local new = cur
@@ -321,6 +366,8 @@ def decode_record(h: Mapping[str, str]) -> dict[str, Any]:
         "progress": json.loads(h.get("progress") or "{}"),
         "outputs": json.loads(h.get("outputs") or "{}"),
         "error": json.loads(h["error"]) if h.get("error") else None,
+        "warnings": json.loads(h.get("warnings") or "[]"),
+        "metrics": json.loads(h.get("metrics") or "{}"),
         "created_at": int(h["created_at"]),
         "updated_at": int(h["updated_at"]),
         "seq": int(h.get("seq", 0)),

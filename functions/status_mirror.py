@@ -12,7 +12,8 @@ breaker skips the in-request attempts for a while, so an outage adds no latency 
 Writes never go backwards: each document carries `mirror_version`, and a write happens only over
 a document with an older one (an `update_time` precondition makes the check-and-write atomic).
 Only the control plane's fields are written; a running stage's `progress.{s}`,
-`stages.{s}.message` / `heartbeat_at` and its `error` are left alone (field-path updates).
+`stages.{s}.message` / `heartbeat_at` and its `error` are left alone (field-path updates), except
+that a COMPLETED request's `error` is cleared.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def document_fields(record: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...]
         yield (jobrecord.FIELD_OUTPUTS, name), uri
     if record["error"]:
         yield (jobrecord.FIELD_ERROR,), dict(record["error"])
+    elif record["state"] == jobrecord.State.COMPLETED:
+        # A best-effort stage that failed wrote its error here; the completed request has none
+        # (that failure is one of its warnings).
+        yield (jobrecord.FIELD_ERROR,), None
+    yield (jobrecord.FIELD_WARNINGS,), [dict(w) for w in record["warnings"]]
+    yield (jobrecord.FIELD_METRICS,), {stage: dict(m) for stage, m in record["metrics"].items()}
     yield (FIELD_MIRROR_VERSION,), record["version"]
 
 

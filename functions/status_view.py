@@ -1,8 +1,10 @@
 """A record as the status response (contract 4), with what the running stages wrote overlaid.
 
 Times are RFC 3339 UTC strings. Every requested stage appears in `stages` and `progress` (PENDING
-and 0 until it starts). The running stage's own Firestore writes (`progress.{s}`,
-`stages.{s}.message`, `stages.{s}.heartbeat_at`) are overlaid when Firestore has them.
+and 0 until it starts); a FAILED stage carries its `error`. `warnings` lists what went wrong without
+failing the request (empty when nothing did); `metrics` holds each stage's headline figures. The
+running stage's own Firestore writes (`progress.{s}`, `stages.{s}.message`,
+`stages.{s}.heartbeat_at`) are overlaid when Firestore has them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ def _iso_any(value: Any) -> str | None:
     return str(value) if value else None
 
 
+def _stage_error(record: Mapping[str, Any], stage: str) -> dict[str, str] | None:
+    """A failed stage's {code, message}: the request's error when that stage failed it, else the
+    warning it left (a best-effort stage fails without failing the request)."""
+    err = record["error"]
+    if err and err.get("stage") == stage:
+        return {"code": err["code"], "message": err["message"]}
+    for w in record["warnings"]:
+        if w.get("stage") == stage:
+            return {"code": w["code"], "message": w["message"]}
+    return None
+
+
 def render(record: Mapping[str, Any], stage_fields: Mapping[str, Any] | None = None, *,
            link: Callable[[str], str] = lambda u: u, internal: bool = False) -> dict[str, Any]:
     """The status document of a decoded record; `internal` adds the queue's own fields."""
@@ -46,6 +60,7 @@ def render(record: Mapping[str, Any], stage_fields: Mapping[str, Any] | None = N
             "batch_job": st.get("batch_job"),
             "message": fs.get("message") if isinstance(fs.get("message"), str) else None,
             "heartbeat_at": _iso_any(fs.get(jobrecord.STAGE_HEARTBEAT_KEY)),
+            "error": _stage_error(record, s) if st.get("state") == jobrecord.StageState.FAILED else None,
         }
         frac = float(record["progress"].get(s, 0.0))
         theirs = fs_progress.get(s)
@@ -65,6 +80,8 @@ def render(record: Mapping[str, Any], stage_fields: Mapping[str, Any] | None = N
         "progress": progress,
         "outputs": {name: link(uri) for name, uri in record["outputs"].items()},
         "error": record["error"],
+        "warnings": [dict(w) for w in record["warnings"]],
+        "metrics": {stage: dict(m) for stage, m in record["metrics"].items()},
         "created_at": iso(record["created_at"]),
         "updated_at": iso(record["updated_at"]),
     }

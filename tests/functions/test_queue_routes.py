@@ -145,6 +145,14 @@ def test_cancel_from_queued_and_processing(fn_apps: FnApps, fn_env: dict, bucket
     ({"batch_job": "j"}, "invalid_request"),
     ({"execution": ""}, "invalid_request"),
     ({"colour": "red"}, "unknown_field"),
+    ({"warnings": {"code": "x", "message": "m"}}, "invalid_warnings"),
+    ({"warnings": [{"code": "x"}]}, "invalid_request"),
+    ({"warnings": [{"code": "x", "message": "m", "level": "high"}]}, "invalid_warnings"),
+    ({"warnings": [{"code": "x", "message": "m", "stage": "paint"}]}, "invalid_stage"),
+    ({"warnings": [{"code": f"c{i}", "message": "m"} for i in range(33)]}, "invalid_warnings"),
+    ({"metrics": [1]}, "invalid_metrics"),
+    ({"metrics": {"splat": 26.9}}, "invalid_metrics"),
+    ({"metrics": {"paint": {"x": 1}}}, "invalid_stage"),
 ])
 def test_bad_status_updates_are_422(fn_apps: FnApps, fn_env: dict, buckets: Buckets, body: dict, code: str) -> None:
     rid = _enqueue(fn_apps, buckets, 1)
@@ -197,3 +205,95 @@ def test_lease_expiry_requeues_exactly_once(fn_apps: FnApps, fn_env: dict, bucke
     assert doc["request_id"] == first and doc["attempts"] == 2
     assert fn_apps.queue.get("/next").get_json()["request_id"] == second
     assert fn_apps.queue.get("/next").status_code == 204
+
+
+def _processing(fn_apps: FnApps, buckets: Buckets, n: int, **extra) -> str:
+    rid = _enqueue(fn_apps, buckets, n, **extra)
+    assert fn_apps.queue.get("/next").get_json()["request_id"] == rid
+    return rid
+
+
+MESH_WARNING = {"code": "EMPTY_MESH", "message": "the fused depth maps gave no surface", "stage": "mesh"}
+
+
+def test_a_failed_best_effort_stage_leaves_a_completed_request_with_a_warning(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets) -> None:
+    rid = _processing(fn_apps, buckets, 1)
+    url = f"/status/{rid}"
+    doc = fn_apps.queue.get(url).get_json()
+    assert doc["warnings"] == [] and doc["metrics"] == {}
+    assert all(st["error"] is None for st in doc["stages"].values())
+    splat_ply = f"gs://{buckets.data}/jobs/{rid}/splat/point_cloud.ply"
+    put_json(fn_apps.queue, url, {"stage": "splat", "stage_state": "SUCCEEDED", "outputs": {"splat_ply": splat_ply},
+                                  "metrics": {"splat": {"heldout_psnr": 26.95, "heldout_ssim": 0.882,
+                                                        "gaussians": 40000}}})
+    put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "RUNNING"})
+    r = put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "FAILED", "warnings": [MESH_WARNING]})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    # A retried update (the workflow's HTTP call is retried) adds no second warning.
+    assert put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "FAILED", "warnings": [MESH_WARNING]}
+                    ).status_code == 200
+    r = put_json(fn_apps.queue, url, {"state": "COMPLETED", "outputs": {"splat_ply": splat_ply}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    for doc in (r.get_json(), fn_apps.queue.get(url).get_json()):
+        assert doc["state"] == "COMPLETED" and doc["error"] is None
+        assert doc["outputs"] == {"splat_ply": splat_ply}
+        assert doc["warnings"] == [MESH_WARNING]
+        assert doc["stages"]["mesh"]["state"] == "FAILED" and doc["stages"]["mesh"]["finished_at"]
+        assert doc["stages"]["mesh"]["error"] == {"code": "EMPTY_MESH",
+                                                  "message": "the fused depth maps gave no surface"}
+        assert doc["stages"]["splat"]["state"] == "SUCCEEDED" and doc["stages"]["splat"]["error"] is None
+        assert doc["metrics"] == {"splat": {"heldout_psnr": 26.95, "heldout_ssim": 0.882, "gaussians": 40000}}
+
+
+def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, buckets: Buckets) -> None:
+    rid = _processing(fn_apps, buckets, 1)
+    url = f"/status/{rid}"
+    put_json(fn_apps.queue, url, {"stage": "sfm", "stage_state": "RUNNING"})
+    # No stage in the warning: it is the update's stage (or else the record's current one).
+    doc = put_json(fn_apps.queue, url, {"warnings": [{"code": "few_points", "message": "m1"}]}).get_json()
+    assert doc["warnings"] == [{"code": "few_points", "message": "m1", "stage": "sfm"}]
+    doc = put_json(fn_apps.queue, url, {"stage": "mesh", "warnings": [
+        {"code": "few_points", "message": "m2"}, {"code": "few_points", "message": "again", "stage": "sfm"},
+        {"code": "slow", "message": "m3", "stage": "sfm"}]}).get_json()
+    assert doc["warnings"] == [{"code": "few_points", "message": "m1", "stage": "sfm"},
+                               {"code": "few_points", "message": "m2", "stage": "mesh"},
+                               {"code": "slow", "message": "m3", "stage": "sfm"}]
+    # Bounded: at most MAX_WARNINGS in all, the first ones kept.
+    from functions import jobrecord
+
+    for i in range(2):
+        put_json(fn_apps.queue, url, {"warnings": [{"code": f"w{i}_{j}", "message": "m", "stage": "depth"}
+                                                   for j in range(jobrecord.MAX_WARNINGS)]})
+    doc = fn_apps.queue.get(url).get_json()
+    assert len(doc["warnings"]) == jobrecord.MAX_WARNINGS and doc["warnings"][2]["code"] == "slow"
+    assert doc["warnings"][-1]["code"] == f"w0_{jobrecord.MAX_WARNINGS - 4}"
+
+
+def test_metrics_merge_per_stage_and_keep_only_bounded_scalars(fn_apps: FnApps, fn_env: dict,
+                                                               buckets: Buckets) -> None:
+    from functions import jobrecord
+
+    rid = _processing(fn_apps, buckets, 1)
+    url = f"/status/{rid}"
+    doc = put_json(fn_apps.queue, url, {"stage": "sfm", "stage_state": "SUCCEEDED", "metrics": {"sfm": {
+        "registered_images": 40, "registered_fraction": 1.0, "mapper": "global", "verified": True,
+        "cameras": {"1": "PINHOLE"}, "unregistered": [], "note": None, "bad key": 1, "x" * 65: 1,
+        "long": "y" * (jobrecord.MAX_METRIC_TEXT + 1), "huge": 10**15}}}).get_json()
+    assert doc["metrics"] == {"sfm": {"registered_images": 40, "registered_fraction": 1.0, "mapper": "global",
+                                      "verified": True}}
+    # Merged: a later update of the same stage adds and overwrites keys, other stages stay.
+    doc = put_json(fn_apps.queue, url, {"metrics": {"sfm": {"registered_images": 39, "points": 1234},
+                                                    "splat": {"heldout_psnr": 25.5}}}).get_json()
+    assert doc["metrics"] == {"sfm": {"registered_images": 39, "registered_fraction": 1.0, "mapper": "global",
+                                      "verified": True, "points": 1234}, "splat": {"heldout_psnr": 25.5}}
+    # At most MAX_METRICS_PER_STAGE keys per stage, across updates too.
+    many = {f"k{i}": i for i in range(2 * jobrecord.MAX_METRICS_PER_STAGE)}
+    doc = put_json(fn_apps.queue, url, {"metrics": {"depth": many}}).get_json()
+    assert doc["metrics"]["depth"] == {f"k{i}": i for i in range(jobrecord.MAX_METRICS_PER_STAGE)}
+    doc = put_json(fn_apps.queue, url, {"metrics": {"sfm": many}}).get_json()
+    assert len(doc["metrics"]["sfm"]) == jobrecord.MAX_METRICS_PER_STAGE
+    assert doc["metrics"]["sfm"]["registered_images"] == 39
+    # Nothing keepable: the update succeeds and the stage has no metrics.
+    doc = put_json(fn_apps.queue, url, {"metrics": {"mesh": {"faces": [1, 2]}}}).get_json()
+    assert "mesh" not in doc["metrics"]
