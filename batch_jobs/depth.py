@@ -26,7 +26,6 @@ from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import SparseModel, SparseView, read_sparse_model
 
-UPSTREAM = ("sfm",)
 VERSION = 1
 
 MAX_DEPTH_FACTOR = 4.0  # farther than this times the farthest SfM point in view: not trusted

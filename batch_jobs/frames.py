@@ -35,7 +35,6 @@ from batch_jobs import photo_files, storage, video_decode
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 
-UPSTREAM: tuple[str, ...] = ()
 VERSION = 1
 
 NO_IMAGES = "NO_IMAGES"

@@ -21,7 +21,6 @@ from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import SparseModel, read_sparse_model
 
-UPSTREAM = ("sfm", "splat")
 VERSION = 1
 
 EMPTY_MESH = "EMPTY_MESH"

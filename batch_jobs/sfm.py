@@ -27,7 +27,6 @@ from batch_jobs import sfm_export, sfm_features, sfm_mapping, sfm_pairs, storage
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 
-UPSTREAM: tuple[str, ...] = ("frames",)
 VERSION = 1
 
 TOO_FEW_REGISTERED = "TOO_FEW_REGISTERED"

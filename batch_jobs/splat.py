@@ -24,7 +24,6 @@ from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import held_out, read_sparse_model
 
-UPSTREAM = ("sfm", "depth")
 VERSION = 1
 
 TOO_FEW_VIEWS = "TOO_FEW_VIEWS"

@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from functions.stages import ORDER
+
 COLLECTION = "reconstructions"
 """Firestore collection; one document per request id."""
 
@@ -37,8 +39,8 @@ LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
 # Besides these, `dispatch` alone puts a request whose lease expired back from PROCESSING to
 # QUEUED (never through the HTTP API; functions/request_queue.py).
 
-STAGES: tuple[str, ...] = ("frames", "sfm", "depth", "splat", "mesh")
-"""The pipeline's stages, in order. The workflow runs them in this order."""
+STAGES: tuple[str, ...] = ORDER
+"""The pipeline's stages, in order (the stage registry, functions.stages)."""
 
 
 class StageState(enum.StrEnum):
