@@ -29,3 +29,4 @@ BAD_REQUEST = "BAD_REQUEST"  # request.json missing or malformed, bad options
 MISSING_INPUT = "MISSING_INPUT"  # an earlier stage's outputs are not there
 INPUT_NOT_FOUND = "INPUT_NOT_FOUND"  # the request's input URI does not exist
 INTERNAL = "INTERNAL"  # an unexpected exception (retryable)
+NO_CUDA = "no_cuda"  # the Batch job gave the VM a GPU, CUDA cannot see it (not retried)

@@ -4,13 +4,14 @@
 
 For a stage it: reads `{workspace}/request.json`, resolves the options into the stage's
 parameters, fingerprints its inputs (the request's input for `frames`, the `_SUCCESS.json` of
-the stages it reads otherwise), skips the stage when `{stage}/_SUCCESS.json` matches, else
-clears `{workspace}/{stage}/`, runs the stage module with a progress reporter, uploads what it
-wrote, and writes `_SUCCESS.json` last. A failure writes `{stage}/_ERROR.json` and the error to
-the status store, and exits non-zero (EXIT_BAD_INPUT when a retry cannot help).
+the stages it reads otherwise: `upstream` and, when they ran, `optional_upstream` in the stage
+registry, functions.stages), skips the stage when `{stage}/_SUCCESS.json` matches, else checks
+that a stage given a GPU can use it, clears `{workspace}/{stage}/`, runs the stage module with a
+progress reporter, uploads what it wrote, and writes `_SUCCESS.json` last. A failure writes
+`{stage}/_ERROR.json` and the error to the status store, and exits non-zero (EXIT_BAD_INPUT when
+a retry cannot help).
 
 A stage module `batch_jobs.{stage}` defines:
-    UPSTREAM: tuple[str, ...]      stages whose outputs it reads
     VERSION: int                   bump when the outputs change for the same inputs
     def run(ctx: StageContext) -> dict   # metrics, recorded in _SUCCESS.json
 """
@@ -42,10 +43,12 @@ from batch_jobs.errors import (
     INPUT_NOT_FOUND,
     INTERNAL,
     MISSING_INPUT,
+    NO_CUDA,
     StageError,
 )
 from batch_jobs.progress import ProgressReporter, default_sinks
-from functions import jobrecord
+from functions import jobrecord, stages
+from functions.batch_job import GPUS_ENV
 from functions.options import OptionsError, normalize_options
 
 log = logging.getLogger("batch_jobs.runner")
@@ -88,13 +91,15 @@ class StageContext:
         if not dest.exists():
             tmp = dest.with_name(dest.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)  # a stage that did not run (depth: false) is an empty folder
             storage.download_tree(self.stage_uri(stage), tmp)
             tmp.rename(dest)
         return dest
 
     @property
     def device(self) -> str:
-        """`cuda` when a GPU is usable, else `cpu` (imports torch on first use)."""
+        """`cuda` when a GPU is usable, else `cpu` (imports torch on first use). On a Batch VM
+        given a GPU, CUDA was checked before the stage started (`require_gpus`)."""
         if os.environ.get("SPLATPIPE_DEVICE"):
             return os.environ["SPLATPIPE_DEVICE"]
         import torch
@@ -154,21 +159,42 @@ def read_request(workspace: str, request_id: str | None, cli_options: dict[str, 
     return request
 
 
-def input_fingerprints(module: Any, workspace: str, request: dict[str, Any]) -> dict[str, str]:
+def input_fingerprints(stage: str, workspace: str, request: dict[str, Any]) -> dict[str, str]:
     """Digests of everything the stage reads: upstream _SUCCESS.json files, or the raw input."""
     fps: dict[str, str] = {}
-    upstream: tuple[str, ...] = getattr(module, "UPSTREAM", ())
-    if not upstream:
+    spec = stages.stage(stage)
+    if not spec.upstream:
         if not storage.exists(request["input"]) and not storage.list_files(request["input"]):
             raise StageError(INPUT_NOT_FOUND, f"input {request['input']} does not exist")
         fps["input"] = storage.fingerprint(request["input"])
-    for up in upstream:
+    for up in spec.upstream + spec.optional_upstream:
         uri = storage.join(workspace, up, SUCCESS_FILE)
         if not storage.exists(uri):
+            if up in spec.optional_upstream:
+                fps[up] = "absent"
+                continue
             raise StageError(MISSING_INPUT, f"stage {up!r} has not completed: {uri} is missing",
                              retryable=False)
         fps[up] = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
     return fps
+
+
+def require_gpus() -> None:
+    """A stage whose Batch job was given GPUs (GPUS_ENV, set by functions.batch_job) fails at
+    once when CUDA cannot see them: a silent CPU run would bill GPU hours until it timed out."""
+    raw = os.environ.get(GPUS_ENV, "").strip()
+    wanted = int(raw) if raw.isdigit() else 0
+    if wanted <= 0:
+        return
+    try:
+        import torch
+
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception as exc:  # a broken CUDA install is the same failure
+        raise StageError(NO_CUDA, f"this VM was given {wanted} GPU(s) but CUDA is unusable: {exc}") from exc
+    if seen < wanted:
+        raise StageError(NO_CUDA, f"this VM was given {wanted} GPU(s) but CUDA sees {seen}: the NVIDIA driver "
+                                  f"is not visible in the container (boot image / installGpuDrivers)")
 
 
 def _existing_success(workspace: str, stage: str) -> dict[str, Any] | None:
@@ -197,7 +223,7 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             params = presets.resolve(stage, request["options"])
         except ValueError as exc:
             raise StageError(BAD_REQUEST, str(exc)) from exc
-        inputs = input_fingerprints(module, workspace, request)
+        inputs = input_fingerprints(stage, workspace, request)
         version = int(getattr(module, "VERSION", 1))
         key = {"stage": stage, "version": version, "inputs": inputs, "params": params}
         prior = _existing_success(workspace, stage)
@@ -205,6 +231,7 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             log.info("%s: _SUCCESS.json matches inputs and options; skipping", stage)
             reporter.update(1.0, "skipped: already done with these inputs and options", force=True)
             return StageResult(stage, "skipped", EXIT_OK, success=prior)
+        require_gpus()
 
         stage_uri = storage.join(workspace, stage)
         storage.delete_tree(stage_uri)
