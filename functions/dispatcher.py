@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from functions import workspace
+from functions import batch_job, workspace
 from functions.context import Services
 from functions.executor import ACTIVE_STATES, Executor
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
@@ -30,14 +30,19 @@ START_LEASE_SECONDS = 300.0
 
 
 def execution_argument(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The workflow's argument (contract 1)."""
+    """The workflow's argument (contract 1; docs/contracts.md): the request, the stages to run
+    (the requested ones its options leave on), those switched off, and each stage's Batch Job
+    body with what the workflow reports for it (functions.batch_job)."""
+    request_id = record["request_id"]
+    workspace_uri = svc.settings.workspace_uri(request_id)
     arg: dict[str, Any] = {
-        "request_id": record["request_id"],
-        "workspace": svc.settings.workspace_uri(record["request_id"]),
+        "request_id": request_id,
+        "workspace": workspace_uri,
         "input": record["input"],
         "options": record["options"],
         "priority": record["priority"],
-        "stages": list(record["stages_requested"]),
+        **batch_job.stage_jobs(list(record["stages_requested"]), request_id, workspace_uri, record["options"],
+                               int(record["priority"]), batch_job.BatchSettings.from_env(svc.settings)),
     }
     if record.get("webhook_url"):
         arg["webhook_url"] = record["webhook_url"]

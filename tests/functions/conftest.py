@@ -56,6 +56,7 @@ def fn_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, buckets: Buckets) ->
         "LEASE_SECONDS": "21600",
         "TRUSTED_PROXY_HOPS": "0",
         "EXTRA_INPUT_BUCKETS": "",
+        "JOB_IMAGE": "europe-docker.pkg.dev/p/r/job:1",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -59,9 +59,15 @@ def test_starts_up_to_the_limit_in_priority_order(fn_apps: FnApps, fn_env: dict,
     out = dispatcher.run(svc, ex)
     assert out == {"started": [ids[2], ids[1]], "requeued": [], "running": 2, "max": 2}
     arg = ex.started[0]
+    jobs = arg.pop("jobs")
     assert arg == {"request_id": ids[2], "workspace": f"gs://{buckets.data}/jobs/{ids[2]}",
                    "input": f"gs://{buckets.uploads}/dsp/2.mp4", "options": {"preset": "standard"}, "priority": 0,
-                   "stages": ["frames", "sfm", "depth", "splat", "mesh"], "webhook_url": "https://example.com/h"}
+                   "stages": ["frames", "sfm", "depth", "splat", "mesh"], "disabled": [],
+                   "batch_parent": f"projects/{PROJECT}/locations/us-central1",
+                   "webhook_url": "https://example.com/h"}
+    assert list(jobs) == arg["stages"]  # each stage's Job body: tests/functions/test_batch_job.py
+    assert jobs["frames"]["job"]["taskGroups"][0]["taskSpec"]["runnables"][0]["container"]["commands"] == [
+        "run", "frames", "--workspace", arg["workspace"], "--request-id", ids[2]]
     assert "webhook_url" not in ex.started[1]
     rec = svc.queue.get(ids[2])
     assert rec["state"] == "PROCESSING" and rec["execution"].endswith("/e1")
