@@ -104,6 +104,11 @@ class Settings:
         )
 
     @property
+    def local_mode(self) -> bool:
+        """Not on Google Cloud: the local stack, whose own servers listen on loopback."""
+        return not self.on_gcp
+
+    @property
     def allowed_input_buckets(self) -> tuple[str, ...]:
         return (self.uploads_bucket, *self.extra_input_buckets)
 

@@ -59,7 +59,7 @@ def trigger(request: flask.Request, svc: Services) -> flask.Response:
     """POST /trigger-reconstruction"""
     headers = _rate_limit(request, svc)
     body = read_json_object(request)
-    req = validation.new_request(body, svc.settings.allowed_input_buckets)
+    req = validation.new_request(body, svc.settings.allowed_input_buckets, local=svc.settings.local_mode)
     return _accepted_response(intake.accept(svc, req, source="api"), headers)
 
 
@@ -72,17 +72,15 @@ def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
             raise validation.unprocessable("query parameters go with a video body; put the fields in the JSON",
                                            "unknown_field")
         body = read_json_object(request)
-        req = validation.new_request(body, svc.settings.allowed_input_buckets, default_stages=("frames",))
+        req = validation.new_request(body, svc.settings.allowed_input_buckets, default_stages=("frames",),
+                                     local=svc.settings.local_mode)
     else:
         q = request.args
         unknown = sorted(set(q) - {"session_id", "priority", "idempotency_key"})
         if unknown:
             raise validation.unprocessable(f"unknown query parameter {unknown[0]!r}", "unknown_field")
         sid = validation.session_id(q.get("session_id"))
-        prio_raw = q.get("priority")
-        if prio_raw is not None and not (prio_raw.isascii() and prio_raw.isdigit()):
-            raise validation.unprocessable("priority must be an integer from 0 to 9", "invalid_priority")
-        prio = validation.priority(int(prio_raw) if prio_raw is not None else None)
+        prio = validation.query_priority(q.get("priority"))
         idem = validation.idempotency_key(q.get("idempotency_key"))
         data = read_body(request, video_upload.MAX_VIDEO_BYTES)
         uri = video_upload.store(svc.settings, sid, data)

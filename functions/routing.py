@@ -18,7 +18,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
     out = []
     for i, part in enumerate(parts):
         out.append(f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part))
-    return re.compile("^" + "".join(out) + "$")
+    return re.compile("".join(out))  # applied with fullmatch: no trailing "\n" slips through
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def match(routes: Sequence[Route], method: str, path: str) -> tuple[Callable[...
     method = "GET" if method == "HEAD" else method
     allowed: list[str] = []
     for route in routes:
-        m = _compile(route.pattern).match(path)
+        m = _compile(route.pattern).fullmatch(path)
         if m is None:
             continue
         if route.method == method:

@@ -45,8 +45,8 @@ def _extension(name: str) -> str:
     return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
 
 
-def request_from_object(data: Mapping[str, Any], uploads_bucket: str,
-                        allowed_buckets: tuple[str, ...]) -> validation.NewRequest | str:
+def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_buckets: tuple[str, ...],
+                        *, local: bool = False) -> validation.NewRequest | str:
     """The request an uploaded object stands for, or the reason it stands for none."""
     bucket = data.get("bucket")
     name = data.get("name")
@@ -70,14 +70,14 @@ def request_from_object(data: Mapping[str, Any], uploads_bucket: str,
         options_raw = meta.get("options")
         options = json.loads(options_raw) if isinstance(options_raw, str) and options_raw.strip() else None
         prio_raw = meta.get("priority")
-        prio = int(prio_raw) if isinstance(prio_raw, str) and prio_raw.strip() else None
+        prio_text = prio_raw.strip() if isinstance(prio_raw, str) and prio_raw.strip() else None
         return validation.NewRequest(
             session_id=validation.session_id(segments[0]),
             input=validation.gs_uri(uri, allowed_buckets),
-            priority=validation.priority(prio),
+            priority=validation.query_priority(prio_text),
             options=validation.options(options),
             stages=validation.stages(None),
-            webhook_url=validation.webhook_url(meta.get("webhook_url")),
+            webhook_url=validation.webhook_url(meta.get("webhook_url"), local=local),
         )
     except ValueError as exc:
         return f"bad object metadata: {exc}"
@@ -90,7 +90,8 @@ def handle(event_type: str, data: Mapping[str, Any], svc: Services) -> Outcome:
         return Outcome("ignored", f"event type {event_type}")
     if not isinstance(data, Mapping):
         return Outcome("ignored", "event has no object data")
-    req = request_from_object(data, svc.settings.uploads_bucket, svc.settings.allowed_input_buckets)
+    req = request_from_object(data, svc.settings.uploads_bucket, svc.settings.allowed_input_buckets,
+                              local=svc.settings.local_mode)
     if isinstance(req, str):
         return Outcome("ignored", req)
     key = dedup.upload(str(data["bucket"]), str(data["name"]), str(data.get("generation", "")))

@@ -12,14 +12,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from functions import jobrecord
+from functions import jobrecord, webhook
 from functions.http_json import ApiError, unprocessable
 from functions.options import OptionsError, normalize_options
 
-REQUEST_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
-OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Identifier patterns, always applied with `fullmatch` (`$` with `match` also takes a final "\n").
+REQUEST_ID_RE = re.compile(r"[0-9a-f]{32}")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Characters we refuse in object names although Cloud Storage allows them: control characters,
 # and the wildcard / URL characters that make a name mean something else to another tool.
 _BAD_OBJECT_CHARS = re.compile(r"[\x00-\x1f\x7f#?*\[\]\\]")
@@ -28,6 +29,7 @@ MAX_OBJECT_NAME = 1024
 MAX_URL = 2048
 MAX_IDEMPOTENCY_KEY = 255
 MAX_TEXT = 4096  # error messages, batch job and execution names
+MAX_INT_DIGITS = 18  # any integer a query parameter carries; int() of more is never needed
 
 TRIGGER_FIELDS = frozenset({"session_id", "input", "priority", "options", "idempotency_key", "webhook_url"})
 ENQUEUE_FIELDS = TRIGGER_FIELDS | {"stages"}
@@ -57,16 +59,31 @@ def _utf8(value: str) -> bool:
 
 def request_id(value: str) -> str:
     """A request id from a path: unknown shapes are simply not found (404)."""
-    if not REQUEST_ID_RE.match(value or ""):
+    if not REQUEST_ID_RE.fullmatch(value or ""):
         raise ApiError(404, "not_found", "no such request")
     return value
 
 
 def session_id(value: Any) -> str:
-    if not isinstance(value, str) or not SESSION_ID_RE.match(value):
+    if not isinstance(value, str) or not SESSION_ID_RE.fullmatch(value):
         raise unprocessable("session_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
                             "starting with a letter or digit", "invalid_session_id")
     return value
+
+
+def query_int(raw: str | None, field: str, lo: int, hi: int, code: str) -> int | None:
+    """An integer from a query string or object metadata (None when absent): ASCII digits only,
+    at most MAX_INT_DIGITS of them (checked before converting: int() refuses over 4,300 digits with
+    a ValueError), from `lo` to `hi`; else a 422 with `code`."""
+    if raw is None:
+        return None
+    if not (0 < len(raw) <= MAX_INT_DIGITS and raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+        raise unprocessable(f"{field} must be an integer from {lo} to {hi}", code)
+    return int(raw)
+
+
+def query_priority(raw: str | None) -> int:
+    return priority(query_int(raw, "priority", jobrecord.PRIORITY_MIN, jobrecord.PRIORITY_MAX, "invalid_priority"))
 
 
 def priority(value: Any) -> int:
@@ -91,7 +108,7 @@ def gs_uri(value: Any, allowed_buckets: Iterable[str], field: str = "input") -> 
     if not isinstance(value, str) or not value.startswith("gs://"):
         raise unprocessable(f"{field} must be a gs:// URI", "invalid_uri")
     bucket, name = split_gs_uri(value)
-    if not BUCKET_RE.match(bucket) or ".." in bucket:
+    if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise unprocessable(f"{field} has an invalid bucket name", "invalid_uri")
     allowed = tuple(allowed_buckets)
     if bucket not in allowed:
@@ -109,8 +126,9 @@ def gs_uri(value: Any, allowed_buckets: Iterable[str], field: str = "input") -> 
     return value
 
 
-def webhook_url(value: Any) -> str | None:
-    """An https URL (http only to this machine, for the local stack), without credentials."""
+def webhook_url(value: Any, *, local: bool = False) -> str | None:
+    """An https URL (http only to this machine, in local mode) without credentials, whose host is
+    on the public internet (see functions.webhook; loopback only in local mode)."""
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_URL:
@@ -118,15 +136,18 @@ def webhook_url(value: Any) -> str | None:
     try:
         parts = urllib.parse.urlsplit(value)
         host = parts.hostname or ""
-        _ = parts.port
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise unprocessable("webhook_url is not a valid URL", "invalid_webhook_url") from None
-    local = host in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme not in ("https", "http") or not host or (parts.scheme == "http" and not local):
+    if parts.scheme not in ("https", "http") or not host \
+            or (parts.scheme == "http" and not (local and webhook.is_loopback_host(host))):
         raise unprocessable("webhook_url must be an https:// URL", "invalid_webhook_url")
     if parts.username is not None or parts.password is not None or _CONTROL.search(value) \
             or not _utf8(value):
         raise unprocessable("webhook_url must not carry credentials or control characters", "invalid_webhook_url")
+    why = webhook.acceptance_refusal(host, port, local=local)
+    if why is not None:
+        raise unprocessable(f"webhook_url must point at a public internet host: {why}", "invalid_webhook_url")
     return value
 
 
@@ -169,7 +190,7 @@ def reject_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
 
 
 def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allow_stages: bool = False,
-                default_stages: tuple[str, ...] = jobrecord.STAGES) -> NewRequest:
+                default_stages: tuple[str, ...] = jobrecord.STAGES, local: bool = False) -> NewRequest:
     """`POST /trigger-reconstruction` (and `/enqueue`, which may also name `stages`)."""
     reject_unknown(body, ENQUEUE_FIELDS if allow_stages else TRIGGER_FIELDS)
     for key, value in body.items():
@@ -186,7 +207,7 @@ def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allo
         options=options(body.get("options")),
         stages=stages(body["stages"]) if allow_stages and "stages" in body else default_stages,
         idempotency_key=idempotency_key(body.get("idempotency_key")),
-        webhook_url=webhook_url(body.get("webhook_url")),
+        webhook_url=webhook_url(body.get("webhook_url"), local=local),
     )
 
 
@@ -251,7 +272,7 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(outs, dict) or not outs:
             raise unprocessable("outputs must be an object {name: gs:// URI}", "invalid_outputs")
         for k, v in outs.items():
-            if not OUTPUT_NAME_RE.match(k):
+            if not isinstance(k, str) or not OUTPUT_NAME_RE.fullmatch(k):
                 raise unprocessable("output names are 1-64 letters, digits, '_', '.' or '-'", "invalid_outputs")
             if not isinstance(v, str) or not v.startswith("gs://") or len(v) > MAX_URL:
                 raise unprocessable(f"outputs.{k} must be a gs:// URI", "invalid_outputs")
