@@ -14,7 +14,8 @@ from functions.routing import Route
 def enqueue(request: flask.Request, svc: Services) -> flask.Response:
     """POST /enqueue: the trigger body, plus `stages`; no rate limit (callers are trusted)."""
     body = read_json_object(request)
-    req = validation.new_request(body, svc.settings.allowed_input_buckets, allow_stages=True)
+    req = validation.new_request(body, svc.settings.allowed_input_buckets, allow_stages=True,
+                                 local=svc.settings.local_mode)
     acc = intake.accept(svc, req, source="queue")
     out: dict[str, object] = {"request_id": acc.request_id, "state": acc.state,
                               "status_url": f"/status/{acc.request_id}", "deduplicated": not acc.created}
