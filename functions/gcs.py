@@ -33,3 +33,9 @@ def client(project: str) -> Any:
 
 def uses_emulator() -> bool:
     return bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+def emulator_base() -> str:
+    """The storage emulator's base URL (`STORAGE_EMULATOR_HOST`, with a scheme)."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
+    return host if host.startswith(("http://", "https://")) else "http://" + host

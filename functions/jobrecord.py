@@ -23,9 +23,14 @@ class State(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    DELETED = "DELETED"  # outputs and workspace removed; the record stays so the id still answers
 
 
-TERMINAL_STATES: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+TERMINAL_STATES: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.DELETED})
+
+# A finished request may run again (`POST /requests/{id}/restart`, the same workspace) or be deleted
+# (`DELETE /requests/{id}`); neither goes through `PUT /status/{id}`.
+RESTARTABLE_STATES: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 
 # Transitions a caller may ask for through `PUT /status/{id}`.
 LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
@@ -34,6 +39,7 @@ LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
     State.COMPLETED: frozenset(),
     State.FAILED: frozenset(),
     State.CANCELLED: frozenset(),
+    State.DELETED: frozenset(),
 }
 
 # Besides these, `dispatch` alone puts a request whose lease expired back from PROCESSING to

@@ -2,6 +2,8 @@
 
   api        HTTP  public: POST /trigger-reconstruction, POST /preprocess-video,
                    GET /status?callback_token=, GET /status/{id} (with the token)
+                   and the task API (functions.task_api: uploads, options, list, cancel,
+                   restart, delete, download)
   queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next
   on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
   dispatch   HTTP  IAM-only, POST or GET: admission control (contract 5)
@@ -20,13 +22,15 @@ import functions_framework
 import redis
 from werkzeug.exceptions import HTTPException
 
-from functions import dispatcher, public_api, queue_service, upload_events
+from functions import dispatcher, public_api, queue_service, task_api, upload_events
 from functions.config import Settings
 from functions.context import Services, services
 from functions.http_json import ApiError, error_response, http_exception_response, json_response
 from functions.routing import Route, match
 
 log = logging.getLogger("splatpipe.functions")
+
+API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES)
 
 # The framework's own fixed routes (/robots.txt, /favicon.ico) and errors answer in JSON too.
 if functions_framework.errorhandler is not None:
@@ -67,7 +71,7 @@ def _serve(request: flask.Request, routes: Sequence[Route]) -> flask.Response:
 
 @functions_framework.http
 def api(request: flask.Request) -> flask.Response:
-    return _serve(request, public_api.ROUTES)
+    return _serve(request, API_ROUTES)
 
 
 @functions_framework.http

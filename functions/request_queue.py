@@ -11,6 +11,7 @@ Keys (prefix `sp:`):
   counts        HASH   records per state
   outbox        HASH   id -> record version not yet mirrored to Firestore (see status_mirror)
   token:{sha}   STRING callback token digest -> id
+  session:{sid} ZSET   the session's request ids, score = arrival sequence (`GET /requests?session_id=`)
   dedup:{key}   STRING dedup key -> id, expiring after its window (see dedup)
 
 Scripts read the clock with Redis TIME, so every function instance shares one clock; each runs
@@ -50,7 +51,8 @@ def _lua_state_tables() -> str:
         f"{src.value} = {{{', '.join(f'{t.value} = true' for t in sorted(dsts))}}}"
         for src, dsts in jobrecord.LEGAL_TRANSITIONS.items())
     terminal = ", ".join(f"{s.value} = true" for s in sorted(jobrecord.TERMINAL_STATES))
-    return f"local legal = {{{legal}}}\nlocal terminal = {{{terminal}}}\n"
+    restartable = ", ".join(f"{s.value} = true" for s in sorted(jobrecord.RESTARTABLE_STATES))
+    return f"local legal = {{{legal}}}\nlocal terminal = {{{terminal}}}\nlocal restartable = {{{restartable}}}\n"
 
 
 def _lua_limits() -> str:
@@ -60,7 +62,8 @@ def _lua_limits() -> str:
 
 
 # KEYS: req, queue, seq, counts, outbox, token, dedup... ARGV: id, priority, "ttl:sticky,..", req prefix,
-# the record's unchanging part as one JSON text (`doc`: stored as is, never decoded here).
+# the record's unchanging part as one JSON text (`doc`: stored as is, never decoded here), the
+# session's index key.
 _ENQUEUE = _NOW + """
 local id = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -78,6 +81,7 @@ for i = 7, #KEYS do
   end
 end
 local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', ARGV[6], seq, id)
 redis.call('HSET', KEYS[1], 'request_id', id, 'state', 'QUEUED', 'priority', ARGV[2], 'created_at', nows,
            'updated_at', nows, 'seq', seq, 'version', 1, 'attempts', 0, 'doc', ARGV[5])
 redis.call('ZADD', KEYS[2], string.format('%.0f', tonumber(ARGV[2]) * 1e14 + seq), id)
@@ -308,6 +312,44 @@ end
 return {redis.call('HGETALL', KEYS[1]), byprio, oldest, redis.call('ZCARD', KEYS[3]), nows}
 """
 
+# KEYS: req, queue, seq, counts, outbox. ARGV: id, the version it was read at, the new doc JSON.
+# A finished request runs again in its workspace: QUEUED at the back of its priority, with what
+# the last run reported cleared (the stages skip by their _SUCCESS.json what needs no rerun).
+_RESTART = _NOW + _lua_state_tables() + """
+local rk, id = KEYS[1], ARGV[1]
+local cur = redis.call('HGET', rk, 'state')
+if not cur then return {'missing'} end
+if not restartable[cur] then return {'conflict', cur} end
+if redis.call('HGET', rk, 'version') ~= ARGV[2] then return {'changed', cur} end
+redis.call('HDEL', rk, 'stage', 'stages', 'progress', 'outputs', 'error', 'execution', 'lease_expires_at',
+           'warnings', 'metrics')
+local seq = redis.call('INCR', KEYS[3])
+redis.call('HSET', rk, 'state', 'QUEUED', 'updated_at', nows, 'seq', seq, 'attempts', 0, 'doc', ARGV[3])
+redis.call('ZADD', KEYS[2], string.format('%.0f', tonumber(redis.call('HGET', rk, 'priority')) * 1e14 + seq), id)
+redis.call('HINCRBY', KEYS[4], cur, -1)
+redis.call('HINCRBY', KEYS[4], 'QUEUED', 1)
+local v = redis.call('HINCRBY', rk, 'version', 1)
+redis.call('HSET', KEYS[5], id, v)
+return {'ok', 'QUEUED', v}
+"""
+
+# KEYS: req, counts, outbox. ARGV: id. A finished request becomes a DELETED tombstone (its outputs
+# are gone; the record answers for the id). Deleting a tombstone again changes nothing.
+_TOMBSTONE = _NOW + _lua_state_tables() + """
+local rk, id = KEYS[1], ARGV[1]
+local cur = redis.call('HGET', rk, 'state')
+if not cur then return {'missing'} end
+if cur == 'DELETED' then return {'ok', cur, tonumber(redis.call('HGET', rk, 'version'))} end
+if not restartable[cur] then return {'conflict', cur} end
+redis.call('HDEL', rk, 'outputs')
+redis.call('HSET', rk, 'state', 'DELETED', 'updated_at', nows)
+redis.call('HINCRBY', KEYS[2], cur, -1)
+redis.call('HINCRBY', KEYS[2], 'DELETED', 1)
+local v = redis.call('HINCRBY', rk, 'version', 1)
+redis.call('HSET', KEYS[3], id, v)
+return {'ok', 'DELETED', v}
+"""
+
 # KEYS: outbox. ARGV: id, version.
 _OUTBOX_ACK = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -404,6 +446,8 @@ class RequestQueue:
         self._expired = client.register_script(_EXPIRED)
         self._stats = client.register_script(_STATS)
         self._ack = client.register_script(_OUTBOX_ACK)
+        self._restart = client.register_script(_RESTART)
+        self._tombstone = client.register_script(_TOMBSTONE)
 
     def record_key(self, request_id: str) -> str:
         return f"{self.prefix}req:{request_id}"
@@ -413,6 +457,9 @@ class RequestQueue:
 
     def dedup_key(self, key: str) -> str:
         return f"{self.prefix}dedup:{key}"
+
+    def session_key(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
 
     # --- enqueue / take -------------------------------------------------------------------------
 
@@ -430,7 +477,8 @@ class RequestQueue:
                 self.token_key(token_sha256), *(self.dedup_key(k.key) for k, _ in dedup)]
         meta = ",".join(f"{max(1, int(ttl))}:{int(k.sticky)}" for k, ttl in dedup)
         kind, found_id, state = self._enqueue(keys=keys, args=[rid, req.priority, meta, self.prefix + "req:",
-                                                               _COMPACT.encode(doc)])
+                                                               _COMPACT.encode(doc),
+                                                               self.session_key(req.session_id)])
         return EnqueueResult(found_id, kind == "new", state)
 
     def take(self, lease_seconds: float, max_running: int = 0) -> Taken | None:
@@ -513,6 +561,38 @@ class RequestQueue:
             "oldest_wait_seconds": round((int(now) - oldest) / 1000.0, 3) if oldest >= 0 else None,
             "running": int(running),
         }
+
+    # --- restart, delete, sessions -------------------------------------------------------------
+
+    def restart(self, request_id: str, version: int, options: Mapping[str, Any]) -> None:
+        """A finished request (at `version`) QUEUED again with `options`. RecordNotFoundError;
+        IllegalTransitionError when it is not finished or changed since it was read."""
+        raw = self.get_raw(request_id)
+        if raw is None:
+            raise RecordNotFoundError(request_id)
+        doc = json.loads(raw["doc"])
+        doc["options"] = dict(options)
+        res = self._restart(keys=[self.record_key(request_id), self.k_queue, self.k_seq, self.k_counts,
+                                  self.k_outbox], args=[request_id, version, _COMPACT.encode(doc)])
+        if res[0] == "missing":
+            raise RecordNotFoundError(request_id)
+        if res[0] == "conflict":
+            raise IllegalTransitionError(res[1], f"request is {res[1]}; only a finished request can be restarted")
+        if res[0] == "changed":
+            raise IllegalTransitionError(res[1], "request changed meanwhile; read it and try again")
+
+    def tombstone(self, request_id: str) -> None:
+        """A finished request becomes DELETED (its outputs forgotten). RecordNotFoundError;
+        IllegalTransitionError when it is still QUEUED or PROCESSING."""
+        res = self._tombstone(keys=[self.record_key(request_id), self.k_counts, self.k_outbox], args=[request_id])
+        if res[0] == "missing":
+            raise RecordNotFoundError(request_id)
+        if res[0] == "conflict":
+            raise IllegalTransitionError(res[1], f"request is {res[1]}; cancel it before deleting it")
+
+    def session_requests(self, session_id: str, limit: int = 1000) -> list[str]:
+        """The session's request ids, oldest first (at most `limit`, the newest ones)."""
+        return list(self.r.zrange(self.session_key(session_id), -limit, -1))
 
     # --- Firestore outbox -----------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from functions import gcs
 from functions.config import Settings
 
 REQUEST_FILE = "request.json"
+SUCCESS_FILE = "_SUCCESS.json"
+"""A stage's completion marker, `{workspace}/{stage}/_SUCCESS.json`: while it matches, a rerun skips the stage."""
 
 
 def request_document(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ fi
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
-"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[jobs,emulator,dev]"
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[jobs,emulator,dev,cli]"
 
 # --- checkov (issue 6: tests/terraform) ---------------------------------------------------------
 # checkov pins many packages of its own, so it lives in its own venv, not in $venv.

@@ -82,7 +82,7 @@ class RecordingServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = _any  # noqa: N815  (http.server names)
+            do_GET = do_POST = do_PUT = do_DELETE = _any  # noqa: N815  (http.server names)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -123,7 +123,8 @@ def test_cancel_from_queued_and_processing(fn_apps: FnApps, fn_env: dict, bucket
     # A cancelled request's running workflow is told to stop by the 409 on its next update.
     assert_error(put_json(fn_apps.queue, f"/status/{b}", {"stage": "frames", "stage_state": "RUNNING"}), 409)
     stats = fn_apps.queue.get("/queue").get_json()
-    assert stats["counts"] == {"QUEUED": 0, "PROCESSING": 0, "COMPLETED": 0, "FAILED": 0, "CANCELLED": 2}
+    assert stats["counts"] == {"QUEUED": 0, "PROCESSING": 0, "COMPLETED": 0, "FAILED": 0, "CANCELLED": 2,
+                              "DELETED": 0}
     assert stats["running"] == 0
 
 
