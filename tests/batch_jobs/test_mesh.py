@@ -7,9 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from workspace_fixture import SMALL, GTWorkspace, cached_gt_workspace, mesh_surface_distances
+from workspace_fixture import (
+    SMALL,
+    GTWorkspace,
+    cached_gt_workspace,
+    copy_gt_workspace,
+    mesh_surface_distances,
+)
 
 from batch_jobs import runner, tsdf
+from batch_jobs.errors import EXIT_BAD_INPUT
 from batch_jobs.mesh import choose_alpha_threshold, depth_edges
 from batch_jobs.sparse_model import read_sparse_model
 
@@ -28,7 +35,9 @@ def _gt_frames(gt: GTWorkspace) -> list[tsdf.DepthFrame]:
 def test_fusing_true_depths_recovers_the_true_surface(tmp_path: Path) -> None:
     """The fusion path alone (intrinsics convention, poses, colours): error about a voxel or less."""
     gt = cached_gt_workspace(SMALL)
-    mesh = tsdf.fuse(_gt_frames(gt), voxel_size=0.03, depth_trunc=20.0, min_weight=1.0)
+    fused = tsdf.fuse(_gt_frames(gt), tsdf.TsdfParams(voxel_size=0.03, depth_max=20.0), min_weight=1.0)
+    mesh = fused.mesh
+    assert fused.views_fused == SMALL.n_frames and fused.views_empty == fused.views_failed == 0
     info = tsdf.clean_mesh(mesh)
     assert len(mesh.triangles) > 10_000 and info["components"] >= 1
     tsdf.write_mesh(mesh, tmp_path / "m.ply", tmp_path / "m.glb")
@@ -97,3 +106,103 @@ def test_mesh_disabled_and_missing_splat(tmp_path: Path) -> None:
     assert off.status == "succeeded" and off.success["metrics"] == {"enabled": False}
     res = runner.run_stage("mesh", str(ws), options={"mesh": True})
     assert res.status == "failed" and res.exit_code == 3  # no sparse model: bad input, no retry
+
+
+def test_views_with_nothing_to_fuse_are_skipped(tmp_path: Path) -> None:
+    """A view whose depth is all empty, or all beyond the range, touches no TSDF block: open3d
+    aborts on it ("No block is touched"), so it is left out and the others still fuse."""
+    gt = cached_gt_workspace(SMALL)
+    frames = _gt_frames(gt)
+    blank = tsdf.DepthFrame(np.zeros_like(frames[0].depth), frames[0].color, frames[0].K, frames[0].viewmat)
+    far = tsdf.DepthFrame(np.full_like(frames[1].depth, 500.0), frames[1].color, frames[1].K, frames[1].viewmat)
+    fused = tsdf.fuse([blank, *frames[:6], far], tsdf.TsdfParams(voxel_size=0.03, depth_max=20.0), min_weight=1.0)
+    assert fused.views_fused == 6 and fused.views_empty == 2 and len(fused.mesh.triangles) > 5_000
+    with pytest.raises(tsdf.FusionError, match=r"no view could be fused: of 2 views, 2 had no depth within"):
+        tsdf.fuse([blank, far], tsdf.TsdfParams(voxel_size=0.03, depth_max=20.0))
+
+
+def test_scene_params_follow_the_geometry_not_the_cameras() -> None:
+    rng = np.random.default_rng(0)
+    # Cameras 100 units away from a 0.2-unit object, 500 px focal: the pixel footprint (0.3 units)
+    # is larger than the object; the voxel is held to 1/32 of the object instead.
+    obj = rng.normal(size=(5000, 3)) * 0.05
+    extent = tsdf.geometry_extent(obj)
+    assert 0.15 < extent < 0.25
+    far = tsdf.scene_params(rng.uniform(99.9, 100.1, 10_000), 500.0, extent)
+    assert far.voxel_size == pytest.approx(extent / 32) and far.depth_max >= 100.1
+    assert tsdf.MIN_BLOCKS <= far.block_count <= tsdf.MAX_BLOCKS
+    # A near, large scene: the footprint rules, the range is a few median depths.
+    near = tsdf.scene_params(rng.uniform(2.0, 6.0, 10_000), 500.0, extent=10.0)
+    assert near.voxel_size == pytest.approx(1.5 * 4.0 / 500.0, rel=0.02)
+    assert near.depth_max == pytest.approx(4 * 4.0, rel=0.02)
+    assert near.block_count > far.block_count
+    loose = near.looser()
+    assert loose.voxel_size == 2 * near.voxel_size and loose.depth_max == 4 * near.depth_max
+    # Far floaters do not widen the geometry; a given voxel size is kept.
+    assert tsdf.geometry_extent(np.concatenate([obj, [[1e4, 1e4, 1e4]]])) == pytest.approx(extent, rel=0.05)
+    assert tsdf.scene_params(np.array([3.0]), 500.0, 10.0, voxel_size=0.5).voxel_size == 0.5
+
+
+def _blob_splats(ws: Path, centre: np.ndarray, radius: float, n: int = 3000) -> None:
+    """A solid ball of small opaque Gaussians as the splat stage's output."""
+    from batch_jobs.gaussians import ply
+
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(n, 3))
+    means = centre + radius * d / np.linalg.norm(d, axis=1, keepdims=True) * rng.uniform(0.0, 1.0, (n, 1)) ** (1 / 3)
+    (ws / "splat").mkdir(exist_ok=True)
+    ply.write_ply(ws / "splat" / "point_cloud.ply", {
+        "means": means, "scales": np.full((n, 3), np.log(radius / 8)), "quats": np.tile([1.0, 0, 0, 0], (n, 1)),
+        "opacities": np.full(n, 4.0), "sh0": np.full((n, 1, 3), 0.5)})
+    (ws / "splat" / "_SUCCESS.json").write_text("{}")
+
+
+def _camera_geometry(ws: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """The first camera's centre and viewing direction, and the cameras' spread."""
+    model = read_sparse_model(ws / "sfm" / "sparse" / "0")
+    v = model.views[0]
+    _, spread = model.scene_extent()
+    return np.asarray(v.center), np.asarray(v.viewmat)[2, :3], spread
+
+
+def test_tiny_geometry_near_one_camera_meshes(tmp_path: Path) -> None:
+    """Degenerate: a small object right in front of one camera, seen by few of the others (the
+    rest render no depth at all, which made open3d abort the stage)."""
+    gt = copy_gt_workspace(tmp_path / "ws", SMALL)
+    centre, forward, spread = _camera_geometry(gt.workspace)
+    radius = 0.02 * spread
+    _blob_splats(gt.workspace, centre + 0.15 * spread * forward, radius)
+    res = runner.run_stage("mesh", str(gt.workspace))
+    assert res.status == "succeeded", res.error
+    report = json.loads((gt.workspace / "mesh" / "report.json").read_text())
+    assert report["views_empty"] >= 1 and report["views_fused"] >= 1, report
+    assert report["voxel_size"] <= 2 * radius / 8  # voxels sized to the object, not to the cameras
+    import open3d as o3d
+
+    verts = np.asarray(o3d.io.read_triangle_mesh(str(gt.workspace / "mesh" / "mesh.ply")).vertices)
+    assert len(verts) > 50
+    assert np.linalg.norm(verts - (centre + 0.15 * spread * forward), axis=1).max() < 3 * radius
+
+
+def test_geometry_no_camera_sees_fails_cleanly(tmp_path: Path) -> None:
+    """Degenerate: the splats lie where no camera looks. Both tries fuse nothing: a clear
+    EMPTY_MESH (bad input, exit 3, no retry) naming the tries, not an open3d abort."""
+    gt = copy_gt_workspace(tmp_path / "ws", SMALL)
+    centre, forward, spread = _camera_geometry(gt.workspace)
+    _blob_splats(gt.workspace, centre - 3.0 * spread * forward, 0.05 * spread)  # behind the first camera
+    res = runner.run_stage("mesh", str(gt.workspace))
+    assert res.status == "failed" and res.exit_code == EXIT_BAD_INPUT, res.error
+    assert res.error["code"] == "EMPTY_MESH" and res.error["retryable"] is False
+    msg = res.error["message"]
+    assert msg.startswith("no surface from the splats' depth maps after voxel") and "; then voxel" in msg, msg
+    assert "no view could be fused" in msg and "Open3D" not in msg
+
+
+def test_a_voxel_size_too_large_for_the_scene_is_bad_input(tmp_path: Path) -> None:
+    """The option is in SfM units, which only the stage can compare with the scene."""
+    gt = copy_gt_workspace(tmp_path / "ws", SMALL)
+    points = read_sparse_model(gt.workspace / "sfm" / "sparse" / "0").points
+    _blob_splats(gt.workspace, points.mean(axis=0), 0.5 * float(np.ptp(points, axis=0).max()))
+    res = runner.run_stage("mesh", str(gt.workspace), options={"preset": "preview", "mesh_voxel_size": 10.0})
+    assert res.status == "failed" and res.exit_code == EXIT_BAD_INPUT
+    assert res.error["code"] == "mesh_voxel_too_large" and "voxel_size 10 is too large" in res.error["message"]
