@@ -14,6 +14,7 @@ the same way.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 import urllib.parse
@@ -33,12 +34,13 @@ class SigningUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class UploadStart:
-    """How a client opens a resumable upload: `method` `url` with `headers` and an empty body; the
+    """How a client opens a resumable upload: `method` `url` with `headers` and `body`; the
     answer's `Location` header is the session URL the bytes are PUT to (`Content-Range` chunks)."""
 
     url: str
     method: str = "POST"
     headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
 
 
 class OutputLinker:
@@ -102,7 +104,8 @@ class OutputLinker:
             # https://cloud.google.com/storage/docs/performing-resumable-uploads#initiate-session
             query = urllib.parse.urlencode({"uploadType": "resumable", "name": name})
             return UploadStart(f"{gcs.emulator_base()}/upload/storage/v1/b/{bucket}/o?{query}",
-                               headers={"X-Upload-Content-Type": content_type})
+                               headers={"Content-Type": "application/json", "X-Upload-Content-Type": content_type},
+                               body=json.dumps({"contentType": content_type}))
         if not self.settings.on_gcp:
             raise SigningUnavailableError("upload URLs need Google Cloud or the storage emulator")
         # A V4 signed POST with `x-goog-resumable: start` opens a resumable session; the answer's

@@ -363,7 +363,7 @@ def start_upload(svc: Services, session_id: str, files: Sequence[UploadFile]) ->
         for f in files:
             start = svc.links.resumable_upload(f"gs://{bucket}/{prefix}{f.name}", f.content_type, UPLOAD_URL_SECONDS)
             entries.append({"name": f.name, "object": f"gs://{bucket}/{prefix}{f.name}", "method": start.method,
-                            "url": start.url, "headers": start.headers})
+                            "url": start.url, "headers": start.headers, "body": start.body})
     except SigningUnavailableError as exc:
         raise UnavailableError(str(exc)) from None
     single_video = len(files) == 1 and (files[0].content_type.startswith("video/")

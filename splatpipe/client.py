@@ -203,8 +203,8 @@ class Client:
     def _upload_one(self, path: Path, target: Mapping[str, Any]) -> None:
         # Resumable upload: open the session, then PUT the bytes in chunks with Content-Range
         # (https://cloud.google.com/storage/docs/performing-resumable-uploads).
-        opened = requests.request(target["method"], target["url"], headers=dict(target["headers"]), data=b"",
-                                  timeout=self.timeout)
+        opened = requests.request(target["method"], target["url"], headers=dict(target["headers"]),
+                                  data=str(target.get("body") or "").encode(), timeout=self.timeout)
         session_url = opened.headers.get("Location")
         if opened.status_code >= 300 or not session_url:
             raise SplatpipeError(opened.status_code, "upload_failed", f"cannot start the upload of {path.name}: "

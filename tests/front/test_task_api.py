@@ -184,7 +184,7 @@ def test_uploads_hand_out_resumable_urls_under_an_ignored_prefix(fn_apps: FnApps
     prefix = f"gs://{buckets.uploads}/front-up/_api/uploads/{up['upload_id']}/"
     assert up["input"] == prefix and [f["object"] for f in up["files"]] == [prefix + "a.jpg", prefix + "b.jpg"]
     for f in up["files"]:
-        opened = requests.request(f["method"], f["url"], headers=f["headers"], data=b"", timeout=30)
+        opened = requests.request(f["method"], f["url"], headers=f["headers"], data=f["body"].encode(), timeout=30)
         done = requests.put(opened.headers["Location"], data=b"\xff\xd8" + bytes(50), timeout=30)
         assert done.status_code == 200
         obj = {"bucket": buckets.uploads, "name": f["object"].removeprefix(f"gs://{buckets.uploads}/")}

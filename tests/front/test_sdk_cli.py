@@ -1,0 +1,209 @@
+"""The SDK and the CLI against the `api` function on a real HTTP server, a real Redis and the real
+storage emulator: local files go up through `POST /uploads` (resumable, chunked), the request is
+made on the uploaded prefix, and every other command reaches its route."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fn_testlib import Buckets, FnApps, put_json
+
+from functions import gcs
+from splatpipe import cli
+from splatpipe.client import CHUNK_BYTES, Client, SplatpipeError
+
+
+def _photos(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = folder / f"img{i:02d}.jpg"
+        p.write_bytes(b"\xff\xd8\xff" + bytes([i]) * (1000 + i))
+        out.append(p)
+    (folder / "notes.txt").write_text("not a photo")
+    return out
+
+
+def _blob_bytes(bucket: str, uri: str) -> bytes:
+    return bytes(gcs.client("splatpipe-local").bucket(bucket).blob(uri.split("/", 3)[3]).download_as_bytes())
+
+
+def test_submit_a_photo_folder_uploads_through_the_api(api_url: str, buckets: Buckets, tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "capture")
+    client = Client(api_url)
+    req = client.submit(tmp_path / "capture", preset="preview", options={"max_frames": 8}, priority=3)
+    st = req.status()
+    assert st["state"] == "QUEUED" and st["priority"] == 3
+    assert st["options"] == {"preset": "preview", "max_frames": 8}
+    assert st["session_id"].startswith("capture-")
+    prefix = f"gs://{buckets.uploads}/{st['session_id']}/_api/uploads/"
+    assert st["input"].startswith(prefix) and st["input"].endswith("/")
+    uploaded = {b.name.rsplit("/", 1)[-1]: b for b in
+                gcs.client("splatpipe-local").list_blobs(buckets.uploads, prefix=st["input"].split("/", 3)[3])}
+    assert sorted(uploaded) == [p.name for p in photos]  # photos only, not notes.txt
+    for p in photos:
+        assert uploaded[p.name].download_as_bytes() == p.read_bytes()
+        assert uploaded[p.name].content_type == "image/jpeg"
+    assert [r["request_id"] for r in client.list(st["session_id"], req.token)] == [req.request_id]
+
+
+def test_a_video_larger_than_one_chunk_arrives_whole(api_url: str, buckets: Buckets, tmp_path: Path) -> None:
+    video = tmp_path / "walk.mp4"
+    data = os.urandom(CHUNK_BYTES + 12345)
+    video.write_bytes(data)
+    req = Client(api_url).submit(video, session_id="front-video")
+    st = req.status()
+    assert st["input"].endswith("/walk.mp4")
+    assert _blob_bytes(buckets.uploads, st["input"]) == data
+
+
+def test_sdk_lifecycle_follow_cancel_restart_download_delete(api_url: str, fn_apps: FnApps, buckets: Buckets,
+                                                             tmp_path: Path) -> None:
+    client = Client(api_url)
+    req = client.submit(f"gs://{buckets.uploads}/front-sdk/v.mp4", session_id="front-sdk")
+    assert req.cancel()["state"] == "CANCELLED"
+    with pytest.raises(SplatpipeError) as err:
+        req.cancel()
+    assert err.value.status == 409 and err.value.code == "wrong_state"
+    snaps = list(req.follow(interval=0.05))
+    assert [s["state"] for s in snaps] == ["CANCELLED"]
+
+    assert req.restart(options={"preset": "preview"})["state"] == "QUEUED"
+    rid = req.request_id
+    assert fn_apps.queue.get("/next").get_json()["request_id"] == rid
+    ws = f"jobs/{rid}"
+    bucket = gcs.client("splatpipe-local").bucket(buckets.data)
+    bucket.blob(f"{ws}/splat/preview.png").upload_from_string(b"\x89PNG\r\n\x1a\n" + bytes(10))
+    bucket.blob(f"{ws}/mesh/mesh.glb").upload_from_string(b"glTF" + bytes(20))
+    put_json(fn_apps.queue, f"/status/{rid}", {"state": "COMPLETED", "outputs": {
+        "preview": f"gs://{buckets.data}/{ws}/splat/preview.png", "mesh_glb": f"gs://{buckets.data}/{ws}/mesh/mesh.glb"}})
+    files = req.download(tmp_path / "out")
+    assert sorted(str(f.relative_to(tmp_path / "out")) for f in files) == ["mesh/mesh.glb", "splat/preview.png"]
+    assert (tmp_path / "out" / "mesh" / "mesh.glb").read_bytes() == b"glTF" + bytes(20)
+    assert req.delete()["state"] == "DELETED"
+    assert req.status()["state"] == "DELETED"
+    with pytest.raises(SplatpipeError) as err:
+        client.status("0" * 32, req.token)
+    assert err.value.status == 404
+    assert {o["name"] for o in client.options()["options"]} >= {"preset", "splat_steps"}
+
+
+@pytest.fixture
+def local_stack_env(api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """What a running local stack leaves for its clients: stack.json naming the api's URL (and
+    processes that are alive), found through SPLATPIPE_STACK_DIR; the CLI's token store in tmp."""
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    (stack_dir / "stack.json").write_text(json.dumps({"urls": {"api": api_url}, "processes": {"api": os.getpid()}}))
+    monkeypatch.setenv("SPLATPIPE_STACK_DIR", str(stack_dir))
+    monkeypatch.setenv("SPLATPIPE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_commands_through_the_local_stack(local_stack_env: Path, buckets: Buckets, fn_apps: FnApps,
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _photos(tmp_path / "photos", 2)
+    code, out, _ = _run(capsys, "submit", str(tmp_path / "photos"), "--preset", "preview", "--option",
+                        "splat_steps=40", "--option", "depth=false", "--priority", "2")
+    assert code == 0, out
+    rid = out.split()[1]
+    store: dict[str, Any] = json.loads((local_stack_env / "requests.json").read_text())
+    assert set(store) == {rid} and (local_stack_env / "requests.json").stat().st_mode & 0o777 == 0o600
+
+    code, out, _ = _run(capsys, "status", rid)
+    st = json.loads(out)
+    assert code == 0 and st["options"] == {"preset": "preview", "splat_steps": 40, "depth": False}
+    assert st["priority"] == 2
+
+    code, out, _ = _run(capsys, "list")
+    assert code == 0 and rid in out and "QUEUED" in out
+    code, out, _ = _run(capsys, "options")
+    assert code == 0 and "splat_steps" in out and "presets: preview, standard, high" in out
+
+    code, out, _ = _run(capsys, "cancel", rid)
+    assert code == 0 and json.loads(out)["state"] == "CANCELLED"
+    code, _, err = _run(capsys, "cancel", rid)
+    assert code == 1 and "CANCELLED" in err and "HTTP 409" in err
+    code, _, err = _run(capsys, "restart", rid, "--from-stage", "nope")
+    assert code == 1 and "from_stage" in err and "HTTP 422" in err
+    code, out, _ = _run(capsys, "restart", rid, "--from-stage", "sfm")
+    assert code == 0 and "QUEUED" in out
+    code, _, err = _run(capsys, "status", "f" * 32)
+    assert code == 1 and "no callback token" in err
+    code, out, _ = _run(capsys, "delete", rid)
+    assert code == 0 and json.loads(out)["state"] == "DELETED"
+
+
+def test_cli_follow_ends_with_the_outputs_in_out(local_stack_env: Path, buckets: Buckets, fn_apps: FnApps,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --follow --out`: the bars run until the request ends, then the outputs are fetched."""
+    import threading
+
+    code, out, _ = _run(capsys, "submit", f"gs://{buckets.uploads}/front-follow/v.mp4", "--session", "front-follow")
+    rid = out.split()[1]
+
+    def finish() -> None:
+        import time
+
+        assert fn_apps.queue.get("/next").status_code == 200
+        time.sleep(1.0)
+        put_json(fn_apps.queue, f"/status/{rid}", {"stage": "frames", "stage_state": "RUNNING",
+                                                   "progress": {"frames": 0.5}})
+        time.sleep(1.0)
+        gcs.client("splatpipe-local").bucket(buckets.data).blob(f"jobs/{rid}/frames/report.json").upload_from_string(
+            b"{}")
+        put_json(fn_apps.queue, f"/status/{rid}", {"state": "COMPLETED", "outputs": {
+            "frames_report": f"gs://{buckets.data}/jobs/{rid}/frames/report.json"}})
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    code, out, err = _run(capsys, "status", rid, "--follow", "--out", str(tmp_path / "out"))
+    worker.join()
+    assert code == 0, err
+    assert "frames" in err and "COMPLETED" in out
+    assert (tmp_path / "out" / "frames" / "report.json").read_bytes() == b"{}"
+
+
+def test_ctrl_c_while_following_leaves_the_request_running(local_stack_env: Path, buckets: Buckets,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "submit", f"gs://{buckets.uploads}/front-int/v.mp4", "--session", "front-int")
+    rid = out.split()[1]
+    calls = {"n": 0}
+    real_sleep = __import__("time").sleep
+
+    def interrupt(seconds: float) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_sleep(min(seconds, 0.05))
+
+    monkeypatch.setattr("splatpipe.client.time.sleep", interrupt)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["status", rid, "--follow"])
+    assert exited.value.code == 130
+    err = capsys.readouterr().err
+    assert f"splatpipe status --follow {rid}" in err
+    monkeypatch.setattr("splatpipe.client.time.sleep", real_sleep)
+    code, out, _ = _run(capsys, "status", rid)
+    assert code == 0
+    assert json.loads(out)["state"] == "QUEUED"  # not cancelled
+
+
+def test_no_stack_and_no_api_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SPLATPIPE_STACK_DIR", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("splatpipe.client.find_local_stack", lambda start=None: None)
+    code, _, err = _run(capsys, "options")
+    assert code == 1 and "python -m emulator up" in err
