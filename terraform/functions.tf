@@ -33,8 +33,8 @@ locals {
     [for f in local.function_package_files : "${f}:${filesha256("${local.functions_dir}/${f}")}"],
   )))
 
-  # Every setting functions/config.py reads (REDIS_URL comes from Secret Manager below; the
-  # *_EMULATOR_HOST variables belong to the local stack only).
+  # Every setting functions/config.py reads, on every function (REDIS_URL comes from Secret
+  # Manager below; the *_EMULATOR_HOST variables belong to the local stack only).
   function_env = {
     GOOGLE_CLOUD_PROJECT  = var.project_id
     REGION                = var.region
@@ -55,6 +55,20 @@ locals {
     MAX_ATTEMPTS          = tostring(var.max_attempts)
     FIRESTORE_MIRROR      = "true"
     SIGNED_URL_SECONDS    = tostring(var.signed_url_seconds)
+  }
+
+  # What dispatch alone reads besides: the machines, identity and network of the Batch jobs whose
+  # bodies it builds (functions/batch_job.py; JOB_IMAGE, DEPTH_MODEL and REGION are settings of
+  # every function above).
+  batch_env = {
+    CPU_MACHINE_TYPE      = var.cpu_machine_type
+    GPU_MACHINE_TYPE      = var.gpu_machine_type
+    GPU_TYPE              = var.gpu_type
+    GPU_COUNT             = tostring(var.gpu_count)
+    PROVISIONING_MODEL    = var.use_spot ? "SPOT" : "STANDARD"
+    BATCH_SERVICE_ACCOUNT = google_service_account.sa["batch"].email
+    BATCH_NETWORK         = google_compute_network.vpc.id
+    BATCH_SUBNETWORK      = google_compute_subnetwork.batch.id
   }
 
   function_build_service_account = google_service_account.sa["build"].id
@@ -101,6 +115,7 @@ locals {
       ingress       = "ALLOW_ALL"
       sa            = "api"
       upload_events = false
+      batch_env     = false
     }
     queue = {
       description   = "splatpipe queue service: enqueue, next, status, queue statistics (IAM-only)."
@@ -109,6 +124,7 @@ locals {
       ingress       = var.internal_ingress
       sa            = "api"
       upload_events = false
+      batch_env     = false
     }
     on_upload = {
       description   = "splatpipe upload handler: a finalized video or _UPLOAD_COMPLETE marker becomes a request."
@@ -117,6 +133,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY" # Eventarc deliveries are internal
       sa            = "upload"
       upload_events = true
+      batch_env     = false
     }
     dispatch = {
       description   = "splatpipe admission control: starts workflow executions, re-queues expired leases (IAM-only)."
@@ -125,6 +142,7 @@ locals {
       ingress       = var.internal_ingress
       sa            = "dispatch"
       upload_events = false
+      batch_env     = true
     }
   }
 }
@@ -161,7 +179,7 @@ resource "google_cloudfunctions2_function" "function" {
     service_account_email          = google_service_account.sa[each.value.sa].email
     vpc_connector                  = google_vpc_access_connector.functions.id
     vpc_connector_egress_settings  = "ALL_TRAFFIC"
-    environment_variables          = local.function_env
+    environment_variables          = each.value.batch_env ? merge(local.function_env, local.batch_env) : local.function_env
 
     secret_environment_variables {
       key        = "REDIS_URL"
@@ -187,8 +205,10 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
-  # gcs_publishes_events is for on_upload's trigger; depends_on cannot differ per instance.
+  # The service agents and the build account hold their roles (iam.tf) before a function is
+  # built; depends_on cannot differ per instance.
   depends_on = [
+    time_sleep.iam_propagation,
     google_project_iam_member.gcs_publishes_events,
     google_secret_manager_secret_iam_member.redis_url,
     google_artifact_registry_repository_iam_member.build_pushes_function_images,

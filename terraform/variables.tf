@@ -32,16 +32,54 @@ variable "gpu_type" {
   description = "Accelerator type of the GPU stages' Batch VMs (e.g. nvidia-l4, nvidia-tesla-t4)."
   type        = string
   default     = "nvidia-l4"
+
+  # L4 GPUs come only on G2 machine types, and G2 types carry only L4s
+  # (https://cloud.google.com/compute/docs/accelerator-optimized-machines#g2-vms).
+  validation {
+    condition     = (var.gpu_type == "nvidia-l4") == startswith(var.gpu_machine_type, "g2-")
+    error_message = "gpu_type nvidia-l4 goes with a g2-* gpu_machine_type (and a g2-* type carries nvidia-l4)."
+  }
 }
 
 variable "gpu_count" {
-  description = "GPUs per GPU stage VM."
+  description = "GPUs per GPU stage VM: the number the machine type carries (g2-standard-8: 1 nvidia-l4; g2-standard-24: 2; a2/a3 types name theirs, e.g. a2-highgpu-2g: 2); on an n1 type 1, 2 or 4 (8 for nvidia-tesla-v100)."
   type        = number
   default     = 1
 
+  # Accelerator-optimized machine types carry a fixed number of GPUs of one model
+  # (https://cloud.google.com/compute/docs/accelerator-optimized-machines): G2 from the table
+  # below, A2/A3 in the name (-Ng); GPUs attach to N1 types in the counts each model allows
+  # (https://cloud.google.com/compute/docs/gpus). Any other machine type carries no GPU.
   validation {
-    condition     = var.gpu_count >= 1 && var.gpu_count <= 8
-    error_message = "gpu_count must be between 1 and 8."
+    condition = (
+      startswith(var.gpu_machine_type, "g2-") ? lookup(local.g2_gpus, var.gpu_machine_type, -1) == var.gpu_count
+      : can(regex("^a[23]-[a-z]+gpu-[0-9]+g$", var.gpu_machine_type)) ? tonumber(regex("([0-9]+)g$", var.gpu_machine_type)[0]) == var.gpu_count
+      : startswith(var.gpu_machine_type, "n1-") ? contains(lookup(local.n1_gpu_counts, var.gpu_type, []), var.gpu_count)
+      : false
+    )
+    error_message = "gpu_count must be the number of GPUs gpu_machine_type carries (g2-standard-4/8/12/16/32: 1, g2-standard-24: 2, g2-standard-48: 4, g2-standard-96: 8; a2-highgpu-2g: 2; n1-*: 1, 2 or 4 nvidia-tesla-t4, up to 8 nvidia-tesla-v100)."
+  }
+}
+
+locals {
+  # NVIDIA L4s per G2 machine type (https://cloud.google.com/compute/docs/accelerator-optimized-machines#g2-vms).
+  g2_gpus = {
+    "g2-standard-4"  = 1
+    "g2-standard-8"  = 1
+    "g2-standard-12" = 1
+    "g2-standard-16" = 1
+    "g2-standard-24" = 2
+    "g2-standard-32" = 1
+    "g2-standard-48" = 4
+    "g2-standard-96" = 8
+  }
+
+  # GPUs per N1 VM by model (https://cloud.google.com/compute/docs/gpus).
+  n1_gpu_counts = {
+    "nvidia-tesla-t4"   = [1, 2, 4]
+    "nvidia-tesla-p4"   = [1, 2, 4]
+    "nvidia-tesla-p100" = [1, 2, 4]
+    "nvidia-tesla-v100" = [1, 2, 4, 8]
   }
 }
 
@@ -229,6 +267,12 @@ variable "batch_cidr" {
   description = "Range of the subnet the Batch job VMs may use (Private Google Access and Cloud NAT, no external IPs needed)."
   type        = string
   default     = "10.10.0.0/20"
+}
+
+variable "workflow_deletion_protection" {
+  description = "Refuse to delete the reconstruct workflow (terraform destroy then fails on it until this is set false and applied). Off by default: the workflow holds no data, its source is workflows/reconstruct.yaml, and apply re-creates it."
+  type        = bool
+  default     = false
 }
 
 variable "force_destroy_buckets" {

@@ -31,6 +31,8 @@ resource "google_workflows_workflow" "reconstruct" {
   labels          = local.labels
   source_contents = file("${local.repo_root}/workflows/reconstruct.yaml")
   user_env_vars   = local.workflow_env
+  # The provider's default (true) makes `terraform destroy` fail on the workflow.
+  deletion_protection = var.workflow_deletion_protection
 
   depends_on = [
     google_cloudfunctions2_function.function,

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = REPO / "functions"
 FUNCTIONS_MAIN = FUNCTIONS_DIR / "main.py"
 WORKFLOW_YAML = REPO / "workflows" / "reconstruct.yaml"
+# Builds the stages' Batch Job bodies; only dispatch runs it.
+BATCH_JOB_MODULE = FUNCTIONS_DIR / "batch_job.py"
 
 # functions_framework decorator name -> the signature type Cloud Functions deploys it with.
 DECORATORS = {"http": "http", "cloud_event": "cloudevent"}
@@ -86,18 +88,24 @@ def entry_points(main: Path = FUNCTIONS_MAIN) -> dict[str, str]:
 # --- environment variables ------------------------------------------------------------------
 
 
-def _is_environ(node: ast.expr) -> bool:
+def _is_environ(node: ast.expr, aliases: frozenset[str] = frozenset()) -> bool:
+    """`os.environ`, `environ`, or a local name bound to one of them (`env = os.environ`)."""
     return (isinstance(node, ast.Attribute) and node.attr == "environ"
             and isinstance(node.value, ast.Name) and node.value.id == "os") or (
-        isinstance(node, ast.Name) and node.id == "environ")
+        isinstance(node, ast.Name) and (node.id == "environ" or node.id in aliases))
 
 
-def _env_key_of_call(call: ast.Call) -> ast.expr | None:
+def _environ_aliases(tree: ast.AST) -> frozenset[str]:
+    return frozenset(t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and _is_environ(node.value)
+                     for t in node.targets if isinstance(t, ast.Name))
+
+
+def _env_key_of_call(call: ast.Call, aliases: frozenset[str] = frozenset()) -> ast.expr | None:
     """The key expression when `call` reads the environment (environ.get, os.getenv, ...)."""
     f = call.func
     if not call.args:
         return None
-    if isinstance(f, ast.Attribute) and f.attr in {"get", "setdefault", "pop"} and _is_environ(f.value):
+    if isinstance(f, ast.Attribute) and f.attr in {"get", "setdefault", "pop"} and _is_environ(f.value, aliases):
         return call.args[0]
     if isinstance(f, ast.Attribute) and f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os":
         return call.args[0]
@@ -106,16 +114,16 @@ def _env_key_of_call(call: ast.Call) -> ast.expr | None:
     return None
 
 
-def _env_keys(tree: ast.AST) -> Iterator[ast.expr]:
+def _env_keys(tree: ast.AST, aliases: frozenset[str] = frozenset()) -> Iterator[ast.expr]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
-            key = _env_key_of_call(node)
+            key = _env_key_of_call(node, aliases)
             if key is not None:
                 yield key
-        elif isinstance(node, ast.Subscript) and _is_environ(node.value):
+        elif isinstance(node, ast.Subscript) and _is_environ(node.value, aliases):
             yield node.slice
         elif (isinstance(node, ast.Compare) and any(isinstance(o, ast.In | ast.NotIn) for o in node.ops)
-              and any(_is_environ(c) for c in node.comparators)):
+              and any(_is_environ(c, aliases) for c in node.comparators)):
             yield node.left
 
 
@@ -129,13 +137,14 @@ def static_env_reads(files: list[Path] | None = None) -> set[str]:
     names: set[str] = set()
     for path in files if files is not None else python_files():
         tree = ast.parse(path.read_text(), filename=str(path))
+        aliases = _environ_aliases(tree)
         helpers: set[str] = set()
         for fn in ast.walk(tree):
             if isinstance(fn, ast.FunctionDef) and fn.args.args:
                 param = fn.args.args[0].arg
-                if any(isinstance(k, ast.Name) and k.id == param for k in _env_keys(fn)):
+                if any(isinstance(k, ast.Name) and k.id == param for k in _env_keys(fn, aliases)):
                     helpers.add(fn.name)
-        for key in _env_keys(tree):
+        for key in _env_keys(tree, aliases):
             if (name := _const_str(key)) is not None:
                 names.add(name)
         for node in ast.walk(tree):
@@ -184,6 +193,12 @@ def deployment_env_names() -> set[str]:
     `*_EMULATOR_HOST` switches and what the runtime sets itself."""
     names = static_env_reads() | traced_settings_reads()
     return {n for n in names if not n.endswith("_EMULATOR_HOST") and n not in RUNTIME_PROVIDED}
+
+
+def batch_env_names() -> set[str]:
+    """The settings only the Batch Job body builder reads (those it shares with
+    `Settings.from_env()` every function reads)."""
+    return static_env_reads([BATCH_JOB_MODULE]) - traced_settings_reads()
 
 
 # --- workflow -------------------------------------------------------------------------------

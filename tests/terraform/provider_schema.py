@@ -33,7 +33,7 @@ WHEELS = {
     "archive": ("cdktf-cdktf-provider-archive", "11.0.1", "2.7.1"),
 }
 
-_FORMAT = 1  # bump when the compact layout changes
+_FORMAT = 2  # bump when the compact layout changes
 _DOC_LINK = re.compile(r"registry\.terraform\.io/providers/hashicorp/([\w-]+)/([\d.]+)/docs/(resources|data-sources)/(\w+)")
 _ANCHOR = re.compile(r"docs/(?:resources|data-sources)/\w+#(\w+) ")
 _PLUMBING = {"internalValue", "terraformAttribute", "terraformResource", "wrapsSet", "complexObjectIndex",
@@ -118,7 +118,9 @@ class _Extractor:
             assert m, f"{fqn}: no registry link to name its Terraform type"
             provider, version, kind, short = m.groups()
             out["provider_version"] = version
-            tf_type = f"{provider.split('-')[0]}_{short}"
+            prefix = f"{provider.split('-')[0]}_"
+            # Most links name the type without its provider prefix, a few with it.
+            tf_type = short if short.startswith(prefix) else prefix + short
             config = f"{fqn}Config"
             entry = {"args": self.args(config) if config in self.types else {}, "attrs": self.attrs(fqn)}
             out["resource" if kind == "resources" else "data"][tf_type] = entry

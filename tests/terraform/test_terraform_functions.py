@@ -62,14 +62,31 @@ def test_cloudevent_functions_fire_on_object_finalize_in_the_uploads_bucket(tf, 
                    for g in iam)
 
 
-def test_every_setting_the_code_reads_is_set_on_every_function(functions):
+def test_every_setting_the_code_reads_is_set_on_the_functions_that_read_it(tf, functions):
     needed = codescan.deployment_env_names()
     assert {"REDIS_URL", "DATA_BUCKET", "UPLOADS_BUCKET"} <= needed, "the scan found no settings"
+    # The Batch machine/identity settings are read by the Job body builder, which only dispatch
+    # runs: they are dispatch's alone, and Terraform's list of them is the code's.
+    batch = codescan.batch_env_names()
+    assert {"GPU_TYPE", "BATCH_SERVICE_ACCOUNT"} <= batch, "the scan found no Batch settings"
+    assert set(tf.resolve("${local.batch_env}")) == batch
     for name, fn in functions.items():
         plain, secret = set(fn.env), set(fn.secret_env)
+        wanted = needed if name == "dispatch" else needed - batch
         assert not plain & secret, f"{name}: set both plainly and from a secret: {plain & secret}"
-        assert not needed - plain - secret, f"{name}: settings the code reads are not set: {needed - plain - secret}"
+        assert not wanted - plain - secret, f"{name}: settings the code reads are not set: {wanted - plain - secret}"
         assert not [k for k in plain if k.endswith("_EMULATOR_HOST")], f"{name}: emulator switch deployed"
+        if name != "dispatch":
+            assert not plain & batch, f"{name}: Batch settings are dispatch's: {plain & batch}"
+
+
+def test_batch_settings_name_the_batch_account_and_network(functions):
+    env = functions["dispatch"].env
+    assert env["BATCH_SERVICE_ACCOUNT"] == '${google_service_account.sa["batch"].email}'
+    assert env["BATCH_NETWORK"] == "${google_compute_network.vpc.id}"
+    assert env["BATCH_SUBNETWORK"] == "${google_compute_subnetwork.batch.id}"
+    assert env["PROVISIONING_MODEL"] == '${var.use_spot ? "SPOT" : "STANDARD"}'
+    assert env["JOB_IMAGE"] == "${local.job_image}"
 
 
 def test_settings_values_come_from_the_resources_they_name(tf, functions):

@@ -121,9 +121,50 @@ def test_builds_push_only_to_their_repositories(iam, functions):
     build = f"sa:{functions['api'].build_sa}"
     assert {(g.target, g.role) for g in iam if g.member == build and g.scope == "repository"} == {
         ("jobs", "roles/artifactregistry.writer"), ("functions", "roles/artifactregistry.writer")}
-    assert _roles(iam, build, "project") == {"roles/logging.logWriter"}
+    assert _roles(iam, build, "project") == {"roles/logging.logWriter", "roles/storage.objectViewer"}
     for fn in functions.values():
         assert fn.build["docker_repository"] == "${google_artifact_registry_repository.functions.id}"
+
+
+def test_builds_read_the_function_source_copy_and_no_other_bucket(tf, iam, functions):
+    # Cloud Functions builds from its own copy in gcf-v2-sources-PROJECT_NUMBER-REGION.
+    build = f"sa:{functions['api'].build_sa}"
+    storage = [g for g in iam if g.member == build and g.scope == "project" and g.role.startswith("roles/storage.")]
+    assert [g.address for g in storage] == ["google_project_iam_member.build_reads_function_sources"]
+    condition = first(tf.resource("google_project_iam_member", "build_reads_function_sources"), "condition")
+    assert condition["expression"] == 'resource.name.startsWith("projects/_/buckets/${local.function_sources_bucket}")'
+    assert tf.locals["function_sources_bucket"] == "gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+    # Every project-level storage grant is narrowed to a bucket by a condition.
+    for inst in tf.instances("google_project_iam_member"):
+        if str(inst.body.get("role", "")).startswith("roles/storage."):
+            assert "startsWith(\"projects/_/buckets/" in first(inst.body, "condition").get("expression", ""), inst.address
+
+
+def test_service_agents_are_created_before_they_are_bound(tf, iam):
+    agents = {inst.key: inst.body for inst in tf.instances("google_project_service_identity")}
+    assert {b["service"] for b in agents.values()} == {"pubsub.googleapis.com", "eventarc.googleapis.com"}
+    assert all(b["provider"] == "google-beta" for b in agents.values())  # beta-only resource
+    # An agent created on request holds no role: each gets its usual one here.
+    agent_roles = {(g.role, g.member) for g in iam if "google_project_service_identity" in g.member}
+    assert ("roles/eventarc.serviceAgent", '${google_project_service_identity.agent["eventarc"].member}') in agent_roles
+    assert ("roles/pubsub.serviceAgent", '${google_project_service_identity.agent["pubsub"].member}') in agent_roles
+    assert ("roles/iam.serviceAccountTokenCreator",
+            '${google_project_service_identity.agent["pubsub"].member}') in agent_roles
+    # No agent address is spelled out by hand (it would be bound before it surely exists).
+    for path in tf.files:
+        assert "gcp-sa-" not in re.sub(r"#.*", "", path.read_text()), path.name
+
+
+def test_functions_wait_for_the_grants_to_propagate(tf):
+    sleep = tf.resource("time_sleep", "iam_propagation")
+    assert int(sleep["create_duration"].rstrip("s")) >= 60
+    waited = set(sleep["depends_on"])
+    for grant in ("${google_project_iam_member.pubsub_agent}", "${google_project_iam_member.eventarc_agent}",
+                  "${google_project_iam_member.gcs_publishes_events}",
+                  "${google_service_account_iam_member.pubsub_tokens_for_eventarc}",
+                  "${google_project_iam_member.build_reads_function_sources}"):
+        assert grant in waited, grant
+    assert "${time_sleep.iam_propagation}" in tf.resource("google_cloudfunctions2_function", "function")["depends_on"]
 
 
 def test_storage_agent_publishes_upload_events(iam):

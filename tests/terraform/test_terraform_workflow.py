@@ -70,6 +70,12 @@ def test_workflow_runs_as_its_own_account(workflow):
     assert sa_key(workflow["service_account"]) == "workflow"
 
 
+def test_workflow_deletion_protection_is_a_variable_off_by_default(tf, workflow):
+    # The provider's default (on) would make `terraform destroy` fail on the workflow.
+    assert workflow["deletion_protection"] == "${var.workflow_deletion_protection}"
+    assert tf.variables["workflow_deletion_protection"]["default"] is False
+
+
 @pytest.fixture(scope="module")
 def cloudbuild() -> dict:
     assert CLOUDBUILD.exists()

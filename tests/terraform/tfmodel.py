@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 TF_DIR = REPO / "terraform"
 
 _LOCAL_OR_VAR = re.compile(r'^\$\{(local|var)\.(\w+)(?:\["([^"]+)"\])?\}$')
+_MERGE = re.compile(r"\$\{merge\(((?:(?:local|var)\.\w+)(?:, (?:local|var)\.\w+)*)\)\}")
 SA_REF = re.compile(r'google_service_account\.sa\["([\w-]+)"\]')
 
 
@@ -81,8 +82,16 @@ class TfConfig:
     # --- references ---------------------------------------------------------------------------
 
     def resolve(self, value: Any, depth: int = 0) -> Any:
-        """Follow a whole-string `${local.x}`, `${local.x["k"]}` or `${var.x}` (its default)."""
+        """Follow a whole-string `${local.x}`, `${local.x["k"]}` or `${var.x}` (its default), a
+        literal-bool conditional's chosen side and `${merge(local.a, local.b)}` of maps."""
         if depth > 20 or not isinstance(value, str):
+            return value
+        value = _pick_branch(value)
+        merged = _MERGE.fullmatch(value)
+        if merged:
+            parts = [self.resolve("${" + p.strip() + "}", depth + 1) for p in merged.group(1).split(",")]
+            if all(isinstance(p, dict) for p in parts):
+                return {k: v for p in parts for k, v in p.items()}
             return value
         m = _LOCAL_OR_VAR.match(value)
         if not m:
