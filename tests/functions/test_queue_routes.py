@@ -298,3 +298,33 @@ def test_metrics_merge_per_stage_and_keep_only_bounded_scalars(fn_apps: FnApps, 
     # Nothing keepable: the update succeeds and the stage has no metrics.
     doc = put_json(fn_apps.queue, url, {"metrics": {"mesh": {"faces": [1, 2]}}}).get_json()
     assert "mesh" not in doc["metrics"]
+
+
+def test_firestore_mirrors_warnings_metrics_and_a_completed_request_has_no_error(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, firestore_host: str, monkeypatch) -> None:
+    from fn_testlib import PROJECT
+
+    from batch_jobs.progress import FirestoreSink  # what a failing stage writes with
+    from functions import jobrecord
+    from functions.status_mirror import firestore_client
+
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    rid = _processing(fn_apps, buckets, 1)
+    url = f"/status/{rid}"
+    ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(rid)
+    doc = ref.get(timeout=10).to_dict()
+    assert doc["warnings"] == [] and doc["metrics"] == {}
+    put_json(fn_apps.queue, url, {"stage": "splat", "stage_state": "SUCCEEDED",
+                                  "metrics": {"splat": {"heldout_psnr": 26.95, "gaussians": 40000}}})
+    put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "RUNNING"})
+    # The mesh stage fails: its runner writes the error to the document, as on any failure.
+    FirestoreSink(rid, project=PROJECT).write({jobrecord.FIELD_ERROR: {**MESH_WARNING},
+                                               jobrecord.stage_path("mesh", "message"): MESH_WARNING["message"]})
+    put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "FAILED", "warnings": [MESH_WARNING]})
+    put_json(fn_apps.queue, url, {"state": "COMPLETED", "outputs": {"splat_ply": f"gs://{buckets.data}/x.ply"}})
+    doc = ref.get(timeout=10).to_dict()
+    assert doc["state"] == "COMPLETED" and doc["error"] is None
+    assert doc["warnings"] == [MESH_WARNING]
+    assert doc["metrics"] == {"splat": {"heldout_psnr": 26.95, "gaussians": 40000}}
+    assert doc["stages"]["mesh"]["state"] == "FAILED" and doc["stages"]["mesh"]["message"] == MESH_WARNING["message"]
