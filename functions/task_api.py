@@ -25,6 +25,8 @@ from functions.http_json import ApiError, json_response, read_json_object
 from functions.public_api import _rate_limit, _token
 from functions.routing import Route
 
+UPLOAD_BODY_BYTES = 1024 * 1024
+"""`POST /uploads` may list up to tasks.MAX_UPLOAD_FILES names: more than the usual JSON limit."""
 RESTART_FIELDS = frozenset({"from_stage", "options"})
 UPLOAD_FIELDS = frozenset({"session_id", "files"})
 
@@ -64,7 +66,7 @@ def _optional_json(request: flask.Request) -> dict[str, Any]:
 def uploads(request: flask.Request, svc: Services) -> flask.Response:
     """POST /uploads"""
     headers = _rate_limit(request, svc)
-    body = read_json_object(request)
+    body = read_json_object(request, UPLOAD_BODY_BYTES)
     validation.reject_unknown(body, UPLOAD_FIELDS)
     if "session_id" not in body:
         raise validation.unprocessable("session_id is required", "invalid_session_id")

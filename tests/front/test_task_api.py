@@ -203,3 +203,15 @@ def test_uploads_refuse_bad_file_lists(fn_apps: FnApps, fn_env: dict, files: Any
     if files is not None:
         body["files"] = files
     assert_error(post_json(fn_apps.api, "/uploads", body), 422, "invalid_files")
+
+
+def test_task_routes_are_rate_limited(fn_apps: FnApps, buckets: Buckets, fn_env: dict,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    rid, token = _trigger(fn_apps, buckets)
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "2")
+    env = {"REMOTE_ADDR": "10.9.9.9"}
+    assert fn_apps.api.get("/options", environ_base=env).headers["X-RateLimit-Remaining"] == "1"
+    assert fn_apps.api.get(f"/requests/{rid}/download", headers={TOKEN: token}, environ_base=env).status_code == 409
+    err = assert_error(fn_apps.api.post(f"/requests/{rid}/cancel", headers={TOKEN: token}, environ_base=env), 429,
+                       "rate_limited")
+    assert "minute" in err["message"]
