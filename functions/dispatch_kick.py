@@ -1,9 +1,17 @@
-"""The poke `api` and `on_upload` give `dispatch` after an enqueue, so a request starts at once.
+"""The poke `api`, `queue` and `on_upload` give `dispatch` after an enqueue, so a request starts at once.
 
-A short POST to `DISPATCH_URL` (with a Google ID token for that audience when it is https, as the
-dispatch function is IAM-only). It waits at most a couple of seconds and never fails the caller:
-dispatch keeps running after we stop waiting, and a lost poke costs at most one Cloud Scheduler
-tick (every minute), which calls dispatch anyway.
+A POST to `DISPATCH_URL` (with a Google ID token for that audience when it is https, as the
+dispatch function is IAM-only), sent from a background thread: calling the poke only marks it
+due and returns at once, so no request ever waits on dispatch. Pokes coalesce: one is in flight
+at a time, and however many enqueues arrive meanwhile, one more follows it (a dispatch pass
+starts everything admissible, so one pass per burst is enough). Each poke has a sub-second
+budget; dispatch keeps running after we stop waiting, and a lost poke costs at most one Cloud
+Scheduler tick (every minute), which calls dispatch anyway.
+
+On Cloud Run a thread runs after its response only while the instance has CPU (with
+request-based billing, CPU outside requests is throttled:
+https://cloud.google.com/run/docs/configuring/billing-settings); a poke delayed that way is one
+more reason the scheduler's tick exists.
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ import time
 
 log = logging.getLogger("splatpipe.kick")
 
-CONNECT_TIMEOUT = 1.0
-READ_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 0.3
+READ_TIMEOUT = 0.5
 TOKEN_SECONDS = 45 * 60  # Google ID tokens live an hour
 
 
@@ -25,6 +33,11 @@ class DispatchKick:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._token_at = 0.0
+        self._due = threading.Condition()
+        self._pending = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self.sent = 0  # pokes that went out (for tests and logs)
 
     def _id_token(self) -> str:
         with self._lock:
@@ -37,10 +50,44 @@ class DispatchKick:
                 self._token_at = time.monotonic()
             return self._token
 
-    def __call__(self) -> bool:
-        """Poke dispatch; True when the request went out."""
+    def __call__(self) -> None:
+        """Mark a poke due; it goes out from the background thread. Never blocks, never raises."""
         if not self.url:
-            return False
+            return
+        with self._due:
+            self._pending = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dispatch-kick", daemon=True)
+                self._thread.start()
+            self._due.notify()
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until no poke is due or in flight; False when `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._due:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._due.wait(min(left, 0.05))
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._due:
+                while not self._pending:
+                    self._due.wait()
+                self._pending = False
+                self._busy = True
+            try:
+                self.send()
+            finally:
+                with self._due:
+                    self._busy = False
+                    self._due.notify_all()
+
+    def send(self) -> bool:
+        """One poke now, within CONNECT_TIMEOUT + READ_TIMEOUT; True when the request went out."""
         import requests
 
         headers = {"Content-Type": "application/json"}
@@ -48,8 +95,10 @@ class DispatchKick:
             if self.url.startswith("https://"):
                 headers["Authorization"] = f"Bearer {self._id_token()}"
             requests.post(self.url, data=b"{}", headers=headers, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            self.sent += 1
             return True
         except requests.ReadTimeout:
+            self.sent += 1
             return True  # sent; dispatch carries on without us
         except Exception as exc:
             log.warning("could not poke dispatch at %s (%s); the scheduler's tick will", self.url, exc)

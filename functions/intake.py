@@ -1,22 +1,25 @@
 """Accepting a new request, whichever door it came in by (trigger, preprocess, enqueue, upload).
 
-Enqueue (dedup and record creation are one atomic script), then the side effects of a new
-request, none of which can fail it: `request.json` in the workspace (dispatch re-writes it if
-this write is lost), the Firestore mirror (the outbox catches up), and the poke to dispatch.
+Accepting is the one atomic enqueue script (dedup, the record, the priority queue, the callback
+token and the mirror's outbox entry, all at once) and nothing else: the side effects of a new
+request happen off the request path, each where its guarantee already lives —
+- `request.json` in the workspace: dispatch writes it before it starts the request's execution
+  (`workspace.ensure_request_json`), so it exists before any stage runs;
+- the Firestore document: the record's outbox entry, drained by dispatch's catch-up pass;
+- the poke to dispatch: marked due here and sent from a background thread (dispatch_kick).
+So an outage of Cloud Storage, Firestore or dispatch adds no latency to an accept, and a crash
+right after the script loses nothing: dispatch (every minute at the latest) does the rest.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from functions import callback_token, dedup, workspace
+from functions import callback_token, dedup
 from functions.context import Services
 from functions.dedup import DedupKey
 from functions.validation import NewRequest
-
-log = logging.getLogger("splatpipe.intake")
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,5 @@ def accept(svc: Services, req: NewRequest, *, source: str,
     res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source)
     if not res.created:
         return Accepted(res.request_id, False, res.state, None)
-    record = svc.queue.get(res.request_id)
-    if record is not None:
-        try:
-            workspace.write_request_json(svc.settings, record)
-        except Exception as exc:
-            log.warning("request %s: request.json not written now (%s); dispatch will", res.request_id, exc)
-    if svc.mirror is not None:
-        svc.mirror.after_change(res.request_id)
     svc.kick()
     return Accepted(res.request_id, True, res.state, token)

@@ -2,18 +2,24 @@
 
 Redis is the source of truth; Firestore is a copy that clients and dashboards read. Every queue
 script that changes a record also writes `outbox[id] = version` in Redis, in the same atomic
-step. After a change the function tries to copy the record to Firestore (one quick attempt, no
-library retries, a short timeout); on success the outbox entry is cleared — only if no newer
-version arrived meanwhile. When Firestore is down the attempt fails fast, the transition has
-already succeeded, and the entry stays: `dispatch` (every minute, from Cloud Scheduler) runs
-:meth:`StatusMirror.reconcile`, which copies whatever is pending. After a failure a circuit
-breaker skips the in-request attempts for a while, so an outage adds no latency to requests.
+step, and an entry leaves the outbox only once that version (or a newer one) is in Firestore.
+So the mirror never has to be written on a request's path:
+
+- A new request is mirrored by `dispatch`'s catch-up pass (:meth:`StatusMirror.reconcile`): the
+  api's poke runs dispatch right after an accept, and Cloud Scheduler runs it every minute.
+- The queue function's updates (the workflow's `PUT /status`) try one quick copy in the request
+  (:meth:`StatusMirror.after_change`), so a dashboard sees a stage start at once.
+
+Every Firestore call has a short deadline and no library retries, and all of them sit behind one
+circuit breaker: after a failure the mirror is *open* for `breaker_seconds` (no call is made; the
+changes stay in the outbox), then one call may probe it (*half-open*); a success closes it. An
+outage therefore costs one deadline per breaker period in one caller, never a wait per request.
+The catch-up pass is bounded too: at most `limit` records and `budget` seconds per pass.
 
 Writes never go backwards: each document carries `mirror_version`, and a write happens only over
 a document with an older one (an `update_time` precondition makes the check-and-write atomic).
 Only the control plane's fields are written; a running stage's `progress.{s}`,
-`stages.{s}.message` / `heartbeat_at` and its `error` are left alone (field-path updates), except
-that a COMPLETED request's `error` is cleared.
+`stages.{s}.message` / `heartbeat_at` and its `error` are left alone (field-path updates).
 """
 
 from __future__ import annotations
@@ -32,8 +38,11 @@ from functions.request_queue import RequestQueue, decode_record
 log = logging.getLogger("splatpipe.mirror")
 
 FIELD_MIRROR_VERSION = jobrecord.FIELD_MIRROR_VERSION
-TIMEOUT_SECONDS = 5.0
+# Deadlines of one Firestore call: a write, and the status overlay's read (on a client's GET).
+TIMEOUT_SECONDS = 1.0
+READ_TIMEOUT_SECONDS = 0.5
 BREAKER_SECONDS = 15.0
+RECONCILE_BUDGET_SECONDS = 3.0
 
 
 def firestore_client(project: str) -> Any:
@@ -95,15 +104,17 @@ class StatusMirror:
     """Copies records from the queue to Firestore; see the module docstring."""
 
     def __init__(self, queue: RequestQueue, project: str, *, timeout: float = TIMEOUT_SECONDS,
-                 breaker_seconds: float = BREAKER_SECONDS) -> None:
+                 read_timeout: float = READ_TIMEOUT_SECONDS, breaker_seconds: float = BREAKER_SECONDS) -> None:
         self.queue = queue
         self.project = project
         self.timeout = timeout
+        self.read_timeout = read_timeout
         self.breaker_seconds = breaker_seconds
         self._client: Any = None
         self._client_env: str | None = None
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self._probing = False
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -118,8 +129,24 @@ class StatusMirror:
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
             self._down_until = time.monotonic() + self.breaker_seconds
+            self._probing = False
         log.warning("Firestore mirror unavailable (%s: %s); changes stay in the outbox",
                     type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._down_until = 0.0
+            self._probing = False
+
+    def _admit(self) -> bool:
+        """May a call go to Firestore now? Closed: yes. Open: no. Half-open: one caller probes."""
+        with self._lock:
+            if self._down_until == 0.0:
+                return True
+            if time.monotonic() < self._down_until or self._probing:
+                return False
+            self._probing = True
+            return True
 
     @property
     def available(self) -> bool:
@@ -166,59 +193,50 @@ class StatusMirror:
         self.queue.outbox_ack(request_id, version)
         return True
 
-    def after_change(self, request_id: str) -> None:
-        """The in-request attempt: never raises, never waits on a Firestore known to be down."""
-        if not self.available:
-            return
+    def _guarded_sync(self, request_id: str) -> bool | None:
+        """sync() behind the breaker: True/False as sync, None when the breaker refused or it failed."""
+        if not self._admit():
+            return None
         try:
-            self.sync(request_id)
+            done = self.sync(request_id)
         except Exception as exc:
             self._failed(exc)
+            return None
+        self._succeeded()
+        return done
 
-    def reconcile(self, limit: int = 500) -> dict[str, int]:
-        """Copy everything pending in the outbox (dispatch's catch-up pass)."""
-        synced = failed = 0
+    def after_change(self, request_id: str) -> None:
+        """The in-request attempt: never raises, never waits on a Firestore known to be down."""
+        self._guarded_sync(request_id)
+
+    def reconcile(self, limit: int = 500, budget: float = RECONCILE_BUDGET_SECONDS) -> dict[str, int]:
+        """Copy what is pending in the outbox (dispatch's catch-up pass): at most `limit` records and
+        `budget` seconds; nothing while the breaker is open."""
+        synced = 0
         pending = self.queue.outbox(limit)
+        deadline = time.monotonic() + budget
         for request_id in pending:
-            try:
-                if self.sync(request_id):
-                    synced += 1
-                else:
-                    failed += 1
-            except Exception as exc:
-                self._failed(exc)
-                failed = len(pending) - synced
+            if time.monotonic() > deadline:
                 break
-        if synced and not failed:
-            self._down_until = 0.0
-        return {"synced": synced, "pending": failed}
+            done = self._guarded_sync(request_id)
+            if done is None:
+                break
+            synced += int(done)
+        left = int(self.queue.r.hlen(self.queue.k_outbox))
+        return {"synced": synced, "pending": left}
 
     # --- reading --------------------------------------------------------------------------------
 
     def stage_fields(self, request_id: str) -> dict[str, Any] | None:
         """What the running stages wrote (`progress`, `stages`), or None (no document, Firestore down)."""
-        if not self.available:
+        if not self._admit():
             return None
         try:
             snap = self._firestore().collection(jobrecord.COLLECTION).document(request_id).get(
-                field_paths=[jobrecord.FIELD_PROGRESS, jobrecord.FIELD_STAGES], retry=None, timeout=self.timeout)
+                field_paths=[jobrecord.FIELD_PROGRESS, jobrecord.FIELD_STAGES], retry=None,
+                timeout=self.read_timeout)
         except Exception as exc:
             self._failed(exc)
             return None
+        self._succeeded()
         return snap.to_dict() if snap.exists else None
-
-    def clear_stage_fields(self, request_id: str) -> None:
-        """Forget what the last run's stages wrote (`progress`, `stages`) before the request runs
-        again, so the new run's status starts from nothing. Never raises (a document the mirror
-        has not written yet has nothing to forget)."""
-        from google.api_core import exceptions as gexc
-        from google.cloud import firestore
-
-        try:
-            self._firestore().collection(jobrecord.COLLECTION).document(request_id).update(
-                {jobrecord.FIELD_PROGRESS: firestore.DELETE_FIELD, jobrecord.FIELD_STAGES: firestore.DELETE_FIELD},
-                retry=None, timeout=self.timeout)
-        except gexc.NotFound:
-            pass
-        except Exception as exc:
-            self._failed(exc)

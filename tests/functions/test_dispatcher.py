@@ -79,11 +79,11 @@ def test_starts_up_to_the_limit_in_priority_order(fn_apps: FnApps, fn_env: dict,
     assert out["started"] == [ids[0]] and out["running"] == 2
 
 
-def test_request_json_is_rewritten_when_missing(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+def test_request_json_is_written_before_the_start(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
                                                 services_now) -> None:
     rid = _enqueue(fn_apps, buckets, 1)
     blob = gcs.client(PROJECT).bucket(buckets.data).blob(f"jobs/{rid}/request.json")
-    blob.delete()
+    assert not blob.exists()  # accepting does not write it (it stays off the request path)
     dispatcher.run(services_now(), FakeExecutor())
     assert json.loads(blob.download_as_bytes())["request_id"] == rid
 
@@ -242,14 +242,17 @@ def test_dispatch_function_starts_executions_on_the_local_engine(fn_apps: FnApps
         assert fn_apps.dispatch.get("/").get_json()["started"] == []  # GET works too
 
 
-def test_api_pokes_dispatch_after_an_enqueue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch) -> None:
+def test_api_pokes_dispatch_after_an_enqueue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch,
+                                             services_now) -> None:
     with RecordingServer(lambda m, p, b: (200, {"started": [], "requeued": [], "running": 0, "max": 2})) as srv:
         monkeypatch.setenv("DISPATCH_URL", f"http://{srv.host}/")
         assert post_json(fn_apps.api, "/trigger-reconstruction",
                          {"session_id": "k", "input": f"gs://{buckets.uploads}/k/v.mp4"}).status_code == 202
+        assert services_now().kick.idle(5)  # the poke goes out from a background thread
         assert [(m, p) for m, p, _, _ in srv.requests] == [("POST", "/")]
         # A duplicate enqueues nothing, so it pokes nothing.
         post_json(fn_apps.api, "/trigger-reconstruction", {"session_id": "k", "input": f"gs://{buckets.uploads}/k/v.mp4"})
+        assert services_now().kick.idle(5)
         assert len(srv.requests) == 1
     # Dispatch unreachable: the trigger still succeeds.
     assert post_json(fn_apps.api, "/trigger-reconstruction",

@@ -25,9 +25,14 @@ def _doc(request_id: str) -> dict | None:
 
 
 def _trigger(fn_apps: FnApps, buckets: Buckets, n: int) -> dict:
+    """A trigger, then dispatch's catch-up pass, which mirrors new requests (off the trigger's path)."""
+    from functions.config import Settings
+    from functions.context import services
+
     resp = post_json(fn_apps.api, "/trigger-reconstruction",
                      {"session_id": "m", "input": f"gs://{buckets.uploads}/m/{n}.mp4", "priority": 3})
     assert resp.status_code == 202
+    services(Settings.from_env()).mirror.reconcile()
     return resp.get_json()
 
 
@@ -91,6 +96,7 @@ def test_firestore_outage_blocks_nothing_and_the_mirror_catches_up(fn_apps: FnAp
     proxy.up()
     try:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.host)
+        services_now().mirror.breaker_seconds = 2.0  # probe again after 2 s (not 15) in this test
         before = _trigger(fn_apps, buckets, 4)["request_id"]
         assert _doc(before)["state"] == "QUEUED"
 
