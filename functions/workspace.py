@@ -1,8 +1,8 @@
 """A request's workspace: `{workspace}/request.json` (contract 2), what every stage reads first.
 
-Written when a request is accepted, and again by dispatch before an execution starts if it is
-missing (a Cloud Storage hiccup at acceptance never loses it). The stages own everything else
-under the workspace.
+Written by dispatch before it starts the request's execution (not when the request is accepted:
+that stays one Redis script, so a Cloud Storage outage never slows or fails an accept). The
+stages own everything else under the workspace.
 """
 
 from __future__ import annotations
