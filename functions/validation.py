@@ -301,8 +301,12 @@ def _warnings(value: Any) -> list[dict[str, str]]:
     for w in value:
         if not isinstance(w, dict) or set(w) - {"code", "message", "stage"}:
             raise unprocessable("each warning must be an object {code, message, stage?}", "invalid_warnings")
+        message = w.get("message")
+        if isinstance(message, str) and len(message) > MAX_TEXT:
+            # A best-effort stage's failure must not fail the request over its message's length.
+            message = message[:MAX_TEXT - 1] + "…"
         clean = {"code": _text(w.get("code"), "warnings[].code", 200),
-                 "message": _text(w.get("message"), "warnings[].message")}
+                 "message": _text(message, "warnings[].message")}
         if w.get("stage") is not None:
             clean["stage"] = _stage(w["stage"], "warnings[].stage")
         out.append(clean)

@@ -260,6 +260,9 @@ def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, b
     assert doc["warnings"] == [{"code": "few_points", "message": "m1", "stage": "sfm"},
                                {"code": "few_points", "message": "m2", "stage": "mesh"},
                                {"code": "slow", "message": "m3", "stage": "sfm"}]
+    # A long message is cut, not refused (a refused update would fail the request).
+    doc = put_json(fn_apps.queue, url, {"warnings": [{"code": "long", "message": "x" * 5000}]}).get_json()
+    assert doc["warnings"][-1]["message"] == "x" * 4095 + "…"
     # Bounded: at most MAX_WARNINGS in all, the first ones kept.
     from functions import jobrecord
 
@@ -268,7 +271,7 @@ def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, b
                                                    for j in range(jobrecord.MAX_WARNINGS)]})
     doc = fn_apps.queue.get(url).get_json()
     assert len(doc["warnings"]) == jobrecord.MAX_WARNINGS and doc["warnings"][2]["code"] == "slow"
-    assert doc["warnings"][-1]["code"] == f"w0_{jobrecord.MAX_WARNINGS - 4}"
+    assert doc["warnings"][-1]["code"] == f"w0_{jobrecord.MAX_WARNINGS - 5}"
 
 
 def test_metrics_merge_per_stage_and_keep_only_bounded_scalars(fn_apps: FnApps, fn_env: dict,
