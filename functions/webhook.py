@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from functions import webhook_signing
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Iterable[str]]
 
@@ -171,8 +173,9 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 
 def deliver(url: str, body: Mapping[str, Any], *, local: bool, resolve: Resolver = system_resolve,
-            timeout: float = SEND_TIMEOUT_SECONDS) -> Delivery:
-    """POST `body` as JSON to `url` after checking, now, every address its host resolves to."""
+            timeout: float = SEND_TIMEOUT_SECONDS, secrets: tuple[str, ...] | None = None) -> Delivery:
+    """POST `body` as JSON to `url` after checking, now, every address its host resolves to.
+    Signed with `secrets` (default: WEBHOOK_SECRET; functions.webhook_signing)."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -191,8 +194,9 @@ def deliver(url: str, body: Mapping[str, Any], *, local: bool, resolve: Resolver
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     data = json.dumps(dict(body), separators=(",", ":")).encode()
     try:
+        signed = webhook_signing.headers(data, webhook_signing.secrets_from_env() if secrets is None else secrets)
         conn.request("POST", path, body=data, headers={"Content-Type": "application/json",
-                                                         "User-Agent": "splatpipe-webhook"})
+                                                         "User-Agent": "splatpipe-webhook", **signed})
         status = conn.getresponse().status
     except (OSError, http.client.HTTPException) as exc:
         return Delivery(False, error=f"{type(exc).__name__}: {exc}")
