@@ -6,12 +6,22 @@ image's entrypoint (mapped to `python -m batch_jobs` of this installation) follo
 (which carries the local stack's emulator variables), then the job's `environment.variables`,
 then BATCH_JOB_ID, BATCH_JOB_UID, BATCH_TASK_INDEX, BATCH_TASK_COUNT, BATCH_TASK_RETRY_ATTEMPT.
 
-As Cloud Batch does: at most `parallelism` tasks at once; a failed attempt is retried up to
-`maxRetryCount` times unless a lifecycle policy says FAIL_TASK for its exit code; an attempt
-running past `maxRunDuration` is killed (its process group) and ends with exit code 50005; a
-process killed by signal N ends with 128+N (as a container would); job states go
-QUEUED → SCHEDULED → RUNNING → SUCCEEDED | FAILED with status events. Each attempt's output is
-kept in `{run_dir}/{job_id}/task{i}-attempt{n}.log`; a running one's PID in `….pid`.
+As Cloud Batch does (https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs):
+at most `parallelism` tasks at once; a failed attempt is retried up to `maxRetryCount` times
+unless a lifecycle policy says FAIL_TASK for its exit code; job states go QUEUED → SCHEDULED →
+RUNNING → SUCCEEDED | FAILED, each change a `statusEvents` entry, and every task attempt that
+ends adds an event with `taskExecution.exitCode` and `taskState`
+(https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs#StatusEvent).
+Exit codes 50001-50006 are Batch's own
+(https://cloud.google.com/batch/docs/troubleshooting#reserved-exit-codes); the runner produces
+50005 for an attempt running past `maxRunDuration` (its process group is killed) and 50001 for a
+simulated Spot preemption (`preempt`). A process killed by signal N ends with 128+N (as a
+container would). `jobs.delete` (https://cloud.google.com/batch/docs/reference/rest/v1/
+projects.locations.jobs/delete) puts the job in DELETION_IN_PROGRESS, kills its task processes
+and then forgets it (a later get is a 404). This machine is the VM of every job and has no GPU:
+a job's GPUS_ENV (functions.batch_job) is replaced by the GPUs it has (`gpus`, 0), so a GPU stage
+runs on the CPU here instead of failing its CUDA check. Each attempt's output is kept in
+`{run_dir}/{job_id}/task{i}-attempt{n}.log`; a running one's PID in `….pid`.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.batch.jobspec import InvalidJob, Runnable, TaskGroupSpec, parse_job
+from functions.batch_job import GPUS_ENV
 
 log = logging.getLogger("emulator.batch")
 
@@ -144,8 +155,9 @@ class LocalBatch:
     """Cloud Batch for one machine: create, get, list, delete jobs; wait for one to end."""
 
     def __init__(self, run_dir: Path, *, env: Mapping[str, str] | None = None, python: str = sys.executable,
-                 entrypoint: Sequence[str] = DEFAULT_ENTRYPOINT, cwd: Path | None = None) -> None:
+                 entrypoint: Sequence[str] = DEFAULT_ENTRYPOINT, cwd: Path | None = None, gpus: int = 0) -> None:
         self.run_dir = Path(run_dir)
+        self.gpus = gpus
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(env or {})
         self.python = python
@@ -327,6 +339,8 @@ class LocalBatch:
             "BATCH_TASK_COUNT": str(job.spec.task_count),
             "BATCH_TASK_RETRY_ATTEMPT": str(attempt),
         })
+        if GPUS_ENV in env:
+            env[GPUS_ENV] = str(self.gpus)
         return env
 
     def _run_attempt(self, job: _Job, index: int, attempt: int) -> int:

@@ -4,10 +4,14 @@
 
 Batch `jobs.create` waits, as the connector does, until the job has ended: SUCCEEDED returns the
 job; FAILED raises an OperationError whose `operation` is the failed job; past
-`connector_params.timeout` (default 1800 s) a TimeoutError. `connector_params.skip_polling`
-returns at once. The connector's `polling_policy` is accepted; locally the runner notifies the
-connector when the job ends instead of being polled. Cancelling the execution deletes the job it
-waits for (the local runner would otherwise keep running processes nobody waits for).
+`connector_params.timeout` (default 1800 s) a TimeoutError
+(https://cloud.google.com/workflows/docs/connectors "Long-running operations").
+`connector_params.skip_polling` returns the created job at once
+(https://cloud.google.com/workflows/docs/reference/googleapis). The connector's `polling_policy`
+is accepted; locally the runner notifies the connector when the job ends instead of being polled.
+`jobs.get` and `jobs.delete` are the Batch API's (emulator.batch.runner). Cancelling the execution
+stops the workflow and nothing else: the job it waited for keeps running, as on Google Cloud,
+where nothing documents that a cancelled execution stops the jobs it started.
 
 Storage `objects.get` takes an URL-encoded object name as the API does (`text.url_encode`); a raw
 `/` in it is a 404 there too. With `alt: media` a JSON object comes back parsed, anything else as
@@ -16,7 +20,6 @@ bytes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import urllib.parse
@@ -90,8 +93,6 @@ class LocalConnectors:
             raise tagged("ValueError", f"connector_params.timeout must be 0 < seconds <= {MAX_CONNECTOR_TIMEOUT:g}")
         job = self.batch.wait_job(name, float(timeout), cancel=rt.cancel)
         if rt.cancel.is_set():
-            with contextlib.suppress(BatchApiError):
-                self.batch.delete_job(name)
             raise ExecutionCancelled()
         state = job["status"]["state"]
         if state == "SUCCEEDED":

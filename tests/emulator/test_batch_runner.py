@@ -211,3 +211,34 @@ def test_duplicate_ids_get_and_delete(local_batch: LocalBatch) -> None:
     with pytest.raises(BatchApiError) as gone:
         local_batch.get_job(created["name"])
     assert gone.value.code == 404
+
+
+def test_the_bodies_dispatch_builds_are_accepted(local_batch: LocalBatch) -> None:
+    from emulator.batch.jobspec import parse_job
+    from functions import batch_job, stages
+
+    bs = batch_job.BatchSettings(project="splatpipe-local", region="us-central1", job_image="img", data_bucket="d")
+    for name in stages.ORDER:
+        body = batch_job.job_body(name, "r", "gs://d/jobs/r", {"preset": "standard"}, 5, bs)
+        spec = parse_job(PARENT, "sp-" + name, body)
+        assert spec.max_run_duration == stages.stage(name).max_run_seconds
+        assert spec.lifecycle[0].action == "FAIL_TASK" and spec.lifecycle[0].exit_codes == {3}
+
+
+def test_this_machine_has_no_gpu_for_a_gpu_job(local_batch: LocalBatch, tmp_path: Path) -> None:
+    from functions.batch_job import GPUS_ENV
+
+    out = tmp_path / "gpus"
+    done = run(local_batch, "gpu-job", job(f'echo -n "${GPUS_ENV}" > {out}', env={GPUS_ENV: "1"}))
+    assert done["status"]["state"] == "SUCCEEDED" and out.read_text() == "0"
+
+
+def test_delete_kills_the_task_process(local_batch: LocalBatch) -> None:
+    created = local_batch.create_job(PARENT, "to-delete", job("sleep 60"))
+    deadline = time.monotonic() + 20
+    while not local_batch.processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (proc,) = local_batch.processes()
+    local_batch.delete_job(created["name"])
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc["pid"], 0)

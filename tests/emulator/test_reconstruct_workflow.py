@@ -1,26 +1,35 @@
-"""`workflows/reconstruct.yaml` on the local engine: real Batch jobs running the real `frames`
-stage on the storage emulator. The far side of its HTTP calls (the queue function's PUT /status,
+"""`workflows/reconstruct.yaml` on the local engine: real Batch jobs (the real stages on the storage
+emulator, or a job whose command sleeps where a test needs a job that runs a while) built by
+dispatch's own code. The far side of its HTTP calls (the queue function's GET/PUT /status,
 dispatch, the webhook) is a recording HTTP server: the workflow's own boundary."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from wfcheck import error_payload, result
 
-from emulator.batch.runner import LocalBatch
+from emulator.batch.runner import BatchApiError, LocalBatch
 from emulator.workflows.connectors import LocalConnectors
 from emulator.workflows.definition import parse_definition
 from emulator.workflows.executions import Execution, WorkflowsEngine
 from emulator.workflows.interpreter import ExecutionRuntime, Interpreter
+from functions import batch_job
+from functions.options import normalize_options
 
 REPO = Path(__file__).resolve().parents[2]
 YAML = REPO / "workflows" / "reconstruct.yaml"
 OPTIONS = {"preset": "preview", "max_frames": 8}
+PARENT = "projects/splatpipe-local/locations/us-central1"
+BATCH = batch_job.BatchSettings(project="splatpipe-local", region="us-central1",
+                                job_image="europe-docker.pkg.dev/p/r/job:1", data_bucket="unused")
 
 
 @pytest.fixture
@@ -37,76 +46,108 @@ def workspace(gcs_bucket: str, synthetic_video: dict[str, Path]) -> dict[str, st
     return {"request_id": rid, "workspace": ws, "input": video, "bucket": gcs_bucket}
 
 
-def settings(http_server: Any, bucket: str, **extra: str) -> dict[str, str]:
-    return {"QUEUE_URL": http_server.url + "/queue", "DISPATCH_URL": http_server.url + "/dispatch",
-            "DATA_BUCKET": bucket, "REGION": "us-central1", "JOB_IMAGE": "europe-docker.pkg.dev/p/r/job:1",
-            "DEPTH_MODEL": "/models/depth", "CPU_MACHINE_TYPE": "c2-standard-8", "GPU_MACHINE_TYPE": "g2-standard-8",
-            "GPU_TYPE": "nvidia-l4", "GPU_COUNT": "1", "PROVISIONING_MODEL": "STANDARD", **extra}
+def settings(http_server: Any) -> dict[str, str]:
+    return {"QUEUE_URL": http_server.url + "/queue", "DISPATCH_URL": http_server.url + "/dispatch"}
 
 
-def run_reconstruct(engine: WorkflowsEngine, env: dict[str, str], argument: dict[str, Any],
-                    timeout: float = 180) -> Execution:
+def argument(ws: dict[str, str], stages: tuple[str, ...] = ("frames",), options: dict[str, Any] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The execution argument exactly as dispatch builds it (functions.dispatcher)."""
+    opts = normalize_options(options or OPTIONS)
+    return {"request_id": ws["request_id"], "workspace": ws["workspace"], "input": ws["input"], "options": opts,
+            "priority": 2, **batch_job.stage_jobs(list(stages), ws["request_id"], ws["workspace"], opts, 2, BATCH),
+            **extra}
+
+
+def sleeping(arg: dict[str, Any], stage: str, seconds: int = 120, **task: Any) -> dict[str, Any]:
+    """The stage's job, running `sleep` instead of the stage: a job that runs until it is stopped."""
+    arg = copy.deepcopy(arg)
+    spec = arg["jobs"][stage]["job"]["taskGroups"][0]["taskSpec"]
+    spec["runnables"] = [{"script": {"text": f"sleep {seconds}"}}]
+    spec.update(task)
+    return arg
+
+
+def run_reconstruct(engine: WorkflowsEngine, env: dict[str, str], arg: dict[str, Any], timeout: float = 180,
+                    wait: bool = True) -> Execution:
     engine.deploy("reconstruct", YAML.read_text(), env)
-    ex = engine.create_execution("reconstruct", json.dumps(argument))
-    assert ex.done.wait(timeout), f"still {ex.state} at {ex.rt.current}"
+    ex = engine.create_execution("reconstruct", json.dumps(arg))
+    if wait:
+        assert ex.done.wait(timeout), f"still {ex.state} at {ex.rt.current}"
     return ex
-
-
-def argument(ws: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"request_id": ws["request_id"], "workspace": ws["workspace"], "input": ws["input"], "options": OPTIONS,
-            "priority": 2, "stages": ["frames"], **extra}
 
 
 def puts(http_server: Any, rid: str) -> list[dict[str, Any]]:
     return [c.body for c in http_server.calls("PUT", f"/queue/status/{rid}")]
 
 
+def processing(http_server: Any, rid: str, **record: Any) -> None:
+    """What the queue's GET /status answers: the request is PROCESSING."""
+    http_server.answer(f"/queue/status/{rid}", (200, {"request_id": rid, "state": "PROCESSING", **record}))
+
+
+def job_dirs(batch: LocalBatch) -> list[Path]:
+    return sorted(p for p in batch.run_dir.iterdir() if p.is_dir())
+
+
+def wait_for_process(batch: LocalBatch, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = batch.processes()
+        if procs:
+            return procs[0]
+        time.sleep(0.05)
+    raise AssertionError("no task process started")
+
+
+def gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_a_stage_runs_as_a_batch_job_and_the_request_completes(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     ws = workspace
-    ex = run_reconstruct(engine, settings(http_server, ws["bucket"]),
-                         argument(ws, webhook_url=http_server.url + "/hook"))
+    processing(http_server, ws["request_id"])
+    arg = argument(ws, webhook_url=http_server.url + "/hook")
+    ex = run_reconstruct(engine, settings(http_server), arg)
     out = result(ex)
     report = f"{ws['workspace']}/frames/report.json"
     assert out == {"request_id": ws["request_id"], "state": "COMPLETED", "outputs": {"frames_report": report},
-                   "error": None}
+                   "error": None, "warnings": []}
     running, done, completed = puts(http_server, ws["request_id"])
-    (job,) = local_batch.list_jobs("projects/splatpipe-local/locations/us-central1")
+    (job,) = local_batch.list_jobs(PARENT)
     assert running == {"stage": "frames", "stage_state": "RUNNING", "batch_job": job["name"],
                        "execution": ex.name, "progress": {"frames": 0}}
+    metrics = done.pop("metrics")
     assert done == {"stage": "frames", "stage_state": "SUCCEEDED", "batch_job": job["name"],
                     "progress": {"frames": 1}}
+    assert set(metrics) == {"frames"} and metrics["frames"]  # the stage's _SUCCESS.json metrics
     assert completed == {"state": "COMPLETED", "outputs": {"frames_report": report}}
     assert len(http_server.calls("POST", "/dispatch")) == 1
     (hook,) = http_server.calls("POST", "/hook")
     assert hook.body == {"request_id": ws["request_id"], "state": "COMPLETED",
-                         "outputs": {"frames_report": report}, "error": None}
-
-    # The job as Cloud Batch receives it.
+                         "outputs": {"frames_report": report}, "error": None, "warnings": []}
+    # Batch received dispatch's body unchanged, under a fresh id.
     assert re.fullmatch(r"sp-frames-req-[a-z0-9]+-\d+", job["name"].rsplit("/", 1)[1])
-    task = job["taskGroups"][0]["taskSpec"]
-    (runnable,) = task["runnables"]
-    assert runnable["container"] == {"imageUri": "europe-docker.pkg.dev/p/r/job:1",
-                                     "commands": ["run", "frames", "--workspace", ws["workspace"],
-                                                  "--request-id", ws["request_id"]]}
-    env = runnable["environment"]["variables"]
-    assert env["DEPTH_MODEL"] == "/models/depth" and env["GOOGLE_CLOUD_PROJECT"] == "splatpipe-local"
-    assert env["DATA_BUCKET"] == ws["bucket"] and env["REGION"] == "us-central1"
-    assert task["maxRetryCount"] == 2 and task["maxRunDuration"] == "3600s"
-    assert task["lifecyclePolicies"] == [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": [3]}}]
-    (instance,) = job["allocationPolicy"]["instances"]
-    assert instance["installGpuDrivers"] is False and "accelerators" not in instance["policy"]
-    assert instance["policy"]["machineType"] == "c2-standard-8"
-    assert instance["policy"]["provisioningModel"] == "STANDARD"
-    assert job["labels"] == {"app": "splatpipe", "stage": "frames", "request_id": ws["request_id"]}
-    assert job["logsPolicy"] == {"destination": "CLOUD_LOGGING"} and job["priority"] == 79
+    sent = arg["jobs"]["frames"]["job"]
+    assert {k: job[k] for k in sent if k != "taskGroups"} == {k: v for k, v in sent.items() if k != "taskGroups"}
+    assert job["taskGroups"][0]["taskSpec"] == sent["taskGroups"][0]["taskSpec"]
+    assert job["status"]["state"] == "SUCCEEDED"
 
 
 def test_a_rerun_reports_the_finished_stage_skipped(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     from batch_jobs import storage
 
-    env = settings(http_server, workspace["bucket"])
+    processing(http_server, workspace["request_id"])
+    env = settings(http_server)
     assert result(run_reconstruct(engine, env, argument(workspace)))["state"] == "COMPLETED"
     success = storage.read_bytes(f"{workspace['workspace']}/frames/_SUCCESS.json")
     again = run_reconstruct(engine, env, argument(workspace))
@@ -115,20 +156,21 @@ def test_a_rerun_reports_the_finished_stage_skipped(
     assert storage.read_bytes(f"{workspace['workspace']}/frames/_SUCCESS.json") == success
 
 
-def test_bad_input_fails_the_request_with_the_stage_error_and_no_retry(
+def test_bad_input_fails_the_request_with_the_stage_error_and_the_job_is_deleted(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     from batch_jobs import storage
 
     storage.write_bytes(workspace["input"], b"this is not a video " * 200)
+    processing(http_server, workspace["request_id"])
     http_server.answer("/hook", (404, {"error": "gone"}))  # a broken webhook changes nothing
-    ex = run_reconstruct(engine, settings(http_server, workspace["bucket"]),
-                         argument(workspace, webhook_url=http_server.url + "/hook"))
+    ex = run_reconstruct(engine, settings(http_server), argument(workspace, webhook_url=http_server.url + "/hook"))
     err = error_payload(ex)
     assert err["code"] == "NOT_A_VIDEO" and err["stage"] == "frames" and "FFmpeg" in err["message"]
     failed = puts(http_server, workspace["request_id"])[-1]
     assert failed == {"state": "FAILED", "stage": "frames", "stage_state": "FAILED", "error": err}
-    (job,) = local_batch.list_jobs("projects/splatpipe-local/locations/us-central1")
-    assert len(local_batch.attempts(job["name"])) == 1  # exit code 3: no retry
+    assert local_batch.list_jobs(PARENT) == []  # the failed job was deleted
+    (job_dir,) = job_dirs(local_batch)
+    assert [p.name for p in job_dir.glob("*.log")] == ["task0-attempt0.log"]  # exit code 3: no retry
     assert len(http_server.calls("POST", "/dispatch")) == 1
     assert http_server.calls("POST", "/hook")[0].body["state"] == "FAILED"
     assert any("webhook failed" in json.dumps(line["payload"]) for line in ex.rt.logs)
@@ -138,16 +180,108 @@ def test_a_request_no_longer_processing_stops_the_workflow(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     http_server.answer(f"/queue/status/{workspace['request_id']}",
                        (409, {"error": {"code": "illegal_transition", "message": "request is CANCELLED"}}))
-    ex = run_reconstruct(engine, settings(http_server, workspace["bucket"]), argument(workspace))
+    ex = run_reconstruct(engine, settings(http_server), argument(workspace))
     assert result(ex)["state"] == "CANCELLED"
-    assert local_batch.list_jobs("projects/splatpipe-local/locations/us-central1") == []
+    assert local_batch.list_jobs(PARENT) == [] and job_dirs(local_batch) == []
     assert len(http_server.calls("POST", "/dispatch")) == 1
 
 
+def test_a_request_cancelled_while_its_job_runs_deletes_the_job(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    rid = workspace["request_id"]
+    processing(http_server, rid)
+    ex = run_reconstruct(engine, settings(http_server), sleeping(argument(workspace), "frames"), wait=False)
+    proc = wait_for_process(local_batch)
+    http_server.answer(f"/queue/status/{rid}", (200, {"request_id": rid, "state": "CANCELLED"}))
+    assert ex.done.wait(60), ex.rt.current
+    assert result(ex)["state"] == "CANCELLED"
+    assert gone(proc["pid"]) and local_batch.processes() == []
+    with pytest.raises(BatchApiError):
+        local_batch.get_job(proc["job"])  # jobs.delete: the job is gone
+    assert [p["stage_state"] for p in puts(http_server, rid)] == ["RUNNING"]  # no FAILED, no COMPLETED
+
+
+def test_waiting_past_the_stage_limit_fails_with_stage_timeout_and_deletes_the_job(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    processing(http_server, workspace["request_id"])
+    arg = sleeping(argument(workspace), "frames")
+    arg["jobs"]["frames"]["wait_seconds"] = 3
+    ex = run_reconstruct(engine, settings(http_server), arg, wait=False)
+    proc = wait_for_process(local_batch)
+    assert ex.done.wait(60), ex.rt.current
+    err = error_payload(ex)
+    assert err["code"] == "stage_timeout" and err["stage"] == "frames"
+    assert gone(proc["pid"]) and local_batch.list_jobs(PARENT) == []
+    assert len(job_dirs(local_batch)) == 1  # not re-created
+
+
+def test_a_task_past_its_max_run_duration_is_stage_timeout_and_not_retried(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    processing(http_server, workspace["request_id"])
+    arg = sleeping(argument(workspace), "frames", maxRunDuration="1s", maxRetryCount=0)
+    ex = run_reconstruct(engine, settings(http_server), arg, timeout=60)
+    err = error_payload(ex)
+    assert err == {"code": "stage_timeout", "stage": "frames",
+                   "message": "the frames job ran past its time limit (maxRunDuration) on every attempt"}
+    (job_dir,) = job_dirs(local_batch)  # one job: a timeout is not re-created
+    assert [p.name for p in job_dir.glob("*.log")] == ["task0-attempt0.log"]
+    assert local_batch.list_jobs(PARENT) == []
+    assert puts(http_server, workspace["request_id"])[-1]["error"]["code"] == "stage_timeout"
+
+
+def test_a_failed_best_effort_stage_is_a_warning_on_a_completed_request(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    # The real mesh stage, run without the splat it reads: it fails (MISSING_INPUT); mesh is
+    # best-effort, so the request completes with what frames produced and a warning.
+    rid = workspace["request_id"]
+    processing(http_server, rid)
+    arg = argument(workspace, ("frames", "mesh"), webhook_url=http_server.url + "/hook")
+    assert arg["jobs"]["mesh"]["best_effort"] is True
+    out = result(run_reconstruct(engine, settings(http_server), arg))
+    report = f"{workspace['workspace']}/frames/report.json"
+    (warning,) = out["warnings"]
+    assert warning["code"] == "MISSING_INPUT" and warning["stage"] == "mesh" and "has not completed" in warning["message"]
+    assert out["state"] == "COMPLETED" and out["outputs"] == {"frames_report": report}
+    states = [(p.get("stage"), p.get("stage_state"), p.get("state")) for p in puts(http_server, rid)]
+    assert states == [("frames", "RUNNING", None), ("frames", "SUCCEEDED", None), ("mesh", "RUNNING", None),
+                      ("mesh", "FAILED", None), (None, None, "COMPLETED")]
+    assert puts(http_server, rid)[3] == {"stage": "mesh", "stage_state": "FAILED", "warnings": [warning]}
+    assert http_server.calls("POST", "/hook")[0].body["warnings"] == [warning]
+
+
+def test_a_disabled_stage_boots_no_vm_and_is_reported_skipped(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    processing(http_server, workspace["request_id"])
+    arg = argument(workspace, ("frames", "depth"), {**OPTIONS, "depth": False})
+    assert arg["stages"] == ["frames"] and arg["disabled"] == ["depth"] and "depth" not in arg["jobs"]
+    assert result(run_reconstruct(engine, settings(http_server), arg))["state"] == "COMPLETED"
+    assert puts(http_server, workspace["request_id"])[0] == {"stage": "depth", "stage_state": "SKIPPED"}
+    assert [j["labels"]["stage"] for j in local_batch.list_jobs(PARENT)] == ["frames"]
+
+
+def test_a_job_left_by_a_cancelled_execution_is_deleted_by_the_next_one(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    rid = workspace["request_id"]
+    processing(http_server, rid)
+    env = settings(http_server)
+    first = run_reconstruct(engine, env, sleeping(argument(workspace), "frames"), wait=False)
+    proc = wait_for_process(local_batch)
+    engine.cancel(first.name)  # the execution dies; as on Google Cloud, its job keeps running
+    time.sleep(0.5)
+    assert local_batch.get_job(proc["job"])["status"]["state"] == "RUNNING" and not gone(proc["pid"], 0.2)
+    processing(http_server, rid, stages={"frames": {"state": "RUNNING", "batch_job": proc["job"]}})
+    again = run_reconstruct(engine, env, argument(workspace))
+    assert result(again)["state"] == "COMPLETED"
+    assert gone(proc["pid"])
+    with pytest.raises(BatchApiError):
+        local_batch.get_job(proc["job"])
+
+
 def test_bad_arguments_fail_the_execution(engine: WorkflowsEngine, http_server: Any) -> None:
-    ex = run_reconstruct(engine, settings(http_server, "b"), {"request_id": "r", "workspace": "/local/path"})
+    ex = run_reconstruct(engine, settings(http_server), {"request_id": "r", "workspace": "/local/path",
+                                                          "batch_parent": PARENT, "stages": ["frames"]})
     assert error_payload(ex)["code"] == "BAD_REQUEST"
-    ex = run_reconstruct(engine, settings(http_server, "b"), {"workspace": "gs://b/jobs/r"})
+    ex = run_reconstruct(engine, settings(http_server), {"workspace": "gs://b/jobs/r"})
     assert error_payload(ex)["code"] == "BAD_REQUEST"
 
 
@@ -160,49 +294,47 @@ def call_sub(name: str, args: dict[str, Any], env: dict[str, str] | None = None)
         definition.subworkflows[name], args)
 
 
-def test_gpu_stages_get_gpus_spot_network_and_service_account() -> None:
-    env = {"JOB_IMAGE": "img", "GPU_TYPE": "nvidia-tesla-t4", "GPU_COUNT": "2", "GPU_MACHINE_TYPE": "n1-standard-8",
-           "BATCH_SERVICE_ACCOUNT": "batch@proj.iam.gserviceaccount.com", "PROVISIONING_MODEL": "STANDARD",
-           "BATCH_NETWORK": "projects/proj/global/networks/vpc",
-           "BATCH_SUBNETWORK": "projects/proj/regions/europe-west4/subnetworks/batch"}
-    body = call_sub("batch_job_body", {"stage": "splat", "request_id": "Req_1", "workspace": "gs://d/jobs/Req_1",
-                                       "options": {"spot": True}, "priority": 0}, env)
-    (instance,) = body["allocationPolicy"]["instances"]
-    assert instance["installGpuDrivers"] is True
-    assert instance["policy"]["accelerators"] == [{"type": "nvidia-tesla-t4", "count": 2}]
-    assert instance["policy"]["machineType"] == "n1-standard-8" and instance["policy"]["provisioningModel"] == "SPOT"
-    assert body["allocationPolicy"]["serviceAccount"] == {"email": "batch@proj.iam.gserviceaccount.com"}
-    assert body["allocationPolicy"]["network"]["networkInterfaces"] == [{
-        "network": env["BATCH_NETWORK"], "subnetwork": env["BATCH_SUBNETWORK"], "noExternalIpAddress": True}]
-    assert body["labels"]["request_id"] == "req_1" and body["priority"] == 99
-    assert body["taskGroups"][0]["taskSpec"]["maxRunDuration"] == "21600s"
-    env_vars = body["taskGroups"][0]["taskSpec"]["runnables"][0]["environment"]["variables"]
-    assert env_vars["GOOGLE_CLOUD_PROJECT"] == "proj" and env_vars["REGION"] == "europe-west4"
-    assert env_vars["DEPTH_MODEL"] == "depth-anything/Depth-Anything-V2-Small-hf"
-    cpu = call_sub("batch_job_body", {"stage": "sfm", "request_id": "r", "workspace": "gs://d/jobs/r",
-                                      "options": {"spot": False}, "priority": 9}, {"PROVISIONING_MODEL": "SPOT"})
-    policy = cpu["allocationPolicy"]["instances"][0]["policy"]
-    assert policy["provisioningModel"] == "STANDARD" and "accelerators" not in policy
-    assert "serviceAccount" not in cpu["allocationPolicy"] and "network" not in cpu["allocationPolicy"]
-    assert cpu["priority"] == 9
+def failed_job(*exit_codes: int) -> dict[str, Any]:
+    """A FAILED job as jobs.get returns it: its documented status fields."""
+    events = [{"type": "STATUS_CHANGED", "description": "Job state is set from QUEUED to SCHEDULED"}]
+    events += [{"type": "STATUS_CHANGED", "description": f"Task state is updated from RUNNING to FAILED "
+                f"with exit code {c}.", "taskState": "FAILED", "taskExecution": {"exitCode": c}} for c in exit_codes]
+    return {"name": f"{PARENT}/jobs/j", "status": {"state": "FAILED", "statusEvents": events}}
+
+
+@pytest.mark.parametrize(("exit_codes", "code", "transient"), [
+    ((50001,), "batch_transient", True),  # preempted (Spot)
+    ((1, 50001), "batch_transient", True),  # the last attempt was preempted
+    ((), "batch_transient", True),  # failed before any task ran: no VM (stockout, quota)
+    ((50005,), "stage_timeout", False),  # past maxRunDuration: never re-created
+    ((50001, 50005), "stage_timeout", False),
+    ((50002,), "BATCH_JOB_FAILED", False),
+    ((1,), "BATCH_JOB_FAILED", False),  # no _ERROR.json in this bucket: the exit code is the message
+])
+def test_failure_classification(gcs_bucket: str, exit_codes: tuple[int, ...], code: str, transient: bool) -> None:
+    outcome = call_sub("classify_failure", {"job": failed_job(*exit_codes), "stage": "splat", "bucket": gcs_bucket,
+                                            "error_object": "jobs%2Fr%2Fsplat%2F_ERROR.json"})
+    assert outcome["code"] == code and outcome["stage"] == "splat"
+    assert call_sub("is_transient", {"e": outcome}) is transient
+
+
+def test_a_stage_failure_is_read_from_its_error_file(gcs_bucket: str) -> None:
+    from batch_jobs import storage
+
+    storage.write_json(f"gs://{gcs_bucket}/jobs/r/sfm/_ERROR.json",
+                       {"code": "TOO_FEW_REGISTERED", "message": "3 of 40", "stage": "sfm", "retryable": False})
+    outcome = call_sub("classify_failure", {"job": failed_job(3), "stage": "sfm", "bucket": gcs_bucket,
+                                            "error_object": "jobs%2Fr%2Fsfm%2F_ERROR.json"})
+    assert outcome == {"code": "TOO_FEW_REGISTERED", "message": "3 of 40", "stage": "sfm"}
 
 
 @pytest.mark.parametrize(("error", "transient"), [
-    ({"tags": ["OperationError"], "message": "failed", "operation": {"status": {"statusEvents": [
-        {"description": "Task state is updated from RUNNING to FAILED on zones/z/instances/i with exit code 50001."}]}}},
-     True),
-    ({"tags": ["OperationError"], "operation": {"status": {"statusEvents": [
-        {"description": "x", "taskExecution": {"exitCode": 50001}}]}}}, True),
-    ({"tags": ["OperationError"], "message": "Job failed: CODE_GCE_ZONE_RESOURCE_POOL_EXHAUSTED"}, True),
-    ({"tags": ["OperationError"], "message": "Quota 'NVIDIA_L4_GPUS' exceeded"}, True),
-    ({"tags": ["OperationError"], "message": "x", "operation": {"status": {"statusEvents": [
-        {"description": "Task state is updated from RUNNING to FAILED with exit code 3."}]}}}, False),
-    ({"tags": ["OperationError"], "message": "x", "operation": {"status": {"statusEvents": [
-        {"description": "with exit code 1.", "taskExecution": {"exitCode": 1}}]}}}, False),
     ({"tags": ["HttpError"], "code": 429}, True),
     ({"tags": ["HttpError"], "code": 503}, True),
     ({"tags": ["HttpError"], "code": 400}, False),
+    ({"tags": ["HttpError"], "code": 409}, False),
     ({"tags": ["ConnectionFailedError"]}, True),
+    ({"code": "stage_timeout", "message": "x", "stage": "splat"}, False),
     ({"code": "CANCELLED", "message": "stop"}, False),
     ("a string", False),
 ])
@@ -210,17 +342,24 @@ def test_transient_failure_predicate(error: Any, transient: bool) -> None:
     assert call_sub("is_transient", {"e": error}) is transient
 
 
-def test_a_job_failure_without_an_error_file_is_reported_from_batch(gcs_bucket: str) -> None:
-    err = call_sub("stage_error", {"e": {"tags": ["OperationError"], "message": "Batch job x failed: killed"},
-                                   "stage": "splat", "bucket": gcs_bucket, "object": "jobs%2Fr%2Fsplat%2F_ERROR.json"})
-    assert err == {"code": "BATCH_JOB_FAILED", "message": "Batch job x failed: killed", "stage": "splat"}
+def test_request_errors_keep_their_code() -> None:
     err = call_sub("request_error", {"e": {"tags": ["KeyError"], "message": "key not found: x"}, "stage": "sfm"})
     assert err == {"code": "WORKFLOW_ERROR", "message": "key not found: x", "stage": "sfm"}
+    err = call_sub("request_error", {"e": {"tags": ["HttpError"], "code": 409, "message": "conflict"}, "stage": "sfm"})
+    assert err["code"] == "CANCELLED"
+
+
+def test_the_yaml_defines_no_stage() -> None:
+    text = YAML.read_text()
+    for fact in ("maxRunDuration: ", "installGpuDrivers", "machineType", "report.json", "point_cloud.ply",
+                 '"frames", "sfm"', "gpu_stages", "accelerators"):
+        assert fact not in text, fact
 
 
 def test_every_setting_the_workflow_reads_is_documented() -> None:
-    names = set(re.findall(r'sys\.get_env\("([A-Z_]+)"', YAML.read_text()))
+    names = set(re.findall(r'sys\.get_env\(\\?"([A-Z_]+)\\?"', YAML.read_text()))
     builtins = {n for n in names if n.startswith("GOOGLE_CLOUD_")}
+    assert names - builtins == {"QUEUE_URL", "DISPATCH_URL"}
     readme = (REPO / "README.md").read_text()
     missing = [n for n in sorted(names - builtins) if f"`{n}`" not in readme]
     assert not missing, f"README's configuration does not list {missing}"
