@@ -46,4 +46,11 @@ fi
   $("$venv/bin/python" tests/terraform/provider_schema.py)
 # --- end provider schemas ------------------------------------------------------------------------
 
+# --- job image wheels (tests/image) ----------------------------------------------------------------
+# The GPU builds the job image swaps in (batch_jobs/image_requirements.py): downloaded only, so the
+# tests can read their shared libraries' DT_NEEDED.
+"$venv/bin/python" -m pip download -q --no-deps -d .cache/image-wheels \
+  $("$venv/bin/python" batch_jobs/image_requirements.py --gpu-wheels)
+# --- end job image wheels --------------------------------------------------------------------------
+
 echo "bootstrap: ready ($venv)"
