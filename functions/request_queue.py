@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from functions import jobrecord
+from functions import jobrecord, stages
 from functions.dedup import DedupKey
 from functions.validation import NewRequest
 
@@ -56,9 +56,12 @@ def _lua_state_tables() -> str:
 
 
 def _lua_limits() -> str:
-    """jobrecord's bounds on warnings and metrics, as Lua locals."""
+    """jobrecord's bounds on warnings and metrics, and the best-effort stages of the registry
+    (functions.stages), as Lua locals."""
+    best = ", ".join(f"{s.name} = true" for s in stages.REGISTRY.values() if s.best_effort)
     return (f"local max_warnings = {jobrecord.MAX_WARNINGS}\n"
-            f"local max_metrics = {jobrecord.MAX_METRICS_PER_STAGE}\n")
+            f"local max_metrics = {jobrecord.MAX_METRICS_PER_STAGE}\n"
+            f"local best_effort = {{{best}}}\n")
 
 
 # KEYS: req, queue, seq, counts, outbox, token, dedup... ARGV: id, priority, "ttl:sticky,..", req prefix,
@@ -133,6 +136,7 @@ local function set(k, v) sets[#sets + 1] = k; sets[#sets + 1] = v end
 local stage = p['stage']
 if stage then set('stage', stage) end
 local done_stage = nil
+local stages_json = nil
 if p['stage_state'] or p['batch_job'] then
   local stages = cjson.decode(redis.call('HGET', rk, 'stages') or '{}')
   local st = stages[stage] or {}
@@ -150,7 +154,8 @@ if p['stage_state'] or p['batch_job'] then
   if ss == 'SUCCEEDED' or ss == 'SKIPPED' then done_stage = stage end
   if p['batch_job'] then st['batch_job'] = p['batch_job'] end
   stages[stage] = st
-  set('stages', cjson.encode(stages))
+  stages_json = cjson.encode(stages)
+  set('stages', stages_json)
 end
 if p['progress'] or done_stage then
   local prog = cjson.decode(redis.call('HGET', rk, 'progress') or '{}')
@@ -211,6 +216,12 @@ if p['metrics'] then
   if next(ms) then set('metrics', cjson.encode(ms)) end
 end
 if p['execution'] then set('execution', p['execution']) end
+if target == 'COMPLETED' and cur ~= 'COMPLETED' then
+  -- only a best-effort stage may have FAILED in a COMPLETED request (partial success)
+  for s, st in pairs(cjson.decode(stages_json or redis.call('HGET', rk, 'stages') or '{}')) do
+    if st['state'] == 'FAILED' and not best_effort[s] then return {'conflict', cur, s} end
+  end
+end
 local new = cur
 if target and target ~= cur then
   new = target
@@ -515,7 +526,9 @@ class RequestQueue:
         if res[0] == "conflict":
             cur = res[1]
             want = patch.get("state")
-            if cur in {s.value for s in jobrecord.TERMINAL_STATES}:
+            if len(res) > 2:
+                msg = f"request cannot be COMPLETED: stage {res[2]} FAILED and is not best-effort"
+            elif cur in {s.value for s in jobrecord.TERMINAL_STATES}:
                 msg = f"request is {cur}; " + (f"it cannot become {want}" if want else "it takes no more updates")
             else:
                 msg = f"illegal transition {cur} -> {want}"

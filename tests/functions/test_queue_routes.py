@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from fn_testlib import Buckets, FnApps, assert_error, post_json, put_json
@@ -247,6 +248,21 @@ def test_a_failed_best_effort_stage_leaves_a_completed_request_with_a_warning(
         assert doc["metrics"] == {"splat": {"heldout_psnr": 26.95, "heldout_ssim": 0.882, "gaussians": 40000}}
 
 
+def test_completed_after_a_failed_stage_that_is_not_best_effort_is_refused(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets) -> None:
+    rid = _processing(fn_apps, buckets, 1)
+    url = f"/status/{rid}"
+    put_json(fn_apps.queue, url, {"stage": "sfm", "stage_state": "FAILED"})
+    err = assert_error(put_json(fn_apps.queue, url, {"state": "COMPLETED"}), 409, "illegal_transition")
+    assert "stage sfm FAILED and is not best-effort" in err["message"]
+    # Nor in the same update.
+    other = _processing(fn_apps, buckets, 2)
+    assert_error(put_json(fn_apps.queue, f"/status/{other}", {"state": "COMPLETED", "stage": "splat",
+                                                             "stage_state": "FAILED"}), 409)
+    assert fn_apps.queue.get(f"/status/{other}").get_json()["stages"]["splat"]["state"] == "PENDING"
+    assert put_json(fn_apps.queue, url, {"state": "FAILED"}).get_json()["state"] == "FAILED"
+
+
 def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, buckets: Buckets) -> None:
     rid = _processing(fn_apps, buckets, 1)
     url = f"/status/{rid}"
@@ -303,20 +319,40 @@ def test_metrics_merge_per_stage_and_keep_only_bounded_scalars(fn_apps: FnApps, 
     assert "mesh" not in doc["metrics"]
 
 
+def _mirrored(services_now: Any, request_id: str, timeout: float = 30.0) -> dict:
+    """The Firestore document once it holds the record's current version (dispatch's catch-up
+    pass copies what an in-request attempt left pending, e.g. while the breaker was open)."""
+    from fn_testlib import PROJECT
+
+    from functions import jobrecord
+    from functions.status_mirror import firestore_client
+
+    svc = services_now()
+    ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(request_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        svc.mirror.reconcile()
+        snap = ref.get(timeout=10)
+        doc = snap.to_dict() if snap.exists else None
+        if doc and doc.get(jobrecord.FIELD_MIRROR_VERSION) == svc.queue.get(request_id)["version"]:
+            return doc
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.5)
+
+
 def test_firestore_mirrors_warnings_metrics_and_a_completed_request_has_no_error(
-        fn_apps: FnApps, fn_env: dict, buckets: Buckets, firestore_host: str, monkeypatch) -> None:
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, firestore_host: str, monkeypatch, services_now) -> None:
     from fn_testlib import PROJECT
 
     from batch_jobs.progress import FirestoreSink  # what a failing stage writes with
     from functions import jobrecord
-    from functions.status_mirror import firestore_client
 
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    services_now().mirror.breaker_seconds = 1.0
     rid = _processing(fn_apps, buckets, 1)
     url = f"/status/{rid}"
-    ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(rid)
-    doc = ref.get(timeout=10).to_dict()
+    doc = _mirrored(services_now, rid)
     assert doc["warnings"] == [] and doc["metrics"] == {}
     put_json(fn_apps.queue, url, {"stage": "splat", "stage_state": "SUCCEEDED",
                                   "metrics": {"splat": {"heldout_psnr": 26.95, "gaussians": 40000}}})
@@ -326,7 +362,7 @@ def test_firestore_mirrors_warnings_metrics_and_a_completed_request_has_no_error
                                                jobrecord.stage_path("mesh", "message"): MESH_WARNING["message"]})
     put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "FAILED", "warnings": [MESH_WARNING]})
     put_json(fn_apps.queue, url, {"state": "COMPLETED", "outputs": {"splat_ply": f"gs://{buckets.data}/x.ply"}})
-    doc = ref.get(timeout=10).to_dict()
+    doc = _mirrored(services_now, rid)
     assert doc["state"] == "COMPLETED" and doc["error"] is None
     assert doc["warnings"] == [MESH_WARNING]
     assert doc["metrics"] == {"splat": {"heldout_psnr": 26.95, "gaussians": 40000}}
