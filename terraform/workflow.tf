@@ -1,23 +1,15 @@
 # The reconstruct workflow: workflows/reconstruct.yaml as it is in the repository (the same file
-# the local engine runs), configured through user_env_vars that it reads with sys.get_env.
+# the local engine runs), configured through user_env_vars that it reads with sys.get_env. It
+# creates, polls and deletes the Batch jobs (roles/batch.jobsEditor and actAs on the Batch job
+# account, iam.tf).
 
 locals {
+  # What the workflow reads with sys.get_env. The Batch jobs' machines, image and identity are in
+  # the Job bodies dispatch builds (functions.tf, local.batch_env) and passes in the execution's
+  # argument.
   workflow_env = {
-    REGION                = var.region
-    DATA_BUCKET           = google_storage_bucket.bucket["data"].name
-    UPLOADS_BUCKET        = google_storage_bucket.bucket["uploads"].name
-    QUEUE_URL             = local.function_urls.queue
-    DISPATCH_URL          = local.function_urls.dispatch
-    JOB_IMAGE             = local.job_image
-    BATCH_SERVICE_ACCOUNT = google_service_account.sa["batch"].email
-    BATCH_NETWORK         = google_compute_network.vpc.id
-    BATCH_SUBNETWORK      = google_compute_subnetwork.batch.id
-    GPU_TYPE              = var.gpu_type
-    GPU_COUNT             = tostring(var.gpu_count)
-    CPU_MACHINE_TYPE      = var.cpu_machine_type
-    GPU_MACHINE_TYPE      = var.gpu_machine_type
-    PROVISIONING_MODEL    = var.use_spot ? "SPOT" : "STANDARD"
-    DEPTH_MODEL           = var.depth_model
+    QUEUE_URL    = local.function_urls.queue
+    DISPATCH_URL = local.function_urls.dispatch
   }
 }
 

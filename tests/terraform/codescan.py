@@ -203,7 +203,8 @@ def batch_env_names() -> set[str]:
 
 # --- workflow -------------------------------------------------------------------------------
 
-_GET_ENV = re.compile(r"""sys\.get_env\(\s*["']([^"']+)["']""")
+# Also inside a quoted YAML string, where the quotes are escaped: "${sys.get_env(\"X\")}".
+_GET_ENV = re.compile(r"""sys\.get_env\(\s*\\?["']([^"'\\]+)\\?["']""")
 
 
 def workflow_env_names(path: Path = WORKFLOW_YAML) -> set[str]:

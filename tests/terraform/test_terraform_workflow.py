@@ -43,8 +43,16 @@ def test_every_get_env_of_the_workflow_is_set(workflow_env):
     wanted = codescan.workflow_env_names() - codescan.WORKFLOW_BUILTINS
     assert wanted, "the workflow reads no configuration (sys.get_env)?"
     assert not wanted - set(workflow_env), f"read by the workflow, not in user_env_vars: {wanted - set(workflow_env)}"
+    # Nothing it does not read (the Batch settings are dispatch's: test_terraform_functions).
+    assert not set(workflow_env) - wanted, f"set, never read by the workflow: {set(workflow_env) - wanted}"
     assert not [k for k in workflow_env if k.startswith(RESERVED_PREFIXES)]
     assert all(isinstance(v, str) for v in workflow_env.values()), "user_env_vars values are strings"
+
+
+def test_get_env_scan_reads_plain_and_escaped_quotes(tmp_path):
+    doc = tmp_path / "w.yaml"
+    doc.write_text('- a: ${sys.get_env("PLAIN")}\n- b: {url: "${sys.get_env(\\"ESCAPED\\")}"}\n')
+    assert codescan.workflow_env_names(doc) == {"PLAIN", "ESCAPED"}
 
 
 def test_workflow_settings_point_at_the_right_resources(tf, workflow_env, functions):
