@@ -17,17 +17,21 @@ locals {
 
   # Roles that exist only at project level (no narrower resource takes them).
   project_roles = {
-    api_firestore       = { sa = "api", role = "roles/datastore.user" }
-    upload_firestore    = { sa = "upload", role = "roles/datastore.user" }
-    dispatch_firestore  = { sa = "dispatch", role = "roles/datastore.user" }
-    dispatch_executions = { sa = "dispatch", role = "roles/workflows.invoker" }
-    eventarc_receiver   = { sa = "eventarc", role = "roles/eventarc.eventReceiver" }
-    workflow_batch      = { sa = "workflow", role = "roles/batch.jobsEditor" }
-    workflow_logs       = { sa = "workflow", role = "roles/logging.logWriter" }
-    batch_agent         = { sa = "batch", role = "roles/batch.agentReporter" }
-    batch_logs          = { sa = "batch", role = "roles/logging.logWriter" }
-    batch_firestore     = { sa = "batch", role = "roles/datastore.user" }
-    build_logs          = { sa = "build", role = "roles/logging.logWriter" }
+    api_firestore = { sa = "api", role = "roles/datastore.user" }
+    # POST /requests/{id}/cancel (functions/tasks.py): cancels the execution, deletes its Batch job.
+    api_cancels_executions = { sa = "api", role = "roles/workflows.invoker" }
+    api_deletes_batch_jobs = { sa = "api", role = "roles/batch.jobsEditor" }
+    upload_firestore       = { sa = "upload", role = "roles/datastore.user" }
+    dispatch_firestore     = { sa = "dispatch", role = "roles/datastore.user" }
+    dispatch_executions    = { sa = "dispatch", role = "roles/workflows.invoker" }
+    eventarc_receiver      = { sa = "eventarc", role = "roles/eventarc.eventReceiver" }
+    # The workflow creates, polls and deletes the stages' Batch jobs.
+    workflow_batch  = { sa = "workflow", role = "roles/batch.jobsEditor" }
+    workflow_logs   = { sa = "workflow", role = "roles/logging.logWriter" }
+    batch_agent     = { sa = "batch", role = "roles/batch.agentReporter" }
+    batch_logs      = { sa = "batch", role = "roles/logging.logWriter" }
+    batch_firestore = { sa = "batch", role = "roles/datastore.user" }
+    build_logs      = { sa = "build", role = "roles/logging.logWriter" }
   }
 
   # REDIS_URL readers: the functions that use the queue.

@@ -105,6 +105,9 @@ def test_control_plane_accounts(iam, functions):
         # request.json is written by the control plane (COMMON contract 2)
         assert _roles(iam, sa, "bucket", "data") & {"roles/storage.objectUser", "roles/storage.objectAdmin"}, name
     assert "roles/workflows.invoker" in _roles(iam, f"sa:{functions['dispatch'].runtime_sa}", "project")
+    # A cancel (on the api) cancels the execution and deletes the stage's Batch job.
+    assert {"roles/workflows.invoker", "roles/batch.jobsEditor"} <= _roles(
+        iam, f"sa:{functions['api'].runtime_sa}", "project")
     assert "roles/storage.objectViewer" in _roles(iam, f"sa:{functions['on_upload'].runtime_sa}", "bucket", "uploads")
     # POST /preprocess-video stores the uploaded video in the uploads bucket
     assert _roles(iam, f"sa:{functions['api'].runtime_sa}", "bucket", "uploads") >= {
