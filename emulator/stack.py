@@ -211,22 +211,8 @@ class Stack:
             "DEPTH_MODEL": depth_model,
             **c.extra_env,
         }
-        workflow_env = {
-            "QUEUE_URL": urls["queue"],
-            "DISPATCH_URL": urls["dispatch"],
-            "DATA_BUCKET": c.data_bucket,
-            "REGION": c.region,
-            "JOB_IMAGE": env["JOB_IMAGE"],
-            "DEPTH_MODEL": depth_model,
-            "PROVISIONING_MODEL": "STANDARD",
-            "CPU_MACHINE_TYPE": "local",
-            "GPU_MACHINE_TYPE": "local",
-            "GPU_TYPE": "none",
-            "GPU_COUNT": "1",
-            "BATCH_SERVICE_ACCOUNT": "",
-            "BATCH_NETWORK": "",
-            "BATCH_SUBNETWORK": "",
-        }
+        # What the workflow reads; the Batch settings are dispatch's (functions/batch_job.py).
+        workflow_env = {"QUEUE_URL": urls["queue"], "DISPATCH_URL": urls["dispatch"]}
         env_file = self.run_dir / "workflow-env.json"
         env_file.write_text(json.dumps(workflow_env, indent=2))
 
