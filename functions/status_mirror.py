@@ -240,3 +240,23 @@ class StatusMirror:
             return None
         self._succeeded()
         return snap.to_dict() if snap.exists else None
+
+    def clear_stage_fields(self, request_id: str) -> None:
+        """Forget what the last run's stages wrote (`progress`, `stages`) before the request runs
+        again, so the new run's status starts from nothing. Never raises (a document the mirror
+        has not written yet has nothing to forget)."""
+        from google.api_core import exceptions as gexc
+        from google.cloud import firestore
+
+        if not self._admit():
+            return
+        try:
+            self._firestore().collection(jobrecord.COLLECTION).document(request_id).update(
+                {jobrecord.FIELD_PROGRESS: firestore.DELETE_FIELD, jobrecord.FIELD_STAGES: firestore.DELETE_FIELD},
+                retry=None, timeout=self.timeout)
+        except gexc.NotFound:
+            pass
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._succeeded()

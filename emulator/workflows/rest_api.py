@@ -131,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         m = _EXEC.match(path)
         if m:
             if method == "POST" and m.group(2):
+                self._body()  # read the (empty) body: left unread, it would prefix the next request on the connection
                 self._send(200, self.engine.cancel(m.group(1)).to_json())
                 return
             if method == "GET" and not m.group(2):
