@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import flask
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 MAX_JSON_BYTES = 64 * 1024
 """Largest JSON body any route takes (a request is a few hundred bytes)."""
+
+READ_PIECE = 1024 * 1024  # a body is read in pieces: never more than its limit, never twice over
 
 
 class ApiError(Exception):
@@ -71,15 +73,50 @@ def require_media_type(request: flask.Request, *accepted: str) -> str:
                    f"Content-Type must be {' or '.join(accepted)}" + (f", not {media}" if media else ""))
 
 
-def read_body(request: flask.Request, limit: int) -> bytes:
-    """The raw body, at most `limit` bytes (413 past it), without reading more than limit + 1."""
+def limit_request_bodies(app: flask.Flask, largest: int) -> None:
+    """Bodies are read only by the handlers, each up to its own limit.
+
+    `MAX_CONTENT_LENGTH` bounds any other read (werkzeug refuses a longer declared body before
+    reading it, and stops a chunked one at the limit). functions-framework also registers, after
+    loading this module, an `after_request` hook that reads the whole body before answering
+    (`read_request`): a 413 for a 200 MiB upload would wait for, and buffer, all 200 MiB, and a
+    body over `MAX_CONTENT_LENGTH` would make that hook fail with a 500. So the first request
+    removes it: gunicorn itself drains a little of an unread body (64 KiB) before reusing the
+    connection, and closes the connection otherwise.
+    """
+    app.config["MAX_CONTENT_LENGTH"] = largest
+
+    def drop_forced_body_read() -> None:
+        hooks = app.after_request_funcs.get(None)
+        if hooks and any(getattr(h, "__name__", "") == "read_request" for h in hooks):
+            hooks[:] = [h for h in hooks if getattr(h, "__name__", "") != "read_request"]
+
+    app.before_request(drop_forced_body_read)
+
+
+def read_body(request: flask.Request, limit: int, *, require_length: bool = False) -> bytes:
+    """The raw body, at most `limit` bytes: 413 for a longer declared `Content-Length` before any
+    byte is read, 413 as soon as a chunked body passes `limit`; with `require_length`, a body
+    without a `Content-Length` is a 411 (nothing read)."""
+    request.max_content_length = limit
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, "payload_too_large", f"request body is {length} bytes; the limit is {limit}")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
+    if length is None and require_length and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        raise ApiError(411, "length_required", "send the body with a Content-Length (not chunked)")
+    buf = bytearray()
+    over = False
+    try:
+        while len(buf) <= limit:
+            piece = request.stream.read(min(READ_PIECE, limit + 1 - len(buf)))
+            if not piece:
+                break
+            buf += piece
+    except RequestEntityTooLarge:  # werkzeug's own limit check on a chunked body
+        over = True
+    if over or len(buf) > limit:
         raise ApiError(413, "payload_too_large", f"request body is larger than the limit of {limit} bytes")
-    return data
+    return bytes(buf)
 
 
 def _reject_constant(token: str) -> Any:

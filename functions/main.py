@@ -3,7 +3,8 @@
   api        HTTP  public: POST /trigger-reconstruction, POST /preprocess-video,
                    GET /status?callback_token=, GET /status/{id} (with the token)
                    and the task API (functions.task_api: uploads, options, list, cancel,
-                   restart, delete, download)
+                   restart, delete, download) and the results page (functions.results_page:
+                   GET /view/{id}?token=, its static files under /viewer/)
   queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next
   on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
   dispatch   HTTP  IAM-only, POST or GET: admission control (contract 5)
@@ -22,19 +23,36 @@ import functions_framework
 import redis
 from werkzeug.exceptions import HTTPException
 
-from functions import dispatcher, public_api, queue_service, task_api, upload_events
+from functions import (
+    dispatcher,
+    public_api,
+    queue_service,
+    results_page,
+    task_api,
+    upload_events,
+    video_upload,
+)
 from functions.config import Settings
 from functions.context import Services, services
-from functions.http_json import ApiError, error_response, http_exception_response, json_response
+from functions.http_json import (
+    ApiError,
+    error_response,
+    http_exception_response,
+    json_response,
+    limit_request_bodies,
+)
 from functions.routing import Route, match
 
 log = logging.getLogger("splatpipe.functions")
 
-API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES)
+API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
 
 # The framework's own fixed routes (/robots.txt, /favicon.ico) and errors answer in JSON too.
 if functions_framework.errorhandler is not None:
     functions_framework.errorhandler(HTTPException)(http_exception_response)
+# functions-framework loads this module inside its app's context.
+if flask.has_app_context():
+    limit_request_bodies(flask.current_app, video_upload.MAX_VIDEO_BYTES)
 
 
 def _services() -> Services:

@@ -82,7 +82,7 @@ def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
         sid = validation.session_id(q.get("session_id"))
         prio = validation.query_priority(q.get("priority"))
         idem = validation.idempotency_key(q.get("idempotency_key"))
-        data = read_body(request, video_upload.MAX_VIDEO_BYTES)
+        data = read_body(request, video_upload.MAX_VIDEO_BYTES, require_length=True)
         uri = video_upload.store(svc.settings, sid, data)
         req = validation.NewRequest(session_id=sid, input=uri, priority=prio, options=validation.options(None),
                                     stages=("frames",), idempotency_key=idem)
