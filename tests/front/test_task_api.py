@@ -215,3 +215,19 @@ def test_task_routes_are_rate_limited(fn_apps: FnApps, buckets: Buckets, fn_env:
     err = assert_error(fn_apps.api.post(f"/requests/{rid}/cancel", headers={TOKEN: token}, environ_base=env), 429,
                        "rate_limited")
     assert "minute" in err["message"]
+
+
+def test_restart_clears_what_the_last_runs_stages_wrote_to_firestore(
+        fn_apps: FnApps, buckets: Buckets, fn_env: dict, firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status overlays the stages' own Firestore progress; a rerun must not start from the last run's."""
+    from functions.status_mirror import firestore_client
+
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    rid, token = _trigger(fn_apps, buckets)
+    _complete(fn_apps, buckets, rid)
+    doc = firestore_client("splatpipe-local").collection("reconstructions").document(rid)
+    doc.update({"progress.splat": 1.0, "stages.splat.message": "done: 1000 steps"})  # as a stage writes them
+    assert fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json()["stages"]["splat"]["message"]
+    st = fn_apps.api.post(f"/requests/{rid}/restart", headers={TOKEN: token}).get_json()
+    assert st["state"] == "QUEUED" and st["progress"]["splat"] == 0 and st["stages"]["splat"]["message"] is None
+    assert "progress" not in (doc.get().to_dict() or {})

@@ -1,0 +1,245 @@
+// The results page: live stage progress (polling the status), then the preview image, the splat
+// in Spark's WebGL renderer, the mesh (GLB) and the metrics. The callback token comes from the
+// page's own URL (?token=) and goes to the api in the X-Callback-Token header only.
+import { GLTFLoader, OrbitControls, SparkRenderer, SplatMesh, THREE } from "./viewer.bundle.js";
+
+const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "DELETED"]);
+const POLL_MS = 2000;
+const requestId = document.body.dataset.requestId;
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || params.get("callback_token") || "";
+const api = new URL("../", location.href); // the api's root, whatever path it is served under
+const $ = (id) => document.getElementById(id);
+const state = { viewer: "loading", splats: 0, mesh: false, status: null };
+window.splatpipe = state;
+
+function setViewer(value, note) {
+  state.viewer = value;
+  document.body.dataset.viewer = value;
+  $("viewer-status").textContent = note || "";
+  $("viewer-status").hidden = !note;
+}
+
+async function call(path) {
+  const resp = await fetch(new URL(path, api), { headers: { "X-Callback-Token": token }, cache: "no-store" });
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${resp.status}`);
+  return body;
+}
+
+function seconds(a, b) {
+  if (!a || !b) return null;
+  return (Date.parse(b) - Date.parse(a)) / 1000;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function renderStatus(st) {
+  $("state").textContent = st.state;
+  $("state").className = `state ${st.state}`;
+  const body = $("stages").tBodies[0];
+  body.replaceChildren();
+  for (const name of st.stages_requested) {
+    const s = st.stages[name] || {};
+    const row = body.insertRow();
+    row.className = s.state || "PENDING";
+    cell(row, name);
+    const main = cell(row, s.state || "PENDING");
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${Math.round(100 * (st.progress[name] || 0))}%`;
+    bar.append(fill);
+    main.append(bar);
+    if (s.message) {
+      const msg = document.createElement("div");
+      msg.className = "msg";
+      msg.textContent = s.message;
+      main.append(msg);
+    }
+    const t = seconds(s.started_at, s.finished_at);
+    cell(row, t === null ? "" : `${t.toFixed(0)} s`, "num");
+  }
+  $("error").hidden = !st.error;
+  if (st.error) $("error").textContent = `[${st.error.stage || "-"}] ${st.error.code}: ${st.error.message}`;
+  const warnings = st.warnings || [];
+  $("warnings").hidden = warnings.length === 0;
+  $("warnings").textContent = warnings.map((w) => `[${w.stage}] ${w.code}: ${w.message}`).join("\n");
+  renderMetrics(st);
+}
+
+function fmt(v) {
+  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en") : v.toPrecision(4);
+  return String(v);
+}
+
+function renderMetrics(st) {
+  const body = $("metrics").tBodies[0];
+  const rows = [];
+  for (const [stage, values] of Object.entries(st.metrics || {})) {
+    for (const [k, v] of Object.entries(values || {})) rows.push([stage, k, v]);
+  }
+  for (const name of st.stages_requested) {
+    const s = st.stages[name] || {};
+    const t = seconds(s.started_at, s.finished_at);
+    if (t !== null) rows.push([name, "seconds", t]);
+  }
+  if (!rows.length) return;
+  body.replaceChildren();
+  for (const [stage, k, v] of rows) {
+    const row = body.insertRow();
+    row.dataset.metric = `${stage}.${k}`;
+    cell(row, stage);
+    cell(row, k);
+    cell(row, fmt(v), "num");
+  }
+}
+
+// --- the 3D view -------------------------------------------------------------------------------
+
+const canvas = $("canvas");
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
+renderer.setPixelRatio(Math.min(window.devicePixelRatio, 2));
+const scene = new THREE.Scene();
+scene.background = new THREE.Color(0x000000);
+const camera = new THREE.PerspectiveCamera(50, 1, 0.01, 1000);
+const controls = new OrbitControls(camera, canvas);
+scene.add(new SparkRenderer({ renderer }));
+scene.add(new THREE.HemisphereLight(0xffffff, 0x404040, 2.0));
+const sun = new THREE.DirectionalLight(0xffffff, 1.5);
+sun.position.set(1, 2, 3);
+scene.add(sun);
+let splat = null;
+let mesh = null;
+let frames = 0;
+
+function resize() {
+  const { clientWidth: w, clientHeight: h } = canvas;
+  if (canvas.width !== Math.floor(w * renderer.getPixelRatio()) || canvas.height !== Math.floor(h * renderer.getPixelRatio())) {
+    renderer.setSize(w, h, false);
+    camera.aspect = w / Math.max(1, h);
+    camera.updateProjectionMatrix();
+  }
+}
+
+renderer.setAnimationLoop(() => {
+  resize();
+  controls.update();
+  renderer.render(scene, camera);
+  if (splat && state.viewer === "rendering" && ++frames > 10) setViewer("ready");
+});
+
+// SfM / COLMAP frames look down +z with y down; three.js looks down -z with y up.
+function toThree(object) {
+  object.quaternion.set(1, 0, 0, 0);
+}
+
+function frame(box) {
+  const center = box.getCenter(new THREE.Vector3());
+  const size = box.getSize(new THREE.Vector3()).length() || 1;
+  camera.near = size / 1000;
+  camera.far = size * 100;
+  camera.position.copy(center).add(new THREE.Vector3(0, size * 0.15, size * 0.9));
+  camera.updateProjectionMatrix();
+  controls.target.copy(center);
+  controls.update();
+}
+
+async function bytes(url) {
+  const resp = await fetch(url, { referrerPolicy: "no-referrer" });
+  if (!resp.ok) throw new Error(`HTTP ${resp.status} for ${url.split("?")[0]}`);
+  return new Uint8Array(await resp.arrayBuffer());
+}
+
+async function showSplat(file) {
+  setViewer("loading", `loading the splat (${(file.size / 1e6).toFixed(1)} MB) …`);
+  const fileType = file.path.endsWith(".spz") ? "spz" : "ply";
+  splat = new SplatMesh({ fileBytes: await bytes(file.url), fileType, fileName: file.path });
+  await splat.initialized;
+  toThree(splat);
+  scene.add(splat);
+  splat.updateMatrixWorld(true);
+  const box = splat.getBoundingBox(true).applyMatrix4(splat.matrixWorld);
+  frame(box);
+  state.splats = splat.packedSplats ? splat.packedSplats.numSplats : 0;
+  $("viewer-note").textContent = `${fmt(state.splats)} Gaussians · drag to orbit, scroll to zoom`;
+  setViewer("rendering");
+}
+
+async function loadMesh(file) {
+  const gltf = await new GLTFLoader().parseAsync((await bytes(file.url)).buffer, "");
+  mesh = gltf.scene;
+  toThree(mesh);
+  mesh.visible = false;
+  scene.add(mesh);
+  state.mesh = true;
+  $("show-mesh").disabled = false;
+}
+
+function toggle(showMesh) {
+  if (splat) splat.visible = !showMesh;
+  if (mesh) mesh.visible = showMesh;
+  $("show-mesh").classList.toggle("on", showMesh);
+  $("show-splat").classList.toggle("on", !showMesh);
+}
+$("show-mesh").onclick = () => toggle(true);
+$("show-splat").onclick = () => toggle(false);
+
+async function showOutputs() {
+  const manifest = await call(`requests/${requestId}/download`);
+  const byName = Object.fromEntries(manifest.files.map((f) => [f.name, f]));
+  const list = $("files");
+  list.replaceChildren();
+  for (const f of manifest.files) {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = f.url;
+    a.rel = "noreferrer";
+    a.textContent = f.path;
+    li.append(a, ` (${fmt(f.size)} bytes)`);
+    list.append(li);
+  }
+  if (byName.preview) {
+    $("preview").src = byName.preview.url;
+    $("preview").hidden = false;
+    $("no-preview").hidden = true;
+  }
+  const splatFile = byName.splat_spz || byName.splat_ply;
+  if (!splatFile) {
+    setViewer("none", "this request has no splat");
+  } else {
+    try {
+      await showSplat(splatFile);
+    } catch (err) {
+      setViewer("error", `the splat did not load: ${err.message}`);
+    }
+  }
+  if (byName.mesh_glb) {
+    loadMesh(byName.mesh_glb).catch((err) => { $("viewer-note").textContent += ` · mesh: ${err.message}`; });
+  }
+}
+
+async function poll() {
+  try {
+    const st = await call(`status/${requestId}`);
+    state.status = st;
+    renderStatus(st);
+    if (TERMINAL.has(st.state)) {
+      if (st.state === "COMPLETED" || Object.keys(st.outputs || {}).length) await showOutputs();
+      else setViewer("none", `the request is ${st.state}`);
+      return;
+    }
+    setViewer("waiting", `${st.state.toLowerCase()} · ${st.stage || "queued"} …`);
+  } catch (err) {
+    setViewer("waiting", `status unavailable (${err.message}); retrying`);
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+if (!token) setViewer("error", "the page needs ?token=<callback token>");
+else poll();
