@@ -33,7 +33,8 @@ from functions.config import Settings
 GPUS_ENV = "SPLATPIPE_GPUS"
 """Set in a job's environment to the GPUs its VM carries ("0" on CPU machines)."""
 
-EXIT_BAD_INPUT = 3  # batch_jobs.errors.EXIT_BAD_INPUT (functions never imports batch_jobs)
+EXIT_BAD_INPUT = 3
+"""The stage runner's exit code for bad input (batch_jobs.errors): the task fails, no retry."""
 BOOT_DISK_GB = 100
 GPU_BOOT_IMAGE = "batch-debian"
 PROVISIONING_MODELS = ("STANDARD", "SPOT")

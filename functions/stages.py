@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from functions.config import Settings
 from functions.options import DEFAULT_PRESET, PRESETS
 
 Machine = Literal["cpu", "gpu"]
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+DEFAULT_DEPTH_MODEL = Settings.depth_model
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ _FRAMES = Stage(
     upstream=(),
     params={"target_frames": int, "min_frames": int, "long_side": int},
     presets={
-        "preview": {"target_frames": 40, "min_frames": 6, "long_side": 640},
+        # preview keeps standard's frame size: the camera solution is worth its seconds (at 640 px
+        # the pairs disagree more with the model, and SIFT must upsample; README "Presets").
+        "preview": {"target_frames": 40, "min_frames": 6, "long_side": 1280},
         "standard": {"target_frames": 120, "min_frames": 6, "long_side": 1280},
         "high": {"target_frames": 300, "min_frames": 8, "long_side": 1920},
     },
@@ -67,7 +70,7 @@ _SFM = Stage(
     params={"matcher": str, "mapper": str, "max_num_features": int, "exhaustive_max_images": int,
             "sequential_overlap": int, "loop_stride": int, "min_registered_fraction": float},
     presets={
-        "preview": {"matcher": "auto", "mapper": "auto", "max_num_features": 4096,
+        "preview": {"matcher": "auto", "mapper": "auto", "max_num_features": 8192,
                     "exhaustive_max_images": 40, "sequential_overlap": 6, "loop_stride": 5,
                     "min_registered_fraction": 0.5},
         "standard": {"matcher": "auto", "mapper": "auto", "max_num_features": 8192,

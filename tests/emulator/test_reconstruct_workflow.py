@@ -229,6 +229,28 @@ def test_a_task_past_its_max_run_duration_is_stage_timeout_and_not_retried(
     assert puts(http_server, workspace["request_id"])[-1]["error"]["code"] == "stage_timeout"
 
 
+def test_a_preempted_job_is_created_again(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    rid = workspace["request_id"]
+    processing(http_server, rid)
+    arg = sleeping(argument(workspace), "frames", maxRetryCount=0)
+    ex = run_reconstruct(engine, settings(http_server), arg, wait=False)
+    first = wait_for_process(local_batch)
+    assert local_batch.preempt(first["job"]) == 1  # exit code 50001: the job FAILED, VM lost
+    deadline = time.monotonic() + 90  # the first re-creation waits 30 s (the retry's backoff)
+    while time.monotonic() < deadline and not [p for p in local_batch.processes() if p["job"] != first["job"]]:
+        time.sleep(0.2)
+    (second,) = local_batch.processes()
+    assert second["job"] != first["job"] and second["job"].startswith(f"{PARENT}/jobs/sp-frames-")
+    with pytest.raises(BatchApiError):
+        local_batch.get_job(first["job"])  # the failed job was deleted before the new one
+    running = [p["batch_job"] for p in puts(http_server, rid) if p.get("stage_state") == "RUNNING"]
+    assert running == [first["job"], second["job"]]
+    http_server.answer(f"/queue/status/{rid}", (200, {"request_id": rid, "state": "CANCELLED"}))
+    assert ex.done.wait(60) and result(ex)["state"] == "CANCELLED"
+    assert gone(second["pid"])
+
+
 def test_a_failed_best_effort_stage_is_a_warning_on_a_completed_request(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     # The real mesh stage, run without the splat it reads: it fails (MISSING_INPUT); mesh is
