@@ -13,6 +13,7 @@ with a Google ID token. The callback token `submit` receives is kept in
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -85,18 +86,37 @@ def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
 # --- following -----------------------------------------------------------------------------------
 
 
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(max(0.0, seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def stage_times(stage: Mapping[str, Any], fraction: float, now: dt.datetime | None = None) -> str:
+    """`elapsed` of a running or finished stage (from its own start), with an ETA while it runs."""
+    started, finished = stage.get("started_at"), stage.get("finished_at")
+    if not started:
+        return ""
+    t0 = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+    t1 = dt.datetime.fromisoformat(str(finished).replace("Z", "+00:00")) if finished else (now or dt.datetime.now(dt.UTC))
+    elapsed = (t1 - t0).total_seconds()
+    if finished or stage.get("state") != "RUNNING":
+        return _clock(elapsed)
+    eta = _clock(elapsed * (1 - fraction) / fraction) if 0.02 <= fraction < 1 else "?"
+    return f"{_clock(elapsed)} ETA {eta}"
+
+
 class StageBars:
-    """One progress bar per stage: its state, its message, the stage's elapsed time and ETA."""
+    """One progress bar per stage: its state, the stage's elapsed time and ETA (from the stage's
+    own start time and progress), and its latest message."""
 
     def __init__(self, stages: Sequence[str], stream: Any = None) -> None:
         from tqdm import tqdm
 
         self.stream = stream or sys.stderr
         self.bars = {s: tqdm(total=100, position=i, leave=True, file=self.stream, dynamic_ncols=True,
-                             desc=f"{s:6} PENDING  ",
-                             bar_format="{desc}{bar:24} {n:3.0f}% {elapsed}<{remaining} {postfix}")
+                             desc=f"{s:6} {'PENDING':10}", bar_format="{desc}{bar:24} {n:3.0f}%{postfix}")
                      for i, s in enumerate(stages)}
-        self.state = {s: "PENDING" for s in stages}
 
     def update(self, status: Mapping[str, Any]) -> None:
         for s, bar in self.bars.items():
@@ -105,14 +125,10 @@ class StageBars:
             frac = float((status.get("progress") or {}).get(s) or 0.0)
             if state in ("SUCCEEDED", "SKIPPED"):
                 frac = 1.0
-            if state == "RUNNING" and self.state[s] != "RUNNING":
-                bar.reset(total=100)  # the stage's own clock: elapsed and ETA from its start
-            self.state[s] = state
-            target = round(100 * frac, 1)
-            if target > bar.n:
-                bar.update(target - bar.n)
-            bar.set_description_str(f"{s:6} {state:9}", refresh=False)
-            bar.set_postfix_str(str(st.get("message") or "")[:70], refresh=False)
+            bar.n = round(100 * frac, 1)
+            bar.set_description_str(f"{s:6} {state:10}", refresh=False)
+            parts = [p for p in (stage_times(st, frac), str(st.get("message") or "")[:70]) if p]
+            bar.set_postfix_str("  ".join(parts), refresh=False)
             bar.refresh()
 
     def close(self) -> None:

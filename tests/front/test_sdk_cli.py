@@ -207,3 +207,15 @@ def test_no_stack_and_no_api_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr("splatpipe.client.find_local_stack", lambda start=None: None)
     code, _, err = _run(capsys, "options")
     assert code == 1 and "python -m emulator up" in err
+
+
+def test_stage_times_come_from_the_stages_own_clock() -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 1, 1, 12, 1, 40, tzinfo=dt.UTC)
+    running = {"state": "RUNNING", "started_at": "2026-01-01T12:00:00.000Z", "finished_at": None}
+    assert cli.stage_times(running, 0.25, now) == "01:40 ETA 05:00"
+    assert cli.stage_times(running, 0.0, now) == "01:40 ETA ?"
+    done = {"state": "SUCCEEDED", "started_at": "2026-01-01T12:00:00.000Z", "finished_at": "2026-01-01T13:02:03.000Z"}
+    assert cli.stage_times(done, 1.0, now) == "1:02:03"
+    assert cli.stage_times({"state": "PENDING", "started_at": None}, 0.0, now) == ""
