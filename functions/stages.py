@@ -158,7 +158,16 @@ def resolve(name: str, options: Mapping[str, Any], depth_model: str | None = Non
     """The parameters of stage `name` for normalised request `options` (functions.options):
     the preset's values, then the request's overrides. They are what `_SUCCESS.json` records, so a
     changed parameter reruns the stage."""
-    st = stage(name)
+    params = _chosen(stage(name), options)
+    if name == "depth":
+        # The model is part of the parameters: a different model reruns the stage.
+        params["model"] = depth_model or os.environ.get("DEPTH_MODEL") or DEFAULT_DEPTH_MODEL
+    params["preset"] = options.get("preset", DEFAULT_PRESET)
+    return params
+
+
+def _chosen(st: Stage, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's parameter values with the request's overrides."""
     preset = options.get("preset", DEFAULT_PRESET)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}")
@@ -166,10 +175,6 @@ def resolve(name: str, options: Mapping[str, Any], depth_model: str | None = Non
     for option, param in st.options.items():
         if option in options:
             params[param] = options[option]
-    if name == "depth":
-        # The model is part of the parameters: a different model reruns the stage.
-        params["model"] = depth_model or os.environ.get("DEPTH_MODEL") or DEFAULT_DEPTH_MODEL
-    params["preset"] = preset
     return params
 
 
@@ -179,4 +184,4 @@ def enabled(name: str, options: Mapping[str, Any]) -> bool:
     st = stage(name)
     if "enabled" not in st.params:
         return True
-    return bool(resolve(name, options, depth_model="-")["enabled"])
+    return bool(_chosen(st, options)["enabled"])
