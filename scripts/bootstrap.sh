@@ -10,6 +10,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || need_apt+=(libusb-1.0-0)  # open3d
 ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)  # gcloud emulators
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the results page test (headless, software GL)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
