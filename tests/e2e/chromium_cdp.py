@@ -97,7 +97,10 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float, interval: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:  # the page is still loading (no body yet, a navigation in flight)
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
