@@ -59,6 +59,12 @@ def http_exception_response(exc: HTTPException) -> flask.Response:
     return error_response(ApiError(status, code, exc.description or exc.name))
 
 
+def undecodable_body_response(exc: Exception) -> flask.Response:
+    """A body the framework could not decode (bad text encoding, JSON nested too deeply)."""
+    why = "nested too deeply" if isinstance(exc, RecursionError) else "not valid text"
+    return error_response(ApiError(400, "malformed_body", f"the request body is {why}"))
+
+
 def _media_type(request: flask.Request) -> str:
     return (request.mimetype or "").lower()
 

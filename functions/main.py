@@ -40,6 +40,7 @@ from functions.http_json import (
     http_exception_response,
     json_response,
     limit_request_bodies,
+    undecodable_body_response,
 )
 from functions.routing import Route, match
 
@@ -50,6 +51,10 @@ API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
 # The framework's own fixed routes (/robots.txt, /favicon.ico) and errors answer in JSON too.
 if functions_framework.errorhandler is not None:
     functions_framework.errorhandler(HTTPException)(http_exception_response)
+    # The framework decodes a CloudEvent's body before our code runs; undecodable or too deeply
+    # nested text is the sender's fault (a 400), not a crash that Eventarc would deliver again.
+    functions_framework.errorhandler(UnicodeDecodeError)(undecodable_body_response)
+    functions_framework.errorhandler(RecursionError)(undecodable_body_response)
 # functions-framework loads this module inside its app's context.
 if flask.has_app_context():
     limit_request_bodies(flask.current_app, video_upload.MAX_VIDEO_BYTES)

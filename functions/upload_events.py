@@ -106,7 +106,7 @@ def handle_cloud_event(event: Any, svc: Services) -> Outcome:
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             data = None
     outcome = handle(str(event["type"]), data, svc)
     log.info("on_upload %s: %s %s %s", event.get("subject") or event.get("id"), outcome.action,
