@@ -219,3 +219,22 @@ def test_stage_times_come_from_the_stages_own_clock() -> None:
     done = {"state": "SUCCEEDED", "started_at": "2026-01-01T12:00:00.000Z", "finished_at": "2026-01-01T13:02:03.000Z"}
     assert cli.stage_times(done, 1.0, now) == "1:02:03"
     assert cli.stage_times({"state": "PENDING", "started_at": None}, 0.0, now) == ""
+
+
+def test_api_flag_sends_the_google_id_token(capsys: pytest.CaptureFixture[str]) -> None:
+    from fn_testlib import RecordingServer
+
+    with RecordingServer(lambda method, path, body: (200, {"presets": ["preview"], "default_preset": "preview",
+                                                           "options": []})) as srv:
+        code, out, _ = _run(capsys, "--api", f"http://{srv.host}", "--id-token", "tok-123", "options")
+        (method, path, _, headers), = srv.requests
+    assert code == 0 and "presets: preview" in out
+    assert (method, path) == ("GET", "/options") and headers["Authorization"] == "Bearer tok-123"
+
+
+def test_api_flag_without_credentials_is_a_clear_error(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # a gcloud with no login
+    code, _, err = _run(capsys, "--api", "https://api.example.invalid", "options")
+    assert code == 1 and "no Google ID token" in err
