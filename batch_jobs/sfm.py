@@ -1,15 +1,22 @@
 """Stage `sfm`: cameras and a sparse model from the kept frames (pycolmap).
 
-1. SIFT features (GPU when pycolmap has CUDA), one shared camera for a video or for photos of
-   one size and one camera, else one per photo; EXIF focal lengths become priors.
+1. SIFT features (GPU when pycolmap has CUDA and a device is there), one shared camera for a
+   video or for photos of one size and one camera, else one per photo; EXIF focal lengths
+   become priors.
 2. Matching chosen by the input (`matcher: auto`): a photo set of up to
    `exhaustive_max_images` is matched exhaustively; a video (or a larger set, in name order)
    sequentially, with loop closure to spaced keyframes (see `sfm_pairs`).
 3. GLOMAP global mapping (focal priors, or `calibrate_view_graph`), falling back to incremental
    mapping when the global model is not sane (see `sfm_mapping`); the largest model is kept.
-4. Undistortion: `sfm/images/*.jpg` and the PINHOLE model `sfm/sparse/0/*.bin` matching them
+4. Verification against the evidence (`sfm_verify`): every verified image pair's own relative
+   pose against the model's. A model that fails is not published: the stage retries with what
+   is more robust (incremental mapping on the same matches, then doubled, finer features with
+   every pair matched), and when nothing passes fails `sfm_unreliable` (exit 3), naming the
+   cameras the evidence contradicts and the figures.
+5. Undistortion: `sfm/images/*.jpg` and the PINHOLE model `sfm/sparse/0/*.bin` matching them
    (same image names as `frames/images`), `sfm/transforms.json`, `sfm/points.ply`,
-   `sfm/report.json` (registered / total, reprojection error, points, mapper, timings).
+   `sfm/report.json` (registered / total, reprojection error, points, mapper, verification,
+   every solve tried, timings).
 
 Too few registered images is bad input (TOO_FEW_REGISTERED, exit 3): the frames do not see
 one scene with enough overlap.
@@ -20,10 +27,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_jobs import sfm_export, sfm_features, sfm_mapping, sfm_pairs, storage
+from batch_jobs import sfm_export, sfm_features, sfm_mapping, sfm_pairs, sfm_verify, storage
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 
@@ -31,11 +39,25 @@ VERSION = 1
 
 TOO_FEW_REGISTERED = "TOO_FEW_REGISTERED"
 BAD_FRAMES = "BAD_FRAMES"
+SFM_UNRELIABLE = "sfm_unreliable"  # every model made failed verification (sfm_verify)
 MIN_REGISTERED = 3
 REPORT_VERSION = 1
 
 # Progress: the share of the stage each phase takes (roughly, on CPU).
-PHASES = {"features": (0.0, 0.25), "matching": (0.25, 0.55), "mapping": (0.55, 0.9), "export": (0.9, 1.0)}
+PHASES = {"features": (0.0, 0.25), "matching": (0.25, 0.55), "mapping": (0.55, 0.85), "verify": (0.85, 0.9),
+          "export": (0.9, 1.0)}
+# Retries when verification fails: features doubled (at least RETRY_MIN_FEATURES, at most
+# MAX_RETRY_FEATURES), finer scales for frames that are not large, every pair matched up to
+# RETRY_EXHAUSTIVE_FACTOR times the preset's exhaustive limit.
+RETRY_MIN_FEATURES = 8192
+MAX_RETRY_FEATURES = 16384
+RETRY_EXHAUSTIVE_FACTOR = 2
+RETRY_UPSAMPLE_BELOW = 1600  # long side under which the retry's SIFT starts on the 2x upsampled image
+# The verification figures that become the stage's metrics (the rest stay in report.json).
+METRIC_FIGURES = frozenset(f"verify_{k}" for k in (
+    "passed", "pairs_judged", "pairs_disagreeing", "disagree_fraction", "rotation_error_median_deg",
+    "rotation_error_p95_deg", "suspect_images", "min_image_observations", "explained_median",
+    "track_length_mean", "reprojection_error_p95_px", "image_rotation_error_max_deg"))
 
 
 def _phase(ctx: StageContext, name: str) -> Any:
@@ -92,6 +114,47 @@ def choose_pairs(names: list[str], kind: str, params: dict[str, Any],
     return "sequential+loop", sorted(pairs | loop), loop
 
 
+@dataclass
+class Solve:
+    """One way of solving the cameras: its features, matching and mapper, and what it made."""
+
+    name: str  # "preset", "incremental", "more_features"
+    max_num_features: int
+    first_octave: int
+    matcher: str  # the matcher parameter (`auto`, `exhaustive`, `sequential`)
+    mapper: str
+    database: Path | None = None
+    matcher_used: str = ""
+    pairs: int = 0
+    verified_pairs: int = 0
+    loop_pairs: int = 0
+    loop_pairs_verified: int = 0
+    seconds: float = 0.0
+    priors: int = 0  # cameras given a focal-length prior
+    attempts: list[sfm_mapping.Attempt] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "max_num_features": self.max_num_features, "sift_first_octave": self.first_octave,
+                "matcher": self.matcher_used, "pairs": self.pairs, "verified_pairs": self.verified_pairs,
+                "mapper": self.mapper, "seconds": round(self.seconds, 3),
+                "attempts": [a.to_dict() for a in self.attempts]}
+
+
+def retries(first: Solve, n_images: int, long_side: int, params: dict[str, Any]) -> list[Solve]:
+    """What to try, in order, when the preset's solution fails verification: incremental mapping
+    on the same matches (when it did not run), then more and finer features with every pair
+    matched where that stays affordable, mapped globally and incrementally."""
+    out = []
+    if "incremental" not in {a.mapper for a in first.attempts}:
+        out.append(Solve("incremental", first.max_num_features, first.first_octave, first.matcher, "incremental",
+                         database=first.database))
+    exhaustive_ok = n_images <= RETRY_EXHAUSTIVE_FACTOR * int(params["exhaustive_max_images"])
+    octave = -1 if long_side < RETRY_UPSAMPLE_BELOW else first.first_octave
+    out.append(Solve("more_features", min(MAX_RETRY_FEATURES, max(RETRY_MIN_FEATURES, 2 * first.max_num_features)),
+                     octave, "exhaustive" if exhaustive_ok else first.matcher, "auto"))
+    return out
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     import pycolmap
 
@@ -103,46 +166,78 @@ def run(ctx: StageContext) -> dict[str, Any]:
     kind = frames_report.get("source", {}).get("kind", "images")
     work = ctx.work_root / "sfm"
     work.mkdir(parents=True, exist_ok=True)
-    database = work / "database.db"
     t_start = time.perf_counter()
 
     setup = camera_setup(names, frames_report, image_dir)
     long_side = max(max(image_size(image_dir / n)) for n in names)
-    first_octave = sfm_features.sift_first_octave(long_side)
-    with ctx.timed("features"):
-        sfm_features.extract(database, image_dir, names, setup, int(params["max_num_features"]),
-                             first_octave, _phase(ctx, "features"))
-        priors = sfm_features.apply_focal_priors(database, setup)
-    has_priors = priors > 0 and len(setup.focal_px) == len(names)
-
-    with ctx.timed("matching"):
-        matcher, pairs, loop = choose_pairs(names, kind, params, database)
-        sfm_features.match_pairs(database, names, pairs, work, _phase(ctx, "matching"))
-        verified = sfm_features.verified_pairs(database)
-        loop_verified = sum(tuple(sorted((names[i], names[j]))) in verified for i, j in loop)
-
-    with ctx.timed("mapping"):
-        chosen, attempts = sfm_mapping.reconstruct(database, image_dir, work / "models", len(names),
-                                                   params.get("mapper", "auto"), has_priors,
-                                                   _phase(ctx, "mapping"),
-                                                   refine_principal_point=setup.single and kind != "video")
+    refine_pp = setup.single and kind != "video"
     min_registered = max(MIN_REGISTERED, math.ceil(float(params["min_registered_fraction"]) * len(names)))
+
+    def attempt(solve: Solve, k: int, first: bool) -> tuple[sfm_mapping.Attempt, sfm_verify.Verification] | None:
+        """Run one solve; returns the first of its models that registers enough and verifies."""
+        t0 = time.perf_counter()
+        if solve.database is None:
+            solve.database = work / f"database-{k}.db"
+            with ctx.timed("features" if first else f"retry_{k}_features"):
+                sfm_features.extract(solve.database, image_dir, names, setup, solve.max_num_features,
+                                     solve.first_octave, _phase(ctx, "features") if first else _quiet)
+                priors = sfm_features.apply_focal_priors(solve.database, setup)
+            with ctx.timed("matching" if first else f"retry_{k}_matching"):
+                matcher, pairs, loop = choose_pairs(names, kind, {**params, "matcher": solve.matcher}, solve.database)
+                sfm_features.match_pairs(solve.database, names, pairs, work,
+                                         _phase(ctx, "matching") if first else _quiet)
+                verified = sfm_features.verified_pairs(solve.database)
+            solve.matcher_used, solve.pairs, solve.verified_pairs = matcher, len(pairs), len(verified)
+            solve.loop_pairs = len(loop)
+            solve.loop_pairs_verified = sum(tuple(sorted((names[i], names[j]))) in verified for i, j in loop)
+            solve.priors = priors
+        has_priors = solve.priors > 0 and len(setup.focal_px) == len(names)
+        progress = _phase(ctx, "mapping") if first else (lambda f, m: ctx.progress.update(
+            PHASES["verify"][0], f"retry ({solve.name}): {m}"))
+        with ctx.timed("mapping" if first else f"retry_{k}_mapping"):
+            _, solve.attempts = sfm_mapping.reconstruct(solve.database, image_dir, work / f"models-{k}", len(names),
+                                                        solve.mapper, has_priors, progress,
+                                                        refine_principal_point=refine_pp)
+        found = None
+        # Preference as sfm_mapping.choose: sane models first, then the most registered.
+        made = sorted((a for a in solve.attempts if a.model is not None and a.check is not None),
+                      key=lambda a: (not a.check.sane, -a.check.registered, a.check.reprojection_error))
+        with ctx.timed("verify" if first else f"retry_{k}_verify"):
+            for a in made:
+                if a.check.registered < min_registered:
+                    continue
+                ctx.progress.update(PHASES["verify"][0], f"verifying the {a.mapper} model against its image pairs")
+                a.verification = sfm_verify.verify(solve.database, a.model)
+                if a.verification.passed:
+                    found = (a, a.verification)
+                    break
+        solve.seconds = time.perf_counter() - t0
+        return found
+
+    first = Solve("preset", int(params["max_num_features"]), sfm_features.sift_first_octave(long_side),
+                  params.get("matcher", "auto"), params.get("mapper", "auto"))
+    solves = [first]
+    found = attempt(first, 0, True)
+    if found is None and any(a.verification is not None for a in first.attempts):  # made, but contradicted
+        for k, solve in enumerate(retries(first, len(names), long_side, params), start=1):
+            solves.append(solve)
+            ctx.progress.update(PHASES["verify"][0], f"the camera solution did not verify; retrying ({solve.name})")
+            found = attempt(solve, k, False)
+            if found is not None:
+                break
+
     report: dict[str, Any] = {
-        "version": REPORT_VERSION, "total": len(names), "kind": kind, "matcher": matcher,
-        "pairs": len(pairs), "verified_pairs": len(verified), "loop_pairs": len(loop),
-        "loop_pairs_verified": loop_verified, "single_camera": setup.single,
-        "focal_priors": len(setup.focal_px), "sift_first_octave": first_octave,
-        "attempts": [a.to_dict() for a in attempts], "min_registered": min_registered,
+        "version": REPORT_VERSION, "total": len(names), "kind": kind, "matcher": first.matcher_used,
+        "pairs": first.pairs, "verified_pairs": first.verified_pairs, "loop_pairs": first.loop_pairs,
+        "loop_pairs_verified": first.loop_pairs_verified, "single_camera": setup.single,
+        "focal_priors": len(setup.focal_px), "sift_first_octave": first.first_octave,
+        "attempts": [a.to_dict() for a in first.attempts], "min_registered": min_registered,
+        "solves": [s.to_dict() for s in solves],
     }
-    registered = chosen.check.registered if chosen else 0
-    if chosen is None or registered < min_registered:
-        report.update({"registered": registered, "mapper": chosen.mapper if chosen else None,
-                       "timings": dict(ctx.timings)})
-        (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=2))
-        detail = "; ".join(f"{a.mapper}: {a.error or (a.check.to_dict() if a.check else '')}" for a in attempts)
-        raise StageError(TOO_FEW_REGISTERED,
-                         f"only {registered} of {len(names)} images registered (at least {min_registered} "
-                         f"needed): the frames do not overlap enough to reconstruct one scene ({detail})")
+    if found is None:
+        _fail(ctx, report, solves, names, min_registered)
+    chosen, verification = found
+    solve = next(s for s in solves if chosen in s.attempts)
 
     export = _phase(ctx, "export")
     with ctx.timed("export"):
@@ -158,25 +253,68 @@ def run(ctx: StageContext) -> dict[str, Any]:
         xyz, rgb = sfm_export.points_arrays(undistorted)
         sfm_export.write_ply(ctx.out_dir / "points.ply", xyz, rgb)
 
+    registered = chosen.check.registered
     registered_names = sorted(im.name for im in model.images.values() if im.has_pose)
     report.update({
         "mapper": chosen.mapper,
+        "solve": solve.name,
+        "matcher": solve.matcher_used,
+        "max_num_features": solve.max_num_features,
         "registered": registered,
         "registered_fraction": round(registered / len(names), 4),
         "unregistered": sorted(set(names) - set(registered_names)),
         "points": int(model.num_points3D()),
         "mean_reprojection_error": round(float(model.compute_mean_reprojection_error()), 4),
         "mean_track_length": round(float(model.compute_mean_track_length()), 3),
+        "verification": verification.to_dict(),
         "cameras": {int(cid): sfm_features.camera_summary(c) for cid, c in model.cameras.items()},
         "undistorted_cameras": {int(cid): sfm_features.camera_summary(c)
                                 for cid, c in undistorted.cameras.items()},
         "timings": {**dict(ctx.timings), "total": round(time.perf_counter() - t_start, 3)},
-        "device": "cuda" if pycolmap.has_cuda else "cpu",
+        "device": sfm_features.device_name(),
     })
     storage.write_json(str(ctx.out_dir / "report.json"), report)
     return {"registered": registered, "total": len(names), "points": report["points"],
-            "mapper": chosen.mapper, "matcher": matcher,
-            "mean_reprojection_error": report["mean_reprojection_error"]}
+            "mapper": chosen.mapper, "matcher": solve.matcher_used, "solve": solve.name,
+            "mean_reprojection_error": report["mean_reprojection_error"],
+            "registered_images": registered, "registered_fraction": report["registered_fraction"],
+            "mean_reprojection_error_px": report["mean_reprojection_error"],
+            **{k: v for k, v in verification.metrics().items() if k in METRIC_FIGURES}}
+
+
+def _write_failure_report(ctx: StageContext, report: dict[str, Any]) -> None:
+    """The report of a failed run goes straight to the workspace (a failed stage uploads nothing
+    else): it holds the figures that explain the error."""
+    storage.write_json(storage.join(ctx.workspace, ctx.stage, "report.json"), report)
+
+
+def _quiet(fraction: float, message: str) -> None:
+    """Progress of a retry's features and matching: the stage's bar stays where it is."""
+
+
+def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names: list[str],
+          min_registered: int) -> None:
+    """Write the report and raise: too few images registered, or no model that verifies."""
+    made = [a for s in solves for a in s.attempts if a.model is not None and a.check is not None]
+    best_registered = max((a.check.registered for a in made), default=0)
+    verified = [(a, a.verification) for a in made if a.verification is not None]
+    report.update({"registered": best_registered, "mapper": None, "timings": dict(ctx.timings)})
+    if not verified:
+        report["error"] = TOO_FEW_REGISTERED
+        _write_failure_report(ctx, report)
+        detail = "; ".join(f"{a.mapper}: {a.error or (a.check.to_dict() if a.check else '')}"
+                           for s in solves for a in s.attempts)
+        raise StageError(TOO_FEW_REGISTERED,
+                         f"only {best_registered} of {len(names)} images registered (at least {min_registered} "
+                         f"needed): the frames do not overlap enough to reconstruct one scene ({detail})")
+    # The model the evidence contradicts least, to name its cameras and figures.
+    a, v = min(verified, key=lambda av: (av[1].figures["disagree_fraction"], len(av[1].suspect_images)))
+    report.update({"error": SFM_UNRELIABLE, "verification": v.to_dict()})
+    _write_failure_report(ctx, report)
+    tried = ", ".join(f"{s.name} ({'/'.join(x.mapper for x in s.attempts)})" for s in solves)
+    raise StageError(SFM_UNRELIABLE,
+                     f"no camera solution passed verification (tried: {tried}); the best, {a.mapper} with "
+                     f"{a.check.registered} of {len(names)} images: {'; '.join(v.problems)}; {v.summary()}")
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -2,12 +2,15 @@
 
 pycolmap's extraction and matching are single native calls with no progress callback; they
 run here over slices of the images / pairs, each slice one call, with the progress reported
-between slices. SIFT runs on the GPU when pycolmap has CUDA (`Device.auto`), else on every CPU
-core.
+between slices. SIFT, matching and bundle adjustment run on the GPU only when pycolmap was built
+with CUDA *and* the machine has a CUDA device (`use_gpu`): the CUDA build also runs on the CPU-only
+sfm VMs, where asking it for the GPU fails or falls back per call.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -33,6 +36,40 @@ class CameraSetup:
     focal_px: dict[str, float]  # image name -> EXIF/container focal prior, pixels
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the driver shows this process (honours CUDA_VISIBLE_DEVICES); 0 without a
+    driver. Asks libcuda directly: cheap, and needs neither torch nor a GPU build of anything."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+@functools.cache
+def use_gpu() -> bool:
+    """SIFT, matching and bundle adjustment on the GPU: pycolmap has CUDA and a device is there.
+    `SPLATPIPE_DEVICE=cpu` forces the CPU (tests of the CPU path on a GPU machine)."""
+    import pycolmap
+
+    if os.environ.get("SPLATPIPE_DEVICE", "").lower() == "cpu":
+        return False
+    return bool(pycolmap.has_cuda) and cuda_device_count() > 0
+
+
+def device() -> Any:
+    import pycolmap
+
+    return pycolmap.Device.cuda if use_gpu() else pycolmap.Device.cpu
+
+
+def device_name() -> str:
+    return "cuda" if use_gpu() else "cpu"
+
+
 def sift_first_octave(long_side: int) -> int:
     """-1 (upsample first) for small images, where the finest scale matters; 0 for large ones,
     which have features enough at full resolution, 4x cheaper to extract and as accurate."""
@@ -46,6 +83,7 @@ def extract(database: Path, image_dir: Path, names: Sequence[str], setup: Camera
     opts = pycolmap.FeatureExtractionOptions()
     opts.sift.max_num_features = int(max_num_features)
     opts.sift.first_octave = int(first_octave)
+    opts.use_gpu = use_gpu()
     step = max(MIN_IMAGES_PER_CALL, math.ceil(len(names) / chunks))
     camera_id = -1
     for start in range(0, len(names), step):
@@ -55,7 +93,8 @@ def extract(database: Path, image_dir: Path, names: Sequence[str], setup: Camera
         if setup.single and camera_id > 0:
             reader.existing_camera_id = camera_id  # later slices share the first slice's camera
         pycolmap.extract_features(str(database), str(image_dir), image_names=list(names[start:start + step]),
-                                  camera_mode=mode, reader_options=reader, extraction_options=opts)
+                                  camera_mode=mode, reader_options=reader, extraction_options=opts,
+                                  device=device())
         if setup.single and camera_id < 0:
             db = pycolmap.Database.open(str(database))
             try:
@@ -129,13 +168,14 @@ def match_pairs(database: Path, names: Sequence[str], pairs: Sequence[tuple[int,
 
     step = max(MIN_PAIRS_PER_CALL, math.ceil(len(pairs) / chunks))
     opts = pycolmap.FeatureMatchingOptions()
+    opts.use_gpu = use_gpu()
     for k, start in enumerate(range(0, len(pairs), step)):
         chunk = pairs[start:start + step]
         pair_file = work / f"pairs-{k:03d}.txt"
         pair_file.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in chunk))
         pairing = pycolmap.ImportedPairingOptions()
         pairing.match_list_path = str(pair_file)
-        pycolmap.match_image_pairs(str(database), matching_options=opts, pairing_options=pairing)
+        pycolmap.match_image_pairs(str(database), matching_options=opts, pairing_options=pairing, device=device())
         done = min(len(pairs), start + step)
         progress(done / len(pairs), f"matching: {done}/{len(pairs)} pairs")
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from batch_jobs import sfm_features
+
 Progress = Callable[[float, str], None]
 
 SEED = 0  # deterministic RANSAC and solvers: the same input gives the same model
@@ -67,11 +69,15 @@ class Attempt:
     error: str | None = None
     focal_source: str | None = None  # global: "prior" | "calibrate_view_graph"
     refined_principal_point: bool = False
+    verification: Any | None = None  # sfm_verify.Verification, once the model was verified
 
     def to_dict(self) -> dict[str, Any]:
+        v = self.verification
         return {"mapper": self.mapper, "seconds": round(self.seconds, 3), "error": self.error,
                 "focal_source": self.focal_source, "refined_principal_point": self.refined_principal_point,
-                **(self.check.to_dict() if self.check else {})}
+                **(self.check.to_dict() if self.check else {}),
+                "verification": None if v is None else {"passed": v.passed, "problems": v.problems,
+                                                        "figures": v.figures}}
 
 
 def check_model(rec: Any, total: int) -> ModelCheck:
@@ -125,6 +131,8 @@ def run_global(database: Path, image_dir: Path, out: Path, total: int, has_prior
         opts.mapper.random_seed = SEED
         opts.mapper.track_required_tracks_per_view = GLOBAL_TRACKS_PER_VIEW
         opts.mapper.bundle_adjustment.refine_principal_point = refine_principal_point
+        # pycolmap defaults this to True; on a CUDA build without a device that must not be asked.
+        opts.mapper.bundle_adjustment.ceres.use_gpu = sfm_features.use_gpu()
         out.mkdir(parents=True, exist_ok=True)
         recs = pycolmap.global_mapping(str(database), str(image_dir), str(out), opts)
     except Exception as exc:  # a failed attempt is a reason to fall back, not to stop
@@ -141,7 +149,7 @@ def run_incremental(database: Path, image_dir: Path, out: Path, total: int, prog
     t0 = time.perf_counter()
     opts = pycolmap.IncrementalPipelineOptions()
     opts.random_seed = SEED
-    opts.ba_use_gpu = bool(pycolmap.has_cuda)  # bundle adjustment on the GPU when there is one
+    opts.ba_use_gpu = sfm_features.use_gpu()  # not merely a CUDA build: a device must be there
     registered = [0]
 
     def next_image() -> None:
