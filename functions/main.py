@@ -5,7 +5,8 @@
                    and the task API (functions.task_api: uploads, options, list, cancel,
                    restart, delete, download) and the results page (functions.results_page:
                    GET /view/{id}?token=, its static files under /viewer/)
-  queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next
+  queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next,
+                   POST /webhook/{id} (functions.webhook_relay: the webhook, checked when sent)
   on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
   dispatch   HTTP  IAM-only, POST or GET: admission control (contract 5)
 
@@ -31,6 +32,7 @@ from functions import (
     task_api,
     upload_events,
     video_upload,
+    webhook_relay,
 )
 from functions.config import Settings
 from functions.context import Services, services
@@ -47,6 +49,7 @@ from functions.routing import Route, match
 log = logging.getLogger("splatpipe.functions")
 
 API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
+QUEUE_ROUTES = (*queue_service.ROUTES, *webhook_relay.ROUTES)
 
 # The framework's own fixed routes (/robots.txt, /favicon.ico) and errors answer in JSON too.
 if functions_framework.errorhandler is not None:
@@ -99,7 +102,7 @@ def api(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def queue(request: flask.Request) -> flask.Response:
-    return _serve(request, queue_service.ROUTES)
+    return _serve(request, QUEUE_ROUTES)
 
 
 @functions_framework.cloud_event

@@ -180,7 +180,7 @@ def deliver(url: str, body: Mapping[str, Any], *, local: bool, resolve: Resolver
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if parts.scheme == "http" and not local:
-        return Delivery(False, error="webhooks go over https")
+        return Delivery(False, error="refused: webhooks go over https off the local stack")
     ip = _parse_ip(host)
     try:
         addresses = [str(ip)] if ip is not None else list(resolve(host, port))

@@ -17,7 +17,7 @@ from fn_testlib import Buckets, FnApps, post_json, trigger_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from functions import queue_service
+from functions import queue_service, webhook_relay
 from functions.routing import Route
 
 _FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -149,7 +149,7 @@ def test_fuzz_the_public_api(fn_apps: FnApps, fuzz_env: dict, buckets: Buckets) 
 
 
 def test_fuzz_the_queue_service(fn_apps: FnApps, fuzz_env: dict, buckets: Buckets) -> None:
-    _fuzz(fn_apps.queue, tuple(queue_service.ROUTES))
+    _fuzz(fn_apps.queue, tuple(queue_service.ROUTES) + tuple(webhook_relay.ROUTES))
     assert fn_apps.queue.get("/queue").status_code == 200
     assert post_json(fn_apps.queue, "/enqueue", trigger_body(buckets, 998)).status_code == 202
 

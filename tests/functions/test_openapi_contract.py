@@ -61,11 +61,11 @@ QUEUE_SCHEMA = schemathesis.openapi.from_dict(function_document(RAW, "queue"))
 
 
 def test_document_covers_every_route_and_the_options_schema() -> None:
-    from functions import public_api, queue_service, results_page, task_api
+    from functions import public_api, queue_service, results_page, task_api, webhook_relay
 
     assert RAW["components"]["schemas"]["Options"] == json_schema()
     for function, routes in (("api", (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)),
-                             ("queue", queue_service.ROUTES)):
+                             ("queue", (*queue_service.ROUTES, *webhook_relay.ROUTES))):
         doc = function_document(RAW, function)
         documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item if m != "parameters"}
         served = {(r.method, r.pattern) for r in routes}

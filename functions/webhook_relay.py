@@ -1,0 +1,43 @@
+"""`POST /webhook/{request_id}` on the IAM-only `queue` function: send a request's webhook, with
+the target checked again at sending time.
+
+The workflow builds the webhook body (it knows the final state, outputs, error and warnings) and
+hands it here instead of posting to the caller's URL itself: Cloud Workflows' `http.post` would
+connect to whatever the name resolves to by then, an internal address included. Here the URL is
+the one stored with the request (never one from the body), and `functions.webhook.deliver`
+resolves it now, refuses it if any address is internal, and connects to the address it checked.
+
+Answers: 200 `{"delivered": true, "status": S}`; 422 `webhook_refused` when the target is (now)
+inside a private network (retrying will not help); 502 `webhook_failed` when it could not be
+delivered (the workflow's retry predicate retries a 502); 404 for an unknown request or one
+without a webhook.
+"""
+
+from __future__ import annotations
+
+import flask
+
+from functions import validation, webhook
+from functions.context import Services
+from functions.http_json import ApiError, json_response, read_json_object
+from functions.routing import Route
+
+
+def send(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
+    validation.request_id(request_id)
+    body = read_json_object(request)
+    record = svc.queue.get(request_id)
+    if record is None:
+        raise ApiError(404, "not_found", "no such request")
+    url = record.get("webhook_url")
+    if not url:
+        raise ApiError(404, "no_webhook", "the request has no webhook_url")
+    outcome = webhook.deliver(url, body, local=svc.settings.local_mode)
+    if outcome.delivered:
+        return json_response(outcome.to_json())
+    if outcome.error and outcome.error.startswith("refused"):
+        raise ApiError(422, "webhook_refused", outcome.error)
+    raise ApiError(502, "webhook_failed", outcome.error or "the webhook was not delivered")
+
+
+ROUTES = (Route("POST", "/webhook/{request_id}", send),)
