@@ -111,6 +111,11 @@ class ProgressReporter:
         if due:
             self._flush()
 
+    def note(self, key: str, value: Any) -> None:
+        """Write one attribute of the stage now (`stages.{stage}.{key}`), e.g. when a live preview
+        was written; like every progress write, a failure never fails the stage."""
+        self._write({jobrecord.stage_path(self.stage, key): value})
+
     def fail(self, error: dict[str, Any]) -> None:
         self._write({
             jobrecord.FIELD_ERROR: {k: error[k] for k in ("code", "message", "stage")},

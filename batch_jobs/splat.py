@@ -4,6 +4,10 @@ Reads `sfm/sparse/0` and `sfm/images/` (and `depth/*.npy` when the depth loss is
 `splat/point_cloud.ply` (standard 3DGS layout), `splat/scene.spz` (Niantic SPZ v3),
 `splat/preview.png` (a render from a training camera beside its photo) and
 `splat/report.json` (held-out PSNR / SSIM as `heldout_psnr` / `heldout_ssim`, training speed, Gaussian count, parameters).
+While it trains it rewrites `splat/live_preview.png` (functions.workspace.LIVE_PREVIEW: the same
+view's render beside its photo, at most 480 px high) every LIVE_PREVIEWS-th of the steps, and
+notes the time in the stage's status (`stages.splat.live_preview_at`), so the status and the
+results page show the training as it goes.
 
 On CUDA the renderer is `gsplat.rasterization`; on CPU gsplat's PyTorch reference projection
 plus our tiled rasterizer (batch_jobs.gaussians). Every 8th view (by name) is held out of
@@ -20,14 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from batch_jobs import storage
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import held_out, read_sparse_model
+from functions import jobrecord
+from functions.workspace import LIVE_PREVIEW
 
 VERSION = 1
 
 TOO_FEW_VIEWS = "TOO_FEW_VIEWS"
 HOLDOUT_EVERY = 8
+LIVE_PREVIEWS = 10  # live previews per training run
+LIVE_PREVIEW_MIN_STEPS = 50  # never more often than this
+LIVE_PREVIEW_MAX_HEIGHT = 480
 log = logging.getLogger("batch_jobs.splat")
 
 
@@ -41,10 +51,21 @@ def _depth_available(depth_dir: Path) -> bool:
 
 def write_preview(path: Path, render_rgb: np.ndarray, photo: np.ndarray) -> None:
     """The render (left) beside the photo (right), 8-bit PNG."""
+    path.write_bytes(preview_png(render_rgb, photo))
+
+
+def preview_png(render_rgb: np.ndarray, photo: np.ndarray, max_height: int | None = None) -> bytes:
+    """The render beside the photo as PNG bytes, scaled down to at most `max_height` rows."""
     import cv2
 
-    both = np.concatenate([render_rgb, photo], axis=1)
-    cv2.imwrite(str(path), cv2.cvtColor((np.clip(both, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    both = (np.clip(np.concatenate([render_rgb, photo], axis=1), 0, 1) * 255 + 0.5).astype(np.uint8)
+    if max_height is not None and both.shape[0] > max_height:
+        scale = max_height / both.shape[0]
+        both = cv2.resize(both, (max(1, round(both.shape[1] * scale)), max_height), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(both, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return bytes(data)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -94,8 +115,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
                       cap_max=int(p.get("cap_max", 1_000_000)), seed=seed)
     ctx.progress.update(0.02, f"training {len(params['means'])} Gaussians on {len(train_views)} views ({device})")
 
+    live_view = train_views[len(train_views) // 2]
+    live_every = max(LIVE_PREVIEW_MIN_STEPS, steps // LIVE_PREVIEWS)
+
+    def live_preview() -> None:
+        try:
+            with torch.no_grad():
+                out = render(params, live_view, sh_degree,
+                             background=torch.zeros(3, dtype=torch.float32, device=params["means"].device))
+            data = preview_png(out.rgb.detach().cpu().numpy(), live_view.image.cpu().numpy(),
+                               LIVE_PREVIEW_MAX_HEIGHT)
+            storage.write_bytes(storage.join(ctx.workspace, LIVE_PREVIEW), data, "image/png")
+            ctx.progress.note(jobrecord.STAGE_LIVE_PREVIEW_KEY,
+                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        except Exception as exc:  # a preview is a courtesy: it never fails the training
+            log.warning("live preview not written: %s", exc)
+
     def on_step(step: int, total: int, message: str) -> None:
         ctx.progress.update(0.02 + 0.88 * step / total, message)
+        if step % live_every == 0 and step < total:
+            live_preview()
 
     with ctx.timed("train"):
         stats = train(params, train_views, cfg, scene_scale, on_step)

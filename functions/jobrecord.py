@@ -88,6 +88,7 @@ FIELD_ATTEMPTS = "attempts"  # how many times the request was handed out
 FIELD_MIRROR_VERSION = "mirror_version"  # the record version the document holds (writes never go back)
 # Written by a running stage next to stages.{s}.message (batch_jobs.progress):
 STAGE_HEARTBEAT_KEY = "heartbeat_at"
+STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
 
 
 # Bounds on what a record keeps of `warnings` and `metrics` (the record stays small: it is read

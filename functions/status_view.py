@@ -4,7 +4,8 @@ Times are RFC 3339 UTC strings. Every requested stage appears in `stages` and `p
 and 0 until it starts); a FAILED stage carries its `error`. `warnings` lists what went wrong without
 failing the request (empty when nothing did); `metrics` holds each stage's headline figures. The
 running stage's own Firestore writes (`progress.{s}`, `stages.{s}.message`,
-`stages.{s}.heartbeat_at`) are overlaid when Firestore has them.
+`stages.{s}.heartbeat_at`, and `stages.splat.live_preview_at` when the training last rewrote its
+live preview, `GET /requests/{id}/live-preview`) are overlaid when Firestore has them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def render(record: Mapping[str, Any], stage_fields: Mapping[str, Any] | None = N
             "batch_job": st.get("batch_job"),
             "message": fs.get("message") if isinstance(fs.get("message"), str) else None,
             "heartbeat_at": _iso_any(fs.get(jobrecord.STAGE_HEARTBEAT_KEY)),
+            "live_preview_at": _iso_any(fs.get(jobrecord.STAGE_LIVE_PREVIEW_KEY)),
             "error": _stage_error(record, s) if st.get("state") == jobrecord.StageState.FAILED else None,
         }
         frac = float(record["progress"].get(s, 0.0))

@@ -7,6 +7,7 @@
   POST   /requests/{id}/restart          a finished request runs again: {from_stage?, options?}
   DELETE /requests/{id}                  outputs removed, the record kept as DELETED
   GET    /requests/{id}/download         a manifest of download URLs; `?format=zip`: one zip
+  GET    /requests/{id}/live-preview     the splat training's latest preview render (PNG)
 
 Every route is rate-limited per caller; those about a request need its callback token
 (`?callback_token=` or `X-Callback-Token`), and a wrong token answers like an unknown id.
@@ -147,6 +148,22 @@ def download(request: flask.Request, svc: Services, request_id: str) -> flask.Re
     return _guard(work)
 
 
+def live_preview(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
+    """GET /requests/{request_id}/live-preview: the training's latest render (the token may be in
+    the query, so that an <img> can show it)."""
+    headers = _rate_limit(request, svc)
+
+    def work() -> flask.Response:
+        resp = flask.Response(tasks.live_preview(svc, _record(request, svc, request_id)), status=200,
+                              mimetype="image/png")
+        resp.headers["Cache-Control"] = "no-store"
+        for k, v in headers.items():
+            resp.headers[k] = v
+        return resp
+
+    return _guard(work)
+
+
 ROUTES = (
     Route("POST", "/uploads", uploads),
     Route("GET", "/options", options),
@@ -155,4 +172,5 @@ ROUTES = (
     Route("POST", "/requests/{request_id}/restart", restart),
     Route("DELETE", "/requests/{request_id}", delete),
     Route("GET", "/requests/{request_id}/download", download),
+    Route("GET", "/requests/{request_id}/live-preview", live_preview),
 )

@@ -371,3 +371,22 @@ def start_upload(svc: Services, session_id: str, files: Sequence[UploadFile]) ->
     return {"session_id": session_id, "upload_id": upload_id,
             "input": entries[0]["object"] if single_video else f"gs://{bucket}/{prefix}",
             "files": entries, "expires_in_seconds": UPLOAD_URL_SECONDS}
+
+
+# --- live preview ----------------------------------------------------------------------------------
+
+MAX_LIVE_PREVIEW_BYTES = 4 * 1024 * 1024
+
+
+def live_preview(svc: Services, record: Mapping[str, Any]) -> bytes:
+    """The training's latest preview render (a small PNG); WrongStateError when there is none."""
+    if record["state"] == jobrecord.State.DELETED.value:
+        raise WrongStateError(record["state"], "request is DELETED; its outputs are gone")
+    ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(record["request_id"]))
+    blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LIVE_PREVIEW}",
+                                                                       timeout=gcs.TIMEOUT_SECONDS)
+    if blob is None:
+        raise WrongStateError(record["state"], "no live preview yet: the splat stage writes one while it trains")
+    if (blob.size or 0) > MAX_LIVE_PREVIEW_BYTES:
+        raise ResultTooLargeError(f"the live preview is {blob.size} bytes")
+    return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))

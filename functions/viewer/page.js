@@ -71,6 +71,23 @@ function renderStatus(st) {
   $("warnings").hidden = warnings.length === 0;
   $("warnings").textContent = warnings.map((w) => `[${w.stage}] ${w.code}: ${w.message}`).join("\n");
   renderMetrics(st);
+  renderLivePreview(st);
+}
+
+// While the splat trains, its stage rewrites a small render every few hundred steps.
+let livePreviewAt = null;
+function renderLivePreview(st) {
+  const at = (st.stages.splat || {}).live_preview_at;
+  if (!at || at === livePreviewAt || TERMINAL.has(st.state)) return;
+  livePreviewAt = at;
+  const url = new URL(`requests/${requestId}/live-preview`, api);
+  url.searchParams.set("callback_token", token);
+  url.searchParams.set("at", at);
+  $("preview").src = url.href;
+  $("preview").hidden = false;
+  $("no-preview").textContent = `live: the training at ${new Date(at).toLocaleTimeString()}`;
+  $("no-preview").hidden = false;
+  state.livePreviews = (state.livePreviews || 0) + 1;
 }
 
 function fmt(v) {
@@ -207,7 +224,7 @@ async function showOutputs() {
   if (byName.preview) {
     $("preview").src = byName.preview.url;
     $("preview").hidden = false;
-    $("no-preview").hidden = true;
+    $("no-preview").hidden = true;  // the final render replaces the live one
   }
   const splatFile = byName.splat_spz || byName.splat_ply;
   if (!splatFile) {

@@ -231,3 +231,40 @@ def test_restart_clears_what_the_last_runs_stages_wrote_to_firestore(
     st = fn_apps.api.post(f"/requests/{rid}/restart", headers={TOKEN: token}).get_json()
     assert st["state"] == "QUEUED" and st["progress"]["splat"] == 0 and st["stages"]["splat"]["message"] is None
     assert "progress" not in (doc.get().to_dict() or {})
+
+
+def test_live_preview_route_and_its_time_in_the_status(fn_apps: FnApps, buckets: Buckets, fn_env: dict,
+                                                       firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from functions.status_mirror import firestore_client
+
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    rid, token = _trigger(fn_apps, buckets)
+    fn_apps.queue.get("/next")
+    put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING"})
+    err = assert_error(fn_apps.api.get(f"/requests/{rid}/live-preview?callback_token={token}"), 409, "wrong_state")
+    assert "no live preview yet" in err["message"]
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    _put(buckets, f"jobs/{rid}/splat/live_preview.png", png)  # as the splat stage writes it
+    firestore_client("splatpipe-local").collection("reconstructions").document(rid).update(
+        {"stages.splat.live_preview_at": "2026-12-02T03:00:00Z"})
+    resp = fn_apps.api.get(f"/requests/{rid}/live-preview?callback_token={token}")
+    assert resp.status_code == 200 and resp.mimetype == "image/png" and resp.data == png
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert_error(fn_apps.api.get(f"/requests/{rid}/live-preview?callback_token=nope"), 404, "not_found")
+    st = fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json()
+    assert st["stages"]["splat"]["live_preview_at"] == "2026-12-02T03:00:00Z"
+    assert st["stages"]["frames"]["live_preview_at"] is None
+
+
+def test_preview_png_is_small() -> None:
+    import cv2
+    import numpy as np
+
+    from batch_jobs.splat import LIVE_PREVIEW_MAX_HEIGHT, preview_png
+
+    render = np.random.default_rng(0).random((1080, 1440, 3)).astype(np.float32)
+    data = preview_png(render, render * 0.5, LIVE_PREVIEW_MAX_HEIGHT)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (LIVE_PREVIEW_MAX_HEIGHT, 1280, 3)
+    full = cv2.imdecode(np.frombuffer(preview_png(render[:64, :64], render[:64, :64]), np.uint8), cv2.IMREAD_COLOR)
+    assert full.shape == (64, 128, 3)
