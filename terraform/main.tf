@@ -154,6 +154,19 @@ resource "google_storage_bucket" "bucket" {
     log_object_prefix = "${each.key}/"
   }
 
+  # The results page (GET /view/{id} on the api) reads a request's outputs through signed URLs from
+  # the browser: the data bucket answers GET from the api's origin
+  # (https://cloud.google.com/storage/docs/using-cors).
+  dynamic "cors" {
+    for_each = each.key == "data" ? [local.function_urls["api"]] : []
+    content {
+      origin          = [cors.value]
+      method          = ["GET", "HEAD"]
+      response_header = ["Content-Type", "Content-Length", "ETag"]
+      max_age_seconds = 3600
+    }
+  }
+
   dynamic "lifecycle_rule" {
     for_each = each.value.lifecycle_rules
     content {
