@@ -1,7 +1,7 @@
 """`workflows/reconstruct.yaml` on the local engine: real Batch jobs (the real stages on the storage
 emulator, or a job whose command sleeps where a test needs a job that runs a while) built by
 dispatch's own code. The far side of its HTTP calls (the queue function's GET/PUT /status,
-dispatch, the webhook) is a recording HTTP server: the workflow's own boundary."""
+dispatch, POST /webhook/{id}) is a recording HTTP server: the workflow's own boundary."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_a_stage_runs_as_a_batch_job_and_the_request_completes(
     assert set(metrics) == {"frames"} and metrics["frames"]  # the stage's _SUCCESS.json metrics
     assert completed == {"state": "COMPLETED", "outputs": {"frames_report": report}}
     assert len(http_server.calls("POST", "/dispatch")) == 1
-    (hook,) = http_server.calls("POST", "/hook")
+    (hook,) = http_server.calls("POST", f"/queue/webhook/{ws['request_id']}")
     assert hook.body == {"request_id": ws["request_id"], "state": "COMPLETED",
                          "outputs": {"frames_report": report}, "error": None, "warnings": []}
     # Batch received dispatch's body unchanged, under a fresh id.
@@ -162,7 +162,8 @@ def test_bad_input_fails_the_request_with_the_stage_error_and_the_job_is_deleted
 
     storage.write_bytes(workspace["input"], b"this is not a video " * 200)
     processing(http_server, workspace["request_id"])
-    http_server.answer("/hook", (404, {"error": "gone"}))  # a broken webhook changes nothing
+    # The queue could not deliver the webhook (502): retried, then the request's state is unaffected.
+    http_server.answer(f"/queue/webhook/{workspace['request_id']}", (502, {"error": "webhook_failed"}))
     ex = run_reconstruct(engine, settings(http_server), argument(workspace, webhook_url=http_server.url + "/hook"))
     err = error_payload(ex)
     assert err["code"] == "NOT_A_VIDEO" and err["stage"] == "frames" and "FFmpeg" in err["message"]
@@ -172,7 +173,7 @@ def test_bad_input_fails_the_request_with_the_stage_error_and_the_job_is_deleted
     (job_dir,) = job_dirs(local_batch)
     assert [p.name for p in job_dir.glob("*.log")] == ["task0-attempt0.log"]  # exit code 3: no retry
     assert len(http_server.calls("POST", "/dispatch")) == 1
-    assert http_server.calls("POST", "/hook")[0].body["state"] == "FAILED"
+    assert http_server.calls("POST", f"/queue/webhook/{workspace['request_id']}")[0].body["state"] == "FAILED"
     assert any("webhook failed" in json.dumps(line["payload"]) for line in ex.rt.logs)
 
 
@@ -268,7 +269,7 @@ def test_a_failed_best_effort_stage_is_a_warning_on_a_completed_request(
     assert states == [("frames", "RUNNING", None), ("frames", "SUCCEEDED", None), ("mesh", "RUNNING", None),
                       ("mesh", "FAILED", None), (None, None, "COMPLETED")]
     assert puts(http_server, rid)[3] == {"stage": "mesh", "stage_state": "FAILED", "warnings": [warning]}
-    assert http_server.calls("POST", "/hook")[0].body["warnings"] == [warning]
+    assert http_server.calls("POST", f"/queue/webhook/{rid}")[0].body["warnings"] == [warning]
 
 
 def test_a_disabled_stage_boots_no_vm_and_is_reported_skipped(
