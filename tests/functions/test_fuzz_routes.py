@@ -121,9 +121,11 @@ def fuzz_env(fn_env: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def _api_routes() -> tuple[Route, ...]:
-    from functions import main
+    # As functions/main.py wires them (importing main here would register its error handlers on
+    # an app that already served requests).
+    from functions import public_api, results_page, task_api
 
-    return tuple(main.API_ROUTES)
+    return (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
 
 
 def _fuzz(client: Any, routes: tuple[Route, ...]) -> None:
