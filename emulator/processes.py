@@ -81,6 +81,8 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     pid_file: Path | None = None
+    env: dict[str, str] | None = None  # what was set over os.environ (to start it again the same way)
+    cwd: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -122,7 +124,7 @@ def start_process(name: str, cmd: Sequence[str], run_dir: Path, *, env: Mapping[
                                  cwd=str(cwd) if cwd else None, start_new_session=True)
     pid_file = run_dir / f"{name}.pid"
     pid_file.write_text(str(popen.pid))
-    proc = ManagedProcess(name, popen, log_path, pid_file)
+    proc = ManagedProcess(name, popen, log_path, pid_file, dict(env) if env else None, cwd)
     if ready is not None:
         deadline = time.monotonic() + timeout
         while not ready():

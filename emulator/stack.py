@@ -6,8 +6,15 @@ the Firestore emulator; the local Workflows engine with the local Batch runner (
 `workflows/reconstruct.yaml` with its user environment variables); the four functions
 (functions-framework: `api`, `queue`, `on_upload`, `dispatch`); the event relay (local Eventarc
 to `on_upload`); the scheduler (local Cloud Scheduler calling `dispatch`). Each process has a PID
-file and a log in the run directory; `stack.json` there says what runs where. `down` stops
-exactly the processes with PID files there (and any Batch task processes still running).
+file and a log in the run directory; `stack.json` there says what runs where and how each process
+was started, so `restart(name)` can bring one back on the same port (fault tests kill one by PID
+and restart it). `down` stops exactly the processes with PID files there (and any Batch task
+processes still running).
+
+The functions are served as Cloud Run serves them: the functions-framework command, which runs
+gunicorn's threaded worker (one worker process, `THREADS` threads, 4 per CPU by default) when
+gunicorn is installed, as it is here and in Cloud Run's Python runtime; never Flask's development
+server.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from emulator.processes import (
     free_port,
     http_ok,
     pid_alive,
+    port_open,
     start_process,
+    stop_pid,
     stop_pid_file,
 )
 
@@ -150,10 +159,30 @@ class Stack:
         self.config = config or StackConfig()
         self.run_dir = Path(self.config.run_dir)
         self.started: list[tuple[str, int]] = []
+        self.commands: dict[str, dict[str, Any]] = {}
 
-    def _track(self, proc: ManagedProcess) -> ManagedProcess:
+    def _track(self, proc: ManagedProcess, port: int | None = None) -> ManagedProcess:
         self.started.append((proc.name, proc.pid))
+        self.commands[proc.name] = {"cmd": [str(a) for a in proc.popen.args], "env": proc.env or {},
+                                    "cwd": str(proc.cwd) if proc.cwd else None, "port": port}
         return proc
+
+    def restart(self, name: str, timeout: float = 90.0) -> int:
+        """Start a stopped (or killed) process of the running stack again, as it was started, on the
+        same port; its new PID (stack.json is updated)."""
+        state_file = self.run_dir / STATE_FILE
+        state = json.loads(state_file.read_text())
+        spec = state["commands"][name]
+        old = int(state["processes"][name])
+        if pid_alive(old):
+            stop_pid(old)
+        port = spec.get("port")
+        proc = start_process(name, spec["cmd"], self.run_dir, env=spec["env"] or None,
+                             cwd=Path(spec["cwd"]) if spec.get("cwd") else None,
+                             ready=(lambda: port_open(int(port))) if port else None, timeout=timeout)
+        state["processes"][name] = proc.pid
+        state_file.write_text(json.dumps(state, indent=2))
+        return proc.pid
 
     def up(self, log: Any = print) -> StackInfo:
         """Start everything; on any failure stop what was started and raise."""
@@ -174,21 +203,21 @@ class Stack:
         depth_model, untrained = resolve_depth_model(c.depth_model)
         log("starting Redis, the Pub/Sub, Cloud Storage and Firestore emulators …")
         redis_svc = services.start_redis(self.run_dir)
-        self._track(redis_svc.process)
+        self._track(redis_svc.process, redis_svc.port)
         pubsub = services.start_pubsub(self.run_dir, project=c.project)
-        self._track(pubsub.process)
+        self._track(pubsub.process, pubsub.port)
         with _env({"PUBSUB_EMULATOR_HOST": pubsub.host}):
             from emulator.relay import ensure_topic_and_subscription
 
             ensure_topic_and_subscription(c.project, TOPIC, SUBSCRIPTION)
         gcs = services.start_gcs(self.run_dir, pubsub=pubsub, topic=TOPIC, project=c.project,
                                  event_bucket=c.uploads_bucket)
-        self._track(gcs.process)
+        self._track(gcs.process, gcs.port)
         storage_host = gcs.env["STORAGE_EMULATOR_HOST"]
         for bucket in (c.uploads_bucket, c.data_bucket):
             _create_bucket(storage_host, c.project, bucket)
         firestore = services.start_firestore(self.run_dir, project=c.project)
-        self._track(firestore.process)
+        self._track(firestore.process, firestore.port)
 
         ports = {name: free_port() for name, _ in FUNCTIONS}
         ports["workflows"] = free_port()
@@ -222,7 +251,8 @@ class Stack:
             [sys.executable, "-m", "emulator.workflows", "--port", str(ports["workflows"]), "--run-dir",
              str(self.run_dir / "workflows"), "--workflow", f"{c.workflow_name}={WORKFLOW_YAML}",
              "--env-file", str(env_file), "--project", c.project, "--location", c.region],
-            self.run_dir, env=env, ready=http_ok(f"{urls['workflows']}/healthz"), timeout=60, cwd=REPO))
+            self.run_dir, env=env, ready=http_ok(f"{urls['workflows']}/healthz"), timeout=60, cwd=REPO),
+            ports["workflows"])
 
         log("starting the functions …")
         ff = Path(sys.executable).with_name("functions-framework")
@@ -231,7 +261,7 @@ class Stack:
                    str(REPO / "functions" / "main.py"), "--signature-type", signature, "--host", HOST,
                    "--port", str(ports[name])]
             self._track(start_process(f"fn-{name}", cmd, self.run_dir, env=env,
-                                      ready=http_answers(f"{urls[name]}/"), timeout=90, cwd=REPO))
+                                      ready=http_answers(f"{urls[name]}/"), timeout=90, cwd=REPO), ports[name])
 
         self._track(start_process(
             "relay", [sys.executable, "-m", "emulator.relay", "--project", c.project, "--topic", TOPIC,
@@ -246,7 +276,7 @@ class Stack:
         dead = [n for n, p in self.started if not pid_alive(p)]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited at start; see {self.run_dir}/<name>.log")
-        (self.run_dir / STATE_FILE).write_text(json.dumps(info.to_json(), indent=2))
+        (self.run_dir / STATE_FILE).write_text(json.dumps({**info.to_json(), "commands": self.commands}, indent=2))
         log(f"local stack up in {time.monotonic() - t0:.0f}s (run dir {self.run_dir})")
         return info
 
