@@ -91,30 +91,47 @@ function renderLivePreview(st) {
 }
 
 function fmt(v) {
-  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en") : v.toPrecision(4);
+  if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en") : String(Number(v.toPrecision(4)));
   return String(v);
 }
 
+// The figures a reader looks for first; every other scalar a stage reported is under "all".
+const HEADLINE = [
+  ["sfm", "registered_images", "registered images"], ["sfm", "registered_fraction", "registered fraction"],
+  ["sfm", "mean_reprojection_error_px", "reprojection error (px)"], ["splat", "heldout_psnr", "held-out PSNR (dB)"],
+  ["splat", "heldout_ssim", "held-out SSIM"], ["splat", "gaussians", "Gaussians"],
+  ["splat", "steps_per_s", "training steps/s"], ["mesh", "vertices", "mesh vertices"], ["mesh", "faces", "mesh faces"],
+];
+
+function metricRow(body, key, label, value) {
+  const row = body.insertRow();
+  row.dataset.metric = key;
+  cell(row, label);
+  cell(row, fmt(value), "num");
+}
+
 function renderMetrics(st) {
+  const metrics = st.metrics || {};
   const body = $("metrics").tBodies[0];
+  const all = $("all-metrics").tBodies[0];
   const rows = [];
-  for (const [stage, values] of Object.entries(st.metrics || {})) {
-    for (const [k, v] of Object.entries(values || {})) rows.push([stage, k, v]);
+  for (const [stage, key, label] of HEADLINE) {
+    const v = (metrics[stage] || {})[key];
+    if (v !== undefined && v !== null) rows.push([`${stage}.${key}`, label, v]);
   }
   for (const name of st.stages_requested) {
     const s = st.stages[name] || {};
     const t = seconds(s.started_at, s.finished_at);
-    if (t !== null) rows.push([name, "seconds", t]);
+    if (t !== null) rows.push([`${name}.seconds`, `${name} (s)`, t]);
   }
   if (!rows.length) return;
   body.replaceChildren();
-  for (const [stage, k, v] of rows) {
-    const row = body.insertRow();
-    row.dataset.metric = `${stage}.${k}`;
-    cell(row, stage);
-    cell(row, k);
-    cell(row, fmt(v), "num");
+  for (const [key, label, v] of rows) metricRow(body, key, label, v);
+  all.replaceChildren();
+  for (const [stage, values] of Object.entries(metrics)) {
+    for (const [k, v] of Object.entries(values || {})) metricRow(all, `all:${stage}.${k}`, `${stage}.${k}`, v);
   }
+  $("all-metrics-box").hidden = !all.rows.length;
 }
 
 // --- the 3D view -------------------------------------------------------------------------------
@@ -151,9 +168,35 @@ renderer.setAnimationLoop(() => {
   if (splat && state.viewer === "rendering" && ++frames > 10) setViewer("ready");
 });
 
-// SfM / COLMAP frames look down +z with y down; three.js looks down -z with y up.
-function toThree(object) {
-  object.quaternion.set(1, 0, 0, 0);
+// Frames: the SfM world is COLMAP's (y down, z forward), and so are the PLY and the GLB; the SPZ
+// is stored y up, z back (x kept, y and z negated). With the training cameras of
+// sfm/transforms.json the view is set in the SfM world, so the SPZ is turned back into it; without
+// them everything is shown y up and the view is fitted to the bounding box.
+let inSfmWorld = false;
+function place(object, storedYUp) {
+  if (storedYUp === inSfmWorld) object.quaternion.set(1, 0, 0, 0); // 180 degrees about x
+}
+
+// sfm/transforms.json: camera-to-world matrices in the OpenGL convention (three.js's own) in the
+// splat's world frame: start from the middle training view, the one the preview shows.
+function fromTransforms(doc, box) {
+  const frames = doc.frames || [];
+  if (!frames.length) return false;
+  const f = [...frames].sort((a, b) => a.file_path.localeCompare(b.file_path))[Math.floor(frames.length / 2)];
+  const m = new THREE.Matrix4().fromArray(f.transform_matrix.flat()).transpose();
+  m.decompose(camera.position, camera.quaternion, new THREE.Vector3());
+  camera.up.set(0, 1, 0).applyQuaternion(camera.quaternion);
+  if (doc.camera_angle_y) camera.fov = (doc.camera_angle_y * 180) / Math.PI;
+  const center = box.getCenter(new THREE.Vector3());
+  const size = box.getSize(new THREE.Vector3()).length() || 1;
+  const forward = new THREE.Vector3(0, 0, -1).applyQuaternion(camera.quaternion);
+  const dist = Math.max(size * 0.05, center.clone().sub(camera.position).dot(forward));
+  camera.near = size / 1000;
+  camera.far = size * 100;
+  camera.updateProjectionMatrix();
+  controls.target.copy(camera.position).addScaledVector(forward, dist);
+  controls.update();
+  return true;
 }
 
 function frame(box) {
@@ -173,16 +216,17 @@ async function bytes(url) {
   return new Uint8Array(await resp.arrayBuffer());
 }
 
-async function showSplat(file) {
+async function showSplat(file, transforms) {
   setViewer("loading", `loading the splat (${(file.size / 1e6).toFixed(1)} MB) …`);
   const fileType = file.path.endsWith(".spz") ? "spz" : "ply";
   splat = new SplatMesh({ fileBytes: await bytes(file.url), fileType, fileName: file.path });
   await splat.initialized;
-  toThree(splat);
+  inSfmWorld = Boolean(transforms && (transforms.frames || []).length);
+  place(splat, fileType === "spz");
   scene.add(splat);
   splat.updateMatrixWorld(true);
   const box = splat.getBoundingBox(true).applyMatrix4(splat.matrixWorld);
-  frame(box);
+  if (!transforms || !fromTransforms(transforms, box)) frame(box);
   state.splats = splat.packedSplats ? splat.packedSplats.numSplats : 0;
   $("viewer-note").textContent = `${fmt(state.splats)} Gaussians · drag to orbit, scroll to zoom`;
   setViewer("rendering");
@@ -191,7 +235,9 @@ async function showSplat(file) {
 async function loadMesh(file) {
   const gltf = await new GLTFLoader().parseAsync((await bytes(file.url)).buffer, "");
   mesh = gltf.scene;
-  toThree(mesh);
+  // A fused surface has no reliable inside and outside: show both sides of every face.
+  mesh.traverse((o) => { if (o.material) o.material.side = THREE.DoubleSide; });
+  place(mesh, false);
   mesh.visible = false;
   scene.add(mesh);
   state.mesh = true;
@@ -227,11 +273,19 @@ async function showOutputs() {
     $("no-preview").hidden = true;  // the final render replaces the live one
   }
   const splatFile = byName.splat_spz || byName.splat_ply;
+  let transforms = null;
+  if (byName.transforms) {
+    try {
+      transforms = JSON.parse(new TextDecoder().decode(await bytes(byName.transforms.url)));
+    } catch (err) {
+      transforms = null; // the bounding box frames the view instead
+    }
+  }
   if (!splatFile) {
     setViewer("none", "this request has no splat");
   } else {
     try {
-      await showSplat(splatFile);
+      await showSplat(splatFile, transforms);
     } catch (err) {
       setViewer("error", `the splat did not load: ${err.message}`);
     }
