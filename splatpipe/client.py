@@ -50,8 +50,16 @@ class SplatpipeError(Exception):
         self.message = message
 
 
-def _session_name(path: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path.rstrip("/")).name or "capture").strip("-.")[:60] or "capture"
+GENERIC_FOLDERS = frozenset({"images", "photos", "pictures", "frames", "img", "jpg", "input"})
+
+
+def session_name(path: str) -> str:
+    """A fresh session id named after the source (`sceaux-castle-images-20261202-031500-ab12`)."""
+    p = Path(path.rstrip("/"))
+    name = p.name or "capture"
+    if name.lower() in GENERIC_FOLDERS and p.parent.name:
+        name = f"{p.parent.name}-{name}"
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:60] or "capture"
     if not base[0].isalnum():
         base = "c" + base
     return f"{base}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -234,7 +242,7 @@ class Client:
         """Make a request for `source`: a local video, a local folder of photos (both uploaded
         first), or a gs:// URI the api may read. Returns its handle (with the callback token)."""
         source = str(source)
-        sid = session_id or _session_name(source)
+        sid = session_id or session_name(source)
         uri = source if source.startswith("gs://") else self.upload(source, sid)
         opts = dict(options or {})
         if preset:

@@ -238,3 +238,14 @@ def test_api_flag_without_credentials_is_a_clear_error(capsys: pytest.CaptureFix
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # a gcloud with no login
     code, _, err = _run(capsys, "--api", "https://api.example.invalid", "options")
     assert code == 1 and "no Google ID token" in err
+
+
+def test_session_names_come_from_the_source() -> None:
+    from functions.validation import SESSION_ID_RE
+    from splatpipe.client import session_name
+
+    assert session_name("../shared/datasets/sceaux-castle/images").startswith("sceaux-castle-images-")
+    assert session_name("/tmp/My Walk.mp4/").startswith("My-Walk.mp4-")
+    assert session_name("gs://b/x/").startswith("x-")
+    for src in ("../shared/datasets/sceaux-castle/images", "/", "__/", "ümlaut", "-x"):
+        assert SESSION_ID_RE.fullmatch(session_name(src)), src
