@@ -14,8 +14,8 @@
   (https://cloud.google.com/batch/docs/create-run-job-gpus,
   https://cloud.google.com/batch/docs/vm-os-environment-overview). The stage runner checks CUDA
   before it starts (GPUS_ENV; batch_jobs.runner.require_gpus) and fails with `no_cuda`;
-- `maxRunDuration` and `maxRetryCount` from the registry; exit code 3 (bad input) fails the
-  task without a retry (a lifecycle policy);
+- `maxRunDuration` and `maxRetryCount` from the registry; exit code 3 (bad input) and 50005
+  (past maxRunDuration) fail the task without a retry (a lifecycle policy);
 - Spot or standard VMs, the job's service account and network, labels, Cloud Logging.
 """
 
@@ -35,6 +35,11 @@ GPUS_ENV = "SPLATPIPE_GPUS"
 
 EXIT_BAD_INPUT = 3
 """The stage runner's exit code for bad input (batch_jobs.errors): the task fails, no retry."""
+EXIT_MAX_RUN_DURATION = 50005
+"""Batch's reserved exit code for a task past its maxRunDuration: a rerun would time out again.
+A lifecycle policy may name Batch's own exit codes
+(https://cloud.google.com/batch/docs/automate-task-retries)."""
+NO_RETRY_EXIT_CODES = (EXIT_BAD_INPUT, EXIT_MAX_RUN_DURATION)
 BOOT_DISK_GB = 100
 GPU_BOOT_IMAGE = "batch-debian"
 PROVISIONING_MODELS = ("STANDARD", "SPOT")
@@ -220,7 +225,7 @@ def job_body(stage: str, request_id: str, workspace: str, options: Mapping[str, 
                             "memoryMib": int(shape.memory_gib * 1024 * MEMORY_FRACTION)},
         "maxRetryCount": st.max_retries,
         "maxRunDuration": f"{st.max_run_seconds}s",
-        "lifecyclePolicies": [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": [EXIT_BAD_INPUT]}}],
+        "lifecyclePolicies": [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": list(NO_RETRY_EXIT_CODES)}}],
     }
     return {
         "priority": 99 - 10 * int(priority),

@@ -222,7 +222,15 @@ def test_the_bodies_dispatch_builds_are_accepted(local_batch: LocalBatch) -> Non
         body = batch_job.job_body(name, "r", "gs://d/jobs/r", {"preset": "standard"}, 5, bs)
         spec = parse_job(PARENT, "sp-" + name, body)
         assert spec.max_run_duration == stages.stage(name).max_run_seconds
-        assert spec.lifecycle[0].action == "FAIL_TASK" and spec.lifecycle[0].exit_codes == {3}
+        assert spec.lifecycle[0].action == "FAIL_TASK" and spec.lifecycle[0].exit_codes == {3, 50005}
+
+
+def test_a_timed_out_task_under_the_stages_policy_is_not_retried(local_batch: LocalBatch, tmp_path: Path) -> None:
+    from functions.batch_job import NO_RETRY_EXIT_CODES
+
+    policy = [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": list(NO_RETRY_EXIT_CODES)}}]
+    done = run(local_batch, "timeout-once", job("sleep 30", retries=2, max_run="1s", lifecycle=policy))
+    assert done["status"]["state"] == "FAILED" and exit_codes(done) == [EXIT_MAX_RUN_DURATION]
 
 
 def test_this_machine_has_no_gpu_for_a_gpu_job(local_batch: LocalBatch, tmp_path: Path) -> None:

@@ -65,9 +65,10 @@ def test_every_body_loads_into_the_batch_v1_job(name: str, preset: str, priority
     (nic,) = job.allocation_policy.network.network_interfaces
     assert nic.no_external_ip_address and nic.subnetwork == BS.subnetwork
     assert dict(job.labels) == {"app": "splatpipe", "stage": name, "request_id": "req_1"}
-    (bad_input,) = spec.lifecycle_policies
-    assert bad_input.action == batch_v1.LifecyclePolicy.Action.FAIL_TASK
-    assert list(bad_input.action_condition.exit_codes) == [3]
+    (no_retry,) = spec.lifecycle_policies
+    assert no_retry.action == batch_v1.LifecyclePolicy.Action.FAIL_TASK
+    # bad input, and a task past its time limit: a rerun cannot help, so no GPU hours on one
+    assert list(no_retry.action_condition.exit_codes) == [3, 50005]
 
 
 def test_a_field_batch_does_not_know_is_refused() -> None:
