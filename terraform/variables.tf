@@ -42,18 +42,18 @@ variable "gpu_type" {
 }
 
 variable "gpu_count" {
-  description = "GPUs per GPU stage VM: the number the machine type carries (g2-standard-8: 1 nvidia-l4; g2-standard-24: 2; a2/a3 types name theirs, e.g. a2-highgpu-2g: 2); on an n1 type 1, 2 or 4 (8 for nvidia-tesla-v100)."
+  description = "GPUs per GPU stage VM: the number the machine type carries (g2-standard-8: 1 nvidia-l4; g2-standard-24: 2; a2-highgpu types name theirs, e.g. a2-highgpu-2g: 2); on an n1 type 1, 2 or 4 (8 for nvidia-tesla-v100)."
   type        = number
   default     = 1
 
   # Accelerator-optimized machine types carry a fixed number of GPUs of one model
   # (https://cloud.google.com/compute/docs/accelerator-optimized-machines): G2 from the table
-  # below, A2/A3 in the name (-Ng); GPUs attach to N1 types in the counts each model allows
+  # below, A2 (a2-highgpu-1g/2g/4g/8g, the A2 types the Batch job builder knows) in the name (-Ng); GPUs attach to N1 types in the counts each model allows
   # (https://cloud.google.com/compute/docs/gpus). Any other machine type carries no GPU.
   validation {
     condition = (
       startswith(var.gpu_machine_type, "g2-") ? lookup(local.g2_gpus, var.gpu_machine_type, -1) == var.gpu_count
-      : can(regex("^a[23]-[a-z]+gpu-[0-9]+g$", var.gpu_machine_type)) ? tonumber(regex("([0-9]+)g$", var.gpu_machine_type)[0]) == var.gpu_count
+      : can(regex("^a2-highgpu-[1248]g$", var.gpu_machine_type)) ? tonumber(regex("([0-9]+)g$", var.gpu_machine_type)[0]) == var.gpu_count
       : startswith(var.gpu_machine_type, "n1-") ? contains(lookup(local.n1_gpu_counts, var.gpu_type, []), var.gpu_count)
       : false
     )
