@@ -106,3 +106,42 @@ def test_cancel_restart_from_stage_download_delete(stack: StackClient, synthetic
     manifest = requests.get(f"{stack.urls['api']}/requests/{rid}/download",
                             headers={"X-Callback-Token": handle.token}, timeout=30)
     assert manifest.status_code == 409
+
+
+def test_webhooks_through_the_stack_are_signed(stack: StackClient, video_uri: str) -> None:
+    """The workflow hands the webhook to the queue function, which signs what it sends."""
+    import http.server
+    import json
+    import threading
+
+    from functions import webhook_signing
+
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rid = stack.enqueue({"session_id": "e2e-hook", "input": video_uri, "stages": ["frames"],
+                             "options": {"preset": "preview", "max_frames": 4},
+                             "webhook_url": f"http://127.0.0.1:{server.server_port}/hook"})
+        assert stack.wait([rid], timeout=180)[rid]["state"] == "COMPLETED"
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((headers, body),) = got
+    assert json.loads(body)["request_id"] == rid and json.loads(body)["state"] == "COMPLETED"
+    ts, sig = headers[webhook_signing.TIMESTAMP_HEADER], headers[webhook_signing.SIGNATURE_HEADER]
+    assert webhook_signing.verify(body, ts, sig, stack.env["WEBHOOK_SECRET"])
+    assert not webhook_signing.verify(body, ts, sig, "another secret")
