@@ -91,6 +91,10 @@ main:
     ("- a:\n    return: ${" + " + ".join(["1"] * 200) + "}\n", "longer than 400"),
     ("- a:\n    try:\n      assign:\n        - x: 1\n    except:\n      steps:\n        - b:\n            return: 1\n",
      "a call or `steps`"),
+    # Google documents `next` and `steps` in a switch condition; an action goes in a nested step.
+    ("- a:\n    switch:\n      - condition: true\n        return: 1\n", "next and/or steps"),
+    ("- a:\n    switch:\n      - condition: true\n        raise: \"no\"\n", "next and/or steps"),
+    ("- a:\n    switch:\n      - condition: true\n        assign:\n          - x: 1\n", "next and/or steps"),
 ])
 def test_bad_definitions_are_refused_at_deploy(engine: WorkflowsEngine, body: str, message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
@@ -283,17 +287,23 @@ main:
     - s:
         switch:
           - condition: ${x > 10}
-            assign:
-              - path: "big"
+            steps:
+              - big:
+                  assign:
+                    - path: "big"
           - condition: ${x > 5}
             steps:
               - nested:
                   assign:
                     - path: "medium"
           - condition: ${x == 0}
-            return: "zero"
+            steps:
+              - zero:
+                  return: "zero"
           - condition: ${x < 0}
-            raise: "negative"
+            steps:
+              - negative:
+                  raise: "negative"
         next: none_matched
     - after_switch:
         return: ${path}

@@ -1,5 +1,5 @@
 """The engine as a server: the real google-cloud-workflows ExecutionsClient and the REST subset
-(contract 5) on one port; the Cloud Storage and Batch connectors against real back ends."""
+(README "Local stack") on one port; the Cloud Storage and Batch connectors against real back ends."""
 
 from __future__ import annotations
 
@@ -30,9 +30,11 @@ main:
     - check:
         switch:
           - condition: ${map.get(args, "fail") == true}
-            raise:
-              code: "ASKED"
-              message: "asked to fail"
+            steps:
+              - fail:
+                  raise:
+                    code: "ASKED"
+                    message: "asked to fail"
     - r:
         return:
           echo: ${args}
