@@ -29,6 +29,7 @@ from typing import Any
 
 from functions import stages
 from functions.config import Settings
+from functions.jobrecord import PRIORITY_MAX, PRIORITY_MIN
 
 GPUS_ENV = "SPLATPIPE_GPUS"
 """Set in a job's environment to the GPUs its VM carries ("0" on CPU machines)."""
@@ -41,7 +42,14 @@ A lifecycle policy may name Batch's own exit codes
 (https://cloud.google.com/batch/docs/automate-task-retries)."""
 NO_RETRY_EXIT_CODES = (EXIT_BAD_INPUT, EXIT_MAX_RUN_DURATION)
 BOOT_DISK_GB = 100
+# A Batch image short name for the boot disk (AllocationPolicy.Disk.image:
+# https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs#Disk).
 GPU_BOOT_IMAGE = "batch-debian"
+# Job.priority is in [0, 100), higher first
+# (https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs#Job); the queue's
+# priorities run from PRIORITY_MIN (first) to PRIORITY_MAX, spread evenly over it.
+BATCH_PRIORITY_TOP = 99
+_PRIORITY_STEP = BATCH_PRIORITY_TOP // max(1, PRIORITY_MAX - PRIORITY_MIN)
 PROVISIONING_MODELS = ("STANDARD", "SPOT")
 # What the task asks of the VM: all of its vCPUs and most of its memory (the OS, the Batch agent
 # and the container runtime keep the rest).
@@ -170,14 +178,23 @@ class BatchSettings:
 
 
 def label_value(text: str) -> str:
-    """A Batch/Compute label value: lowercase letters, digits, `-` and `_`, at most 63."""
+    """A Batch/Compute label value: lowercase letters, digits, `-` and `_`, at most 63
+    (https://cloud.google.com/compute/docs/labeling-resources#requirements)."""
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
 
 
 def job_id_prefix(stage: str, request_id: str) -> str:
     """The start of the stage's job ids; the workflow appends `-{milliseconds}` for each attempt
-    (ids are unique per project and region, at most 63 characters)."""
+    (ids are unique per project and region: a lowercase letter, then lowercase letters, digits and
+    `-`, at most 63 characters: https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs/create)."""
     return f"sp-{stage}-" + re.sub(r"[^a-z0-9-]", "-", request_id.lower())[:36]
+
+
+def batch_priority(priority: int) -> int:
+    """The Batch Job priority of a request's queue priority (PRIORITY_MIN runs first)."""
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(f"priority {priority} is outside {PRIORITY_MIN}..{PRIORITY_MAX}")
+    return BATCH_PRIORITY_TOP - _PRIORITY_STEP * (priority - PRIORITY_MIN)
 
 
 def job_body(stage: str, request_id: str, workspace: str, options: Mapping[str, Any], priority: int,
@@ -228,7 +245,7 @@ def job_body(stage: str, request_id: str, workspace: str, options: Mapping[str, 
         "lifecyclePolicies": [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": list(NO_RETRY_EXIT_CODES)}}],
     }
     return {
-        "priority": 99 - 10 * int(priority),
+        "priority": batch_priority(priority),
         "taskGroups": [{"taskCount": 1, "parallelism": 1, "taskSpec": task_spec}],
         "allocationPolicy": allocation,
         "labels": labels,
@@ -239,8 +256,6 @@ def job_body(stage: str, request_id: str, workspace: str, options: Mapping[str, 
 # How long the workflow waits for one job: every attempt's time limit, plus time in the queue
 # for a VM (Spot capacity can take a while).
 QUEUE_WAIT_SECONDS = 6 * 3600
-# Re-creations of a job that failed for a transient reason (preemption, stockout, quota).
-TRANSIENT_RECREATIONS = 5
 
 
 def stage_jobs(stage_names: list[str] | tuple[str, ...], request_id: str, workspace: str,
@@ -257,7 +272,6 @@ def stage_jobs(stage_names: list[str] | tuple[str, ...], request_id: str, worksp
             "outputs": dict(st.outputs),
             "best_effort": st.best_effort,
             "wait_seconds": st.max_run_seconds * (st.max_retries + 1) + QUEUE_WAIT_SECONDS,
-            "recreations": TRANSIENT_RECREATIONS,
         }
     return {"stages": run, "disabled": [s for s in stage_names if s not in run], "jobs": jobs,
             "batch_parent": bs.parent}

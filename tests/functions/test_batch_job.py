@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
 from google.cloud import batch_v1
 from google.protobuf.json_format import ParseDict
 
+from emulator.workflows.executions import MAX_ARGUMENT_BYTES
 from functions import batch_job, stages
 from functions.batch_job import BatchConfigError, BatchSettings
 from functions.config import Settings
+from functions.jobrecord import PRIORITY_MAX, PRIORITY_MIN
 from functions.options import PRESETS, normalize_options
 
 BS = BatchSettings(project="proj", region="europe-west4", job_image="europe-docker.pkg.dev/p/r/job:1",
@@ -34,7 +37,7 @@ def test_every_body_loads_into_the_batch_v1_job(name: str, preset: str, priority
     body = batch_job.job_body(name, "Req_1", "gs://data/jobs/Req_1", options, priority, BS)
     job = _proto(body)
     st = stages.stage(name)
-    assert job.priority == 99 - 10 * priority
+    assert job.priority == batch_job.batch_priority(priority)
     (group,) = job.task_groups
     spec = group.task_spec
     assert group.task_count == 1 and spec.max_retry_count == st.max_retries
@@ -69,6 +72,34 @@ def test_every_body_loads_into_the_batch_v1_job(name: str, preset: str, priority
     assert no_retry.action == batch_v1.LifecyclePolicy.Action.FAIL_TASK
     # bad input, and a task past its time limit: a rerun cannot help, so no GPU hours on one
     assert list(no_retry.action_condition.exit_codes) == [3, 50005]
+
+
+def test_queue_priorities_map_onto_the_batch_range_in_order() -> None:
+    # Job.priority is in [0, 100), higher first; the queue's PRIORITY_MIN runs first.
+    got = [batch_job.batch_priority(p) for p in range(PRIORITY_MIN, PRIORITY_MAX + 1)]
+    assert got == sorted(got, reverse=True) and len(set(got)) == len(got)
+    assert got[0] == 99 and 0 <= got[-1] < 100
+    with pytest.raises(ValueError):
+        batch_job.batch_priority(PRIORITY_MAX + 1)
+
+
+def test_the_largest_execution_argument_fits_workflows_limit() -> None:
+    # Every stage's job body travels in the execution argument, which Workflows caps
+    # (https://cloud.google.com/workflows/quotas; the local engine's MAX_ARGUMENT_BYTES).
+    long = "x" * 63
+    bs = BatchSettings(project=long[:30], region="northamerica-northeast1", job_image="europe-docker.pkg.dev/"
+                       + long + "/" + long + "/job@sha256:" + "f" * 64, data_bucket=long,
+                       service_account=long[:30] + "@" + long[:30] + ".iam.gserviceaccount.com",
+                       network="projects/" + long[:30] + "/global/networks/" + long,
+                       subnetwork="projects/" + long[:30] + "/regions/northamerica-northeast1/subnetworks/" + long)
+    request_id = "r" * 36
+    workspace = f"gs://{long}/jobs/{request_id}"
+    arg = {"request_id": request_id, "workspace": workspace, "input": f"gs://{long}/sessions/{long}/",
+           "options": normalize_options({"preset": "high"}), "priority": PRIORITY_MAX,
+           "webhook_url": "https://" + "w" * 2000, **batch_job.stage_jobs(list(stages.ORDER), request_id, workspace,
+                                                                         normalize_options({"preset": "high"}),
+                                                                         PRIORITY_MAX, bs)}
+    assert len(json.dumps(arg).encode()) < MAX_ARGUMENT_BYTES
 
 
 def test_a_field_batch_does_not_know_is_refused() -> None:
