@@ -1,4 +1,4 @@
-"""The stage runner: the stage contract of DESIGN.md, shared by every stage.
+"""The stage runner: what every stage shares (README "Stages").
 
 `python -m batch_jobs run STAGE --workspace URI [--request-id ID] [--options JSON]`
 

@@ -6,7 +6,7 @@ One pass:
    happen exactly once, however many dispatches run at once), or FAILED after `MAX_ATTEMPTS`.
 2. While fewer than `MAX_CONCURRENT_JOBS` requests hold a lease: take the next one (the take
    script checks the limit atomically), make sure its `request.json` is there, start a workflow
-   execution (contract 1), and record the execution name, which renews the lease to
+   execution (its argument: docs/contracts.md "Workflow execution argument"), and record the execution name, which renews the lease to
    `LEASE_SECONDS`. Until then the lease is short, so a dispatch that dies mid-way gives the
    request back within minutes. If the executor refuses, the request goes back at its place and
    the pass stops starting more.
@@ -30,7 +30,7 @@ START_LEASE_SECONDS = 300.0
 
 
 def execution_argument(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The workflow's argument (contract 1; docs/contracts.md): the request, the stages to run
+    """The workflow's argument (docs/contracts.md "Workflow execution argument"): the request, the stages to run
     (the requested ones its options leave on), those switched off, and each stage's Batch Job
     body with what the workflow reports for it (functions.batch_job)."""
     request_id = record["request_id"]
@@ -111,7 +111,7 @@ def start_admitted(svc: Services, executor: Executor) -> list[str]:
 
 
 def run(svc: Services, executor: Executor) -> dict[str, Any]:
-    """One dispatch pass; the response body of contract 5."""
+    """One dispatch pass; its response body (README "States and the queue service")."""
     requeued = requeue_expired(svc, executor)
     started = start_admitted(svc, executor)
     if svc.mirror is not None:

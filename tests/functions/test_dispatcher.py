@@ -172,7 +172,7 @@ def test_cancelled_between_take_and_start_cancels_the_execution(fn_apps: FnApps,
 # --- the executor ---------------------------------------------------------------------------------
 
 def _engine(executions: dict[str, dict]) -> RecordingServer:
-    """A stand-in of the local Workflows engine's REST subset (contract 5)."""
+    """A stand-in of the local Workflows engine's REST subset (README "Local stack")."""
 
     def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
         prefix = "/v1/projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions"

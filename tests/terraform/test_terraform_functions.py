@@ -22,7 +22,7 @@ FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 @pytest.fixture(scope="module")
 def entry_points() -> dict[str, str]:
-    assert codescan.FUNCTIONS_MAIN.exists(), "functions/main.py (the entry points, contract 7) is missing"
+    assert codescan.FUNCTIONS_MAIN.exists(), "functions/main.py (the entry points) is missing"
     found = codescan.entry_points()
     assert found, "functions/main.py registers no functions_framework entry point"
     return found
@@ -41,7 +41,7 @@ def test_every_entry_point_is_deployed_with_its_signature_type(functions, entry_
 
 
 def test_contract_entry_points_are_in_the_code(entry_points):
-    # COMMON contract 7: the roles below (public api, upload events, scheduler) name these.
+    # functions/main.py's entry points (README "Layout"): the roles below (public api, upload events, scheduler) name these.
     assert entry_points == {"api": "http", "queue": "http", "on_upload": "cloudevent", "dispatch": "http"}
 
 
@@ -270,6 +270,6 @@ def test_requirements_cover_what_the_functions_import():
 
 
 def test_functions_import_nothing_heavy_from_the_repository():
-    # DESIGN: the function source stays small; batch_jobs (and the local stack) are not deployed.
+    # The function source stays small (README "Layout"): batch_jobs (and the local stack) are not deployed.
     bad = {m for m in codescan.imported_modules() if m.split(".")[0] in {"batch_jobs", "emulator", "tests"}}
     assert not bad
