@@ -90,7 +90,9 @@ def list_requests(request: flask.Request, svc: Services) -> flask.Response:
 
     def work() -> flask.Response:
         records = tasks.session_requests(svc, sid, token)
-        return json_response({"session_id": sid, "requests": [_view(svc, r) for r in records]}, 200, headers)
+        # The queue's records alone (no Firestore read per request): a list, not a live view.
+        views = [status_view.render(r, None, link=svc.links.link) for r in records]
+        return json_response({"session_id": sid, "requests": views}, 200, headers)
 
     return _guard(work)
 
