@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from batch_jobs import runner, storage
-from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, StageError
+from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, NO_CUDA, StageError
+from functions.batch_job import GPUS_ENV
 
 
-def _stage(upstream: tuple[str, ...], body: Any) -> types.ModuleType:
+def _stage(body: Any) -> types.ModuleType:
+    # The stages a stage reads come from the registry (functions.stages), not the module.
     mod = types.ModuleType("fake_stage")
-    mod.UPSTREAM = upstream
     mod.VERSION = 1
     mod.run = body
     return mod
@@ -42,7 +43,7 @@ def test_success_skip_and_rerun_on_changed_options(workspace: Path, monkeypatch:
         (ctx.out_dir / "images" / "a.jpg").write_bytes(b"jpg")
         return {"kept": 1}
 
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage((), body))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(body))
     first = runner.run_stage("frames", str(workspace))
     assert first.exit_code == EXIT_OK and first.status == "succeeded"
     success = json.loads((workspace / "frames" / "_SUCCESS.json").read_text())
@@ -59,7 +60,7 @@ def test_success_skip_and_rerun_on_changed_options(workspace: Path, monkeypatch:
 
 
 def test_upstream_missing_is_a_clear_error(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(("frames",), lambda ctx: {}))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(lambda ctx: {}))
     res = runner.run_stage("sfm", str(workspace))
     assert res.exit_code == EXIT_BAD_INPUT
     assert res.error["code"] == "MISSING_INPUT" and "frames" in res.error["message"]
@@ -70,21 +71,21 @@ def test_stage_error_and_crash_exit_codes(workspace: Path, monkeypatch: pytest.M
     def bad(ctx: runner.StageContext) -> dict[str, Any]:
         raise StageError("NO_VIDEO_STREAM", "input has no video stream")
 
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage((), bad))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(bad))
     res = runner.run_stage("frames", str(workspace))
     assert (res.exit_code, res.error["code"]) == (EXIT_BAD_INPUT, "NO_VIDEO_STREAM")
 
     def crash(ctx: runner.StageContext) -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage((), crash))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(crash))
     res = runner.run_stage("frames", str(workspace))
     assert (res.exit_code, res.error["code"]) == (EXIT_RETRYABLE, "INTERNAL")
     assert not (workspace / "frames" / "_SUCCESS.json").exists()
 
 
 def test_bad_request_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage((), lambda ctx: {}))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(lambda ctx: {}))
     res = runner.run_stage("frames", str(tmp_path))
     assert res.exit_code == EXIT_BAD_INPUT and "request.json" in res.error["message"]
     (tmp_path / "request.json").write_text(json.dumps({"input": "/nope", "options": {"preset": "x"}}))
@@ -101,7 +102,39 @@ def test_gcs_workspace_round_trip(gcs_bucket: str, tmp_path: Path, monkeypatch: 
         (ctx.out_dir / "report.json").write_text("{}")
         return {}
 
-    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage((), body))
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(body))
     assert runner.run_stage("frames", ws).status == "succeeded"
     assert storage.list_files(f"{ws}/frames") == ["_SUCCESS.json", "report.json"]
     assert runner.run_stage("frames", ws).status == "skipped"
+
+
+# --- a VM given a GPU: no CUDA is a clear failure, never a CPU run --------------------------------
+
+def test_a_stage_given_a_gpu_without_cuda_fails_with_no_cuda(workspace: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert not torch.cuda.is_available()  # this machine has no GPU: the real check, not a stand-in
+    calls: list[Any] = []
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(lambda ctx: calls.append(ctx) or {}))
+    monkeypatch.setenv(GPUS_ENV, "1")
+    res = runner.run_stage("frames", str(workspace))
+    assert res.status == "failed" and res.exit_code == EXIT_BAD_INPUT and calls == []
+    assert res.error is not None and res.error["code"] == NO_CUDA == "no_cuda"
+    assert "CUDA sees 0" in res.error["message"]
+    assert json.loads((workspace / "frames" / "_ERROR.json").read_text())["code"] == "no_cuda"
+
+    monkeypatch.setenv(GPUS_ENV, "0")  # a CPU machine runs on the CPU
+    assert runner.run_stage("frames", str(workspace)).status == "succeeded" and len(calls) == 1
+
+
+def test_an_optional_upstream_that_did_not_run_is_not_required(workspace: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (workspace / "sfm").mkdir()
+    (workspace / "sfm" / "_SUCCESS.json").write_text("{}")
+    calls: list[Any] = []
+    monkeypatch.setattr(runner, "load_stage_module", lambda s: _stage(lambda ctx: calls.append(ctx) or {}))
+    res = runner.run_stage("splat", str(workspace))  # depth was switched off: no depth/ at all
+    assert res.status == "succeeded", res.error
+    assert res.success is not None and res.success["inputs"]["depth"] == "absent"
+    assert calls[0].input_dir("depth").is_dir() is False  # local workspace: the folder is simply absent
