@@ -107,6 +107,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _loopback(url: str) -> bool:
+    import urllib.parse
+
+    return urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def google_id_token(audience: str) -> str:
     """A Google ID token for `audience`: google-auth's ADC (service accounts, the metadata server),
     else `gcloud auth print-identity-token` (a user's login)."""
@@ -172,6 +178,8 @@ class Client:
         """`api` given: a deployed environment, authorized by a Google ID token (found unless
         given). Else the local stack that is up (see :func:`find_local_stack`)."""
         if api:
+            if id_token is None and _loopback(api):  # a local stack's own port: no Google identity
+                return cls(api, timeout=timeout)
             return cls(api, id_token=id_token or google_id_token(api.rstrip("/")), timeout=timeout)
         url = find_local_stack()
         if url is None:

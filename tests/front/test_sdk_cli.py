@@ -249,3 +249,13 @@ def test_session_names_come_from_the_source() -> None:
     assert session_name("gs://b/x/").startswith("x-")
     for src in ("../shared/datasets/sceaux-castle/images", "/", "__/", "ümlaut", "-x"):
         assert SESSION_ID_RE.fullmatch(session_name(src)), src
+
+
+def test_api_flag_on_loopback_needs_no_google_identity(capsys: pytest.CaptureFixture[str]) -> None:
+    from fn_testlib import RecordingServer
+
+    with RecordingServer(lambda method, path, body: (200, {"presets": [], "default_preset": "standard",
+                                                           "options": []})) as srv:
+        code, _, _ = _run(capsys, "--api", f"http://{srv.host}", "options")
+        (_, _, _, headers), = srv.requests
+    assert code == 0 and "Authorization" not in headers
