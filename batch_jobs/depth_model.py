@@ -1,6 +1,6 @@
 """Depth-Anything-V2 through transformers: find the model, load it, run it in batches.
 
-`DEPTH_MODEL` (folded into the depth stage's parameters by presets.py) is a Hugging Face id
+`DEPTH_MODEL` (folded into the depth stage's parameters by functions.stages.resolve) is a Hugging Face id
 (loaded through the hub cache), a local directory, or a `gs://` directory, copied locally
 first. On CUDA the model runs in fp16. The relative models predict affine-invariant inverse
 depth (disparity); the metric ones predict depth; `DepthModel.kind` says which.

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_jobs import presets, storage
+from batch_jobs import storage
 from batch_jobs.errors import (
     BAD_REQUEST,
     EXIT_BAD_INPUT,
@@ -220,7 +220,7 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
         if not request_id:
             reporter = ProgressReporter(stage, default_sinks(stage, request.get("request_id")))
         try:
-            params = presets.resolve(stage, request["options"])
+            params = stages.resolve(stage, request["options"])
         except ValueError as exc:
             raise StageError(BAD_REQUEST, str(exc)) from exc
         inputs = input_fingerprints(stage, workspace, request)

@@ -2,8 +2,8 @@
 
 `options` in `POST /trigger-reconstruction` is `{preset: preview|standard|high, …}` plus the
 overrides below. The control plane validates and normalises them here (unknown keys and bad
-values are the caller's error, a 422); `batch_jobs.presets` turns the normalised options into
-per-stage parameters.
+values are the caller's error, a 422); the stage registry (`functions.stages.resolve`) turns the
+normalised options into per-stage parameters.
 """
 
 from __future__ import annotations
