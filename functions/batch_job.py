@@ -137,7 +137,7 @@ class BatchSettings:
     job_image: str
     data_bucket: str
     depth_model: str = stages.DEFAULT_DEPTH_MODEL
-    cpu_machine_type: str = "c2-standard-8"
+    cpu_machine_type: str = "n2-standard-8"  # the defaults are terraform/variables.tf's (tests/terraform)
     gpu_machine_type: str = "g2-standard-8"
     gpu_type: str = "nvidia-l4"
     gpu_count: int = 1

@@ -53,11 +53,11 @@ variable "gpu_count" {
   validation {
     condition = (
       startswith(var.gpu_machine_type, "g2-") ? lookup(local.g2_gpus, var.gpu_machine_type, -1) == var.gpu_count
-      : can(regex("^a2-highgpu-[1248]g$", var.gpu_machine_type)) ? tonumber(regex("([0-9]+)g$", var.gpu_machine_type)[0]) == var.gpu_count
+      : can(regex("^a2-highgpu-[1248]g$", var.gpu_machine_type)) ? var.gpu_type == "nvidia-tesla-a100" && tonumber(regex("([0-9]+)g$", var.gpu_machine_type)[0]) == var.gpu_count
       : startswith(var.gpu_machine_type, "n1-") ? contains(lookup(local.n1_gpu_counts, var.gpu_type, []), var.gpu_count)
       : false
     )
-    error_message = "gpu_count must be the number of GPUs gpu_machine_type carries (g2-standard-4/8/12/16/32: 1, g2-standard-24: 2, g2-standard-48: 4, g2-standard-96: 8; a2-highgpu-2g: 2; n1-*: 1, 2 or 4 nvidia-tesla-t4, up to 8 nvidia-tesla-v100)."
+    error_message = "gpu_count must be the number of GPUs gpu_machine_type carries (g2-standard-4/8/12/16/32: 1, g2-standard-24: 2, g2-standard-48: 4, g2-standard-96: 8; a2-highgpu-2g: 2 nvidia-tesla-a100; n1-*: 1, 2 or 4 nvidia-tesla-t4, up to 8 nvidia-tesla-v100)."
   }
 }
 

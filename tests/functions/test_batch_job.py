@@ -42,7 +42,7 @@ def test_every_body_loads_into_the_batch_v1_job(name: str, preset: str, priority
     spec = group.task_spec
     assert group.task_count == 1 and spec.max_retry_count == st.max_retries
     assert spec.max_run_duration.seconds == st.max_run_seconds
-    assert spec.compute_resource.cpu_milli == 8000  # c2-standard-8 / g2-standard-8: 8 vCPUs, 32 GiB
+    assert spec.compute_resource.cpu_milli == 8000  # n2-standard-8 / g2-standard-8: 8 vCPUs, 32 GiB
     assert 0.8 * 32 * 1024 < spec.compute_resource.memory_mib < 32 * 1024
     (runnable,) = spec.runnables
     assert list(runnable.container.commands) == ["run", name, "--workspace", "gs://data/jobs/Req_1",
@@ -62,7 +62,7 @@ def test_every_body_loads_into_the_batch_v1_job(name: str, preset: str, priority
         assert [(a.type_, a.count) for a in policy.accelerators] == [("nvidia-l4", 1)]
         assert policy.boot_disk.image == "batch-debian"  # the driver is visible in the container
     else:
-        assert policy.machine_type == "c2-standard-8" and not policy.accelerators
+        assert policy.machine_type == "n2-standard-8" and not policy.accelerators
         assert policy.boot_disk.image == ""  # the default image is enough without a GPU
     assert job.allocation_policy.service_account.email == BS.service_account
     (nic,) = job.allocation_policy.network.network_interfaces
@@ -142,7 +142,7 @@ def test_settings_from_the_dispatch_functions_environment(monkeypatch: pytest.Mo
     bs = BatchSettings.from_env(Settings(project="p", region="europe-west4", job_image="img", data_bucket="d"))
     assert (bs.gpu_machine_type, bs.gpu_type, bs.gpu_count, bs.provisioning_model) == (
         "n1-standard-8", "nvidia-tesla-t4", 2, "SPOT")
-    assert bs.cpu_machine_type == "c2-standard-8" and bs.parent == "projects/p/locations/europe-west4"
+    assert bs.cpu_machine_type == "n2-standard-8" and bs.parent == "projects/p/locations/europe-west4"
     body = batch_job.job_body("depth", "r", "gs://d/jobs/r", {"preset": "preview"}, 5, bs)
     assert "network" not in body["allocationPolicy"]
     assert body["allocationPolicy"]["instances"][0]["policy"]["provisioningModel"] == "SPOT"

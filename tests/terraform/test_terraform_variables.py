@@ -9,9 +9,10 @@ import shutil
 import subprocess
 
 import pytest
-from tfmodel import TF_DIR
+from tfmodel import TF_DIR, TfConfig
 
-from functions import batch_job
+from functions import batch_job, stages
+from functions.config import Settings
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ CASES = [
     ("a2-highgpu-2g", "nvidia-tesla-a100", 2, True),
     ("a2-highgpu-2g", "nvidia-tesla-a100", 1, False),
     ("a2-highgpu-1g", "nvidia-l4", 1, False),  # L4s come on G2 only
+    ("a2-highgpu-2g", "nvidia-tesla-t4", 2, False),  # A2 carries A100s
     ("n1-standard-8", "nvidia-tesla-t4", 4, True),
     ("n1-standard-8", "nvidia-tesla-t4", 8, False),
     ("n1-standard-8", "nvidia-tesla-t4", 3, False),
@@ -73,9 +75,23 @@ def test_gpu_count_must_match_the_machine_type(plan, machine_type, gpu_type, gpu
 
 def test_terraform_and_dispatch_agree_on_every_gpu_machine_dispatch_knows(plan):
     for machine_type, (_, _, gpu_type, count) in batch_job._GPU_MACHINES.items():
-        for n in (count, count + 1):
-            ok, out = plan(gpu_machine_type=machine_type, gpu_type=gpu_type, gpu_count=n)
-            assert ok == (n == count) == _python_accepts(machine_type, gpu_type, n), (machine_type, n, out[-1500:])
+        other_type = "nvidia-tesla-t4"  # a model no accelerator-optimized type carries
+        for kind, n in ((gpu_type, count), (gpu_type, count + 1), (other_type, count)):
+            ok, out = plan(gpu_machine_type=machine_type, gpu_type=kind, gpu_count=n)
+            want = (kind, n) == (gpu_type, count)
+            assert ok == want == _python_accepts(machine_type, kind, n), (machine_type, kind, n, out[-1500:])
+
+
+def test_the_defaults_are_the_dispatch_functions():
+    # Terraform cannot import Python: the variables' defaults and the dispatch function's
+    # (functions.batch_job.BatchSettings, functions.config.Settings) are checked to agree.
+    defaults = {name: var.get("default") for name, var in TfConfig().variables.items()}
+    assert defaults["cpu_machine_type"] == batch_job.BatchSettings.cpu_machine_type
+    assert defaults["gpu_machine_type"] == batch_job.BatchSettings.gpu_machine_type
+    assert defaults["gpu_type"] == batch_job.BatchSettings.gpu_type
+    assert defaults["gpu_count"] == batch_job.BatchSettings.gpu_count
+    assert defaults["depth_model"] == stages.DEFAULT_DEPTH_MODEL
+    assert defaults["region"] == Settings.region
 
 
 def test_defaults_are_valid(plan):
