@@ -36,6 +36,10 @@ GPUS_ENV = "SPLATPIPE_GPUS"
 
 EXIT_BAD_INPUT = 3
 """The stage runner's exit code for bad input (batch_jobs.errors): the task fails, no retry."""
+# Batch's reserved exit codes (https://cloud.google.com/batch/docs/troubleshooting#reserved-exit-codes);
+# the workflow's classify_failure names the same two.
+EXIT_PREEMPTED = 50001
+"""The task's Spot VM was preempted: transient, the workflow creates the job again."""
 EXIT_MAX_RUN_DURATION = 50005
 """Batch's reserved exit code for a task past its maxRunDuration: a rerun would time out again.
 A lifecycle policy may name Batch's own exit codes

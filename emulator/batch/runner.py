@@ -44,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from emulator.batch.jobspec import InvalidJob, Runnable, TaskGroupSpec, parse_job
-from functions.batch_job import EXIT_MAX_RUN_DURATION, GPUS_ENV
+from functions.batch_job import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED, GPUS_ENV
 
 log = logging.getLogger("emulator.batch")
 
-EXIT_PREEMPTED = 50001
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 KILL_GRACE_SECONDS = 5.0
 DEFAULT_ENTRYPOINT = ("-m", "batch_jobs")  # after sys.executable: the job image's ENTRYPOINT

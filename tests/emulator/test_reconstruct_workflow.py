@@ -22,6 +22,7 @@ from emulator.workflows.definition import parse_definition
 from emulator.workflows.executions import Execution, WorkflowsEngine
 from emulator.workflows.interpreter import ExecutionRuntime, Interpreter
 from functions import batch_job
+from functions.batch_job import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED
 from functions.options import normalize_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -326,11 +327,11 @@ def failed_job(*exit_codes: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("exit_codes", "code", "transient"), [
-    ((50001,), "batch_transient", True),  # preempted (Spot)
-    ((1, 50001), "batch_transient", True),  # the last attempt was preempted
+    ((EXIT_PREEMPTED,), "batch_transient", True),  # preempted (Spot)
+    ((1, EXIT_PREEMPTED), "batch_transient", True),  # the last attempt was preempted
     ((), "batch_transient", True),  # failed before any task ran: no VM (stockout, quota)
-    ((50005,), "stage_timeout", False),  # past maxRunDuration: never re-created
-    ((50001, 50005), "stage_timeout", False),
+    ((EXIT_MAX_RUN_DURATION,), "stage_timeout", False),  # past maxRunDuration: never re-created
+    ((EXIT_PREEMPTED, EXIT_MAX_RUN_DURATION), "stage_timeout", False),
     ((50002,), "BATCH_JOB_FAILED", False),
     ((1,), "BATCH_JOB_FAILED", False),  # no _ERROR.json in this bucket: the exit code is the message
 ])
