@@ -38,9 +38,7 @@ from functions.request_queue import RequestQueue, decode_record
 log = logging.getLogger("splatpipe.mirror")
 
 FIELD_MIRROR_VERSION = jobrecord.FIELD_MIRROR_VERSION
-# Deadlines of one Firestore call: a write, and the status overlay's read (on a client's GET).
-TIMEOUT_SECONDS = 1.0
-READ_TIMEOUT_SECONDS = 0.5
+TIMEOUT_SECONDS = 1.0  # the deadline of every Firestore call (reads for the status overlay, writes)
 BREAKER_SECONDS = 15.0
 RECONCILE_BUDGET_SECONDS = 3.0
 
@@ -104,11 +102,10 @@ class StatusMirror:
     """Copies records from the queue to Firestore; see the module docstring."""
 
     def __init__(self, queue: RequestQueue, project: str, *, timeout: float = TIMEOUT_SECONDS,
-                 read_timeout: float = READ_TIMEOUT_SECONDS, breaker_seconds: float = BREAKER_SECONDS) -> None:
+                 breaker_seconds: float = BREAKER_SECONDS) -> None:
         self.queue = queue
         self.project = project
         self.timeout = timeout
-        self.read_timeout = read_timeout
         self.breaker_seconds = breaker_seconds
         self._client: Any = None
         self._client_env: str | None = None
@@ -147,11 +144,6 @@ class StatusMirror:
                 return False
             self._probing = True
             return True
-
-    @property
-    def available(self) -> bool:
-        """False while the circuit breaker is open after a failure."""
-        return time.monotonic() >= self._down_until
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -234,7 +226,7 @@ class StatusMirror:
         try:
             snap = self._firestore().collection(jobrecord.COLLECTION).document(request_id).get(
                 field_paths=[jobrecord.FIELD_PROGRESS, jobrecord.FIELD_STAGES], retry=None,
-                timeout=self.read_timeout)
+                timeout=self.timeout)
         except Exception as exc:
             self._failed(exc)
             return None
