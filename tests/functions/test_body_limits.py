@@ -124,6 +124,8 @@ def test_a_200_mib_body_is_refused_early_and_the_process_does_not_grow(api_serve
     status, body, sent, took = _send_until_answered(api_server, _head(path, ctype, None if chunked else HUGE),
                                                     HUGE, chunked)
     grew = (_rss_kib(_server_pid(api_server)) - pid_rss_before) / 1024
+    print(f"{path} {'chunked' if chunked else 'Content-Length'}: {status} after {sent / MiB:.1f} MiB sent, "
+          f"{took:.2f} s; the server grew {grew:.1f} MiB")
     assert status in (411, 413), (status, body)
     assert set(body["error"]) == {"code", "message"}
     assert sent < 8 * MiB, f"{sent / MiB:.0f} MiB were sent before the answer"
