@@ -5,7 +5,7 @@ structure of every step, step names unique in a subworkflow, `next` targets that
 reachable (not into a block, not out of a `for` body except `break`/`continue`/`end`), every
 `${…}` expression parsable, calls to known functions, connectors and subworkflows with known
 arguments, at most 50 assignments per `assign` step, expressions of at most 400 characters,
-switch conditions that jump or run nested steps, blocking calls (`http.*`, `sys.sleep`,
+switch conditions that jump, run nested steps or return, blocking calls (`http.*`, `sys.sleep`,
 `sys.log`, connectors) only in `call` steps, user environment variables with legal names.
 Constructs the engine does not implement (`parallel`) are refused with a clear message.
 """
@@ -24,7 +24,10 @@ from emulator.workflows.stdlib import FUNCTIONS
 
 MAX_ASSIGNMENTS = 50
 MAX_EXPRESSION_CHARS = 400  # Workflows' limit on one expression
-CONDITION_KEYS = frozenset({"next", "steps"})  # what a switch condition may carry besides `condition`
+# What a switch condition may carry besides `condition`: a jump or nested steps
+# (https://cloud.google.com/workflows/docs/reference/syntax/conditions), or a `return` (Google's own
+# polling sample: https://cloud.google.com/workflows/docs/reference/stdlib/sys/sleep).
+CONDITION_KEYS = frozenset({"next", "steps", "return"})
 RESERVED_ENV_PREFIXES = ("GOOGLE_", "WORKFLOWS_")
 _MISSING = object()
 
@@ -268,10 +271,8 @@ def _condition(c: Any, where: str) -> Condition:
         raise DefinitionError(f"condition must be an expression `${{…}}` or a boolean, got {expr!r}", where)
     _check_expressions(expr, where)
     rest = {k: v for k, v in c.items() if k != "condition"}
-    # The documented forms: a jump, or nested steps
-    # (https://cloud.google.com/workflows/docs/reference/syntax/conditions).
     if not rest or set(rest) - CONDITION_KEYS:
-        raise DefinitionError(f"a condition takes next and/or steps (an action goes in a nested step), "
+        raise DefinitionError(f"a condition takes next, steps or return (an action goes in a nested step), "
                               f"got {', '.join(sorted(rest)) or 'nothing'}", where)
     return Condition(expr, _step("condition", rest, where))
 

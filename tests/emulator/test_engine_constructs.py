@@ -91,10 +91,12 @@ main:
     ("- a:\n    return: ${" + " + ".join(["1"] * 200) + "}\n", "longer than 400"),
     ("- a:\n    try:\n      assign:\n        - x: 1\n    except:\n      steps:\n        - b:\n            return: 1\n",
      "a call or `steps`"),
-    # Google documents `next` and `steps` in a switch condition; an action goes in a nested step.
-    ("- a:\n    switch:\n      - condition: true\n        return: 1\n", "next and/or steps"),
-    ("- a:\n    switch:\n      - condition: true\n        raise: \"no\"\n", "next and/or steps"),
-    ("- a:\n    switch:\n      - condition: true\n        assign:\n          - x: 1\n", "next and/or steps"),
+    # Google documents `next`, `steps` and `return` in a switch condition; other actions go in a
+    # nested step.
+    ("- a:\n    switch:\n      - condition: true\n        raise: \"no\"\n", "next, steps or return"),
+    ("- a:\n    switch:\n      - condition: true\n        assign:\n          - x: 1\n", "next, steps or return"),
+    ("- a:\n    switch:\n      - condition: true\n        call: sys.log\n        args: {data: 1}\n",
+     "next, steps or return"),
 ])
 def test_bad_definitions_are_refused_at_deploy(engine: WorkflowsEngine, body: str, message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
@@ -297,9 +299,7 @@ main:
                   assign:
                     - path: "medium"
           - condition: ${x == 0}
-            steps:
-              - zero:
-                  return: "zero"
+            return: "zero"
           - condition: ${x < 0}
             steps:
               - negative:
