@@ -201,6 +201,7 @@ def select_video(path: Path, out_images: Path, params: dict[str, Any], limits: f
         elif interval not in best or scores.sharpness > best[interval][0].scores.sharpness:
             if interval in best:
                 best[interval][0].reason = NOT_SHARPEST
+                best[interval][0].thumb = None  # memory stays bounded by the kept frames, not the seen
             s.thumb = thumb
             best[interval] = (s, df.frame)
         else:
@@ -268,6 +269,7 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
         elif interval not in best or s.scores.sharpness > best[interval].scores.sharpness:
             if interval in best:
                 best[interval].reason = NOT_SHARPEST
+                best[interval].thumb = None
             s.thumb = thumb
             best[interval] = s
         else:

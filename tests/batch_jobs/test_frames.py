@@ -318,3 +318,50 @@ def test_raw_stream_without_timing_still_caps_the_count(synthetic_video: dict[st
     rep = _report(ws)
     assert rep["seen"] == 45 and rep["source"]["duration_s"] is None
     assert 8 <= rep["kept"] <= 10
+
+
+# -- long videos --------------------------------------------------------------------------------
+def _write_pan_video(path: Path, n: int, width: int = 854, height: int = 480, fps: int = 30) -> None:
+    """A detailed texture under a panning camera, encoded frame by frame (never all in memory)."""
+    import av
+    import cv2
+
+    rng = np.random.default_rng(1)
+    texture = cv2.resize(rng.integers(0, 256, (height // 4, width // 2, 3), dtype=np.uint8),
+                         (2 * width, height + 64), interpolation=cv2.INTER_CUBIC)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "28", "preset": "ultrafast"}
+        for i in range(n):
+            x = int((width - 1) * i / max(1, n - 1))
+            img = np.ascontiguousarray(texture[32:32 + height, x:x + width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _frames_peak_rss_mib(ws: Path) -> float:
+    # VmHWM: the peak of this process's own address space (ru_maxrss would start from pytest's).
+    code = ("import sys\nfrom batch_jobs.runner import run_stage\n"
+            "r = run_stage('frames', sys.argv[1], force=True)\nassert r.exit_code == 0, r.error\n"
+            "print(next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:')) / 1024)")
+    proc = subprocess.run([sys.executable, "-c", code, str(ws)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "SPLATPIPE_STATUS_STORE": "log"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_long_video_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
+    """Peak memory does not grow with the video's length: 30x the frames, the same peak (holding
+    every decoded frame of the long one would take 900 x 854 x 480 x 1.5 bytes = 550 MB)."""
+    peaks = {}
+    for n in (30, 900):
+        video = tmp_path / f"pan-{n}.mp4"
+        _write_pan_video(video, n)
+        ws = _workspace(tmp_path / f"run-{n}", video, {"preset": "preview", "max_frames": 20})
+        peaks[n] = _frames_peak_rss_mib(ws)
+        assert _report(ws)["seen"] == n
+    assert peaks[900] - peaks[30] < 40, peaks
