@@ -50,12 +50,10 @@ from batch_jobs.progress import ProgressReporter, default_sinks
 from functions import jobrecord, stages
 from functions.batch_job import GPUS_ENV
 from functions.options import OptionsError, normalize_options
+from functions.workspace import ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
 
 log = logging.getLogger("batch_jobs.runner")
 
-SUCCESS_FILE = "_SUCCESS.json"
-ERROR_FILE = "_ERROR.json"
-REQUEST_FILE = "request.json"
 
 
 @dataclass

@@ -17,6 +17,8 @@ from functions.config import Settings
 REQUEST_FILE = "request.json"
 SUCCESS_FILE = "_SUCCESS.json"
 """A stage's completion marker, `{workspace}/{stage}/_SUCCESS.json`: while it matches, a rerun skips the stage."""
+ERROR_FILE = "_ERROR.json"
+"""A failed stage's `{code, message, stage, retryable}`, `{workspace}/{stage}/_ERROR.json`."""
 LIVE_PREVIEW = "splat/live_preview.png"
 """The splat stage's latest render while it trains (rewritten every few hundred steps; not an output)."""
 
