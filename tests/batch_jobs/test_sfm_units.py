@@ -100,3 +100,30 @@ def test_transforms_axes_and_ply_round_trip(tmp_path: Path) -> None:
     back_xyz, back_rgb = sfm_export.read_ply(tmp_path / "p.ply")
     np.testing.assert_allclose(back_xyz, xyz, atol=1e-6)
     assert (back_rgb == rgb).all()
+
+
+def test_gpu_only_with_a_cuda_build_and_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA build of pycolmap on a VM without a GPU must not be asked for the GPU."""
+    import pycolmap
+
+    from batch_jobs import sfm_features
+
+    assert sfm_features.cuda_device_count() >= 0  # 0 here: no driver, no error
+    try:
+        monkeypatch.delenv("SPLATPIPE_DEVICE", raising=False)
+        monkeypatch.setattr(pycolmap, "has_cuda", True)
+        monkeypatch.setattr(sfm_features, "cuda_device_count", lambda: 0)
+        sfm_features.use_gpu.cache_clear()
+        assert not sfm_features.use_gpu() and sfm_features.device() == pycolmap.Device.cpu
+        monkeypatch.setattr(sfm_features, "cuda_device_count", lambda: 1)
+        sfm_features.use_gpu.cache_clear()
+        assert sfm_features.use_gpu() and sfm_features.device() == pycolmap.Device.cuda
+        monkeypatch.setenv("SPLATPIPE_DEVICE", "cpu")
+        sfm_features.use_gpu.cache_clear()
+        assert not sfm_features.use_gpu()
+        monkeypatch.setattr(pycolmap, "has_cuda", False)
+        monkeypatch.delenv("SPLATPIPE_DEVICE")
+        sfm_features.use_gpu.cache_clear()
+        assert not sfm_features.use_gpu()  # a device without a CUDA build
+    finally:
+        sfm_features.use_gpu.cache_clear()
