@@ -32,6 +32,8 @@ from typing import Any
 
 import requests
 
+from emulator.processes import pid_alive
+
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "DELETED")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp"})
@@ -92,18 +94,9 @@ def find_local_stack(start: Path | None = None) -> str | None:
         except (OSError, ValueError):
             continue
         pids = [int(p) for p in (state.get("processes") or {}).values()]
-        if pids and all(_alive(p) for p in pids) and state.get("urls", {}).get("api"):
+        if pids and all(pid_alive(p) for p in pids) and state.get("urls", {}).get("api"):
             return str(state["urls"]["api"])
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
