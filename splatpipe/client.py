@@ -97,7 +97,6 @@ def find_local_stack(start: Path | None = None) -> str | None:
         if pids and all(pid_alive(p) for p in pids) and state.get("urls", {}).get("api"):
             return str(state["urls"]["api"])
     return None
-    return True
 
 
 def _loopback(url: str) -> bool:
