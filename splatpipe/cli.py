@@ -184,6 +184,8 @@ def _finish(handle: RequestHandle, status: Mapping[str, Any], out: Path | None) 
     return 0
 
 
+LOCAL_PRESET = "preview"
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -203,7 +205,14 @@ def _print(obj: Any) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     opts = parse_options(args.option or [])
-    handle = client.submit(args.source, session_id=args.session, preset=args.preset, options=opts,
+    preset = args.preset or opts.pop("preset", None)
+    if preset is None and client.local:
+        # The service's default preset is sized for a GPU VM; on the local stack's CPU it takes
+        # over an hour for a dozen photos, so a local submit without a preset asks for the CPU one.
+        preset = LOCAL_PRESET
+        print(f"local stack (CPU): preset {preset} (--preset standard for the full-quality one)",
+              file=sys.stderr)
+    handle = client.submit(args.source, session_id=args.session, preset=preset, options=opts,
                            priority=args.priority, webhook_url=args.webhook)
     sid = client.status(handle.request_id, handle.token)["session_id"]
     remember(handle, sid)
@@ -290,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="reconstruct a video, a folder of photos or a gs:// input")
     s.add_argument("source", help="a video file, a folder of photos, or gs://bucket/path")
-    s.add_argument("--preset", help="preview, standard or high (see `splatpipe options`)")
+    s.add_argument("--preset", help="preview, standard or high (see `splatpipe options`; "
+                   "default: the service's, preview on the local stack)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="an option override (repeatable)")
     s.add_argument("--priority", type=int, help="0 (highest) to 9")
     s.add_argument("--webhook", help="an https URL told when the request ends (signed)")

@@ -179,6 +179,11 @@ class Client:
                                  "and no --api URL was given")
         return cls(url, timeout=timeout)
 
+    @property
+    def local(self) -> bool:
+        """The api is a local stack's (on loopback): it trains on this machine's CPU."""
+        return _loopback(self.api_url)
+
     # --- HTTP ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, token: str | None = None, json_body: Any = None,
               params: Mapping[str, str] | None = None, expect_json: bool = True) -> Any:

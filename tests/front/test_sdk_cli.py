@@ -144,6 +144,23 @@ def test_cli_commands_through_the_local_stack(local_stack_env: Path, buckets: Bu
     assert code == 0 and json.loads(out)["state"] == "DELETED"
 
 
+def test_a_local_submit_without_a_preset_asks_for_the_cpu_one(local_stack_env: Path, buckets: Buckets,
+                                                             fn_apps: FnApps, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The service's default preset is sized for a GPU; on the local stack the CLI says it picks
+    preview, and a preset given by flag or by --option is sent as given."""
+    _photos(tmp_path / "photos", 2)
+    code, out, err = _run(capsys, "submit", str(tmp_path / "photos"))
+    assert code == 0 and f"preset {cli.LOCAL_PRESET}" in err
+    code, st_out, _ = _run(capsys, "status", out.split()[1])
+    assert json.loads(st_out)["options"] == {"preset": "preview"}
+    for argv in (("--preset", "high"), ("--option", "preset=high")):
+        code, out, err = _run(capsys, "submit", str(tmp_path / "photos"), "--session", f"s{len(argv[0])}", *argv)
+        assert code == 0 and "local stack (CPU)" not in err
+        code, st_out, _ = _run(capsys, "status", out.split()[1])
+        assert json.loads(st_out)["options"] == {"preset": "high"}
+
+
 def test_cli_follow_ends_with_the_outputs_in_out(local_stack_env: Path, buckets: Buckets, fn_apps: FnApps,
                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`status --follow --out`: the bars run until the request ends, then the outputs are fetched."""
