@@ -34,6 +34,7 @@ from batch_jobs import frame_quality as fq
 from batch_jobs import photo_files, storage, video_decode
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
+from functions import gcs
 
 VERSION = 1
 
@@ -309,7 +310,7 @@ def _local_input(ctx: StageContext) -> Path:
     if storage.exists(uri):
         with ctx.timed("download"):
             ctx.progress.update(0.0, "downloading the video")
-            return storage.download(uri, dest / Path(storage.split_gcs(uri)[1]).name)
+            return storage.download(uri, dest / Path(gcs.split_uri(uri)[1]).name)
     with ctx.timed("download"):
         storage.download_tree(uri, dest / "photos", progress=lambda d, n: ctx.progress.update(
             0.0, f"downloading photos: {d}/{n}"))

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from functions import jobrecord
+from functions import gcs, jobrecord
 
 log = logging.getLogger("batch_jobs.progress")
 
@@ -36,18 +36,15 @@ class LogSink:
         msg = fields.get(jobrecord.stage_path(self.stage, "message"), "")
         if frac is not None:
             print(f"[{self.stage}] {100 * float(frac):5.1f}% {msg}", file=sys.stderr, flush=True)
-        elif jobrecord.FIELD_ERROR in fields:
-            print(f"[{self.stage}] error: {fields[jobrecord.FIELD_ERROR]}", file=sys.stderr, flush=True)
+        elif "error" in fields:
+            print(f"[{self.stage}] error: {fields['error']}", file=sys.stderr, flush=True)
 
 
 class FirestoreSink:
     """Field-path updates of `reconstructions/{request_id}` (merge; never clobbers the document)."""
 
     def __init__(self, request_id: str, project: str | None = None) -> None:
-        from google.cloud import firestore
-
-        project = project or os.environ.get("GOOGLE_CLOUD_PROJECT", "splatpipe-local")
-        self._doc = firestore.Client(project=project).collection(jobrecord.COLLECTION).document(request_id)
+        self._doc = gcs.firestore_client(project).collection(jobrecord.COLLECTION).document(request_id)
 
     def write(self, fields: dict[str, Any]) -> None:
         from google.cloud.firestore_v1.field_path import FieldPath
@@ -118,7 +115,7 @@ class ProgressReporter:
 
     def fail(self, error: dict[str, Any]) -> None:
         self._write({
-            jobrecord.FIELD_ERROR: {k: error[k] for k in ("code", "message", "stage")},
+            "error": {k: error[k] for k in ("code", "message", "stage")},
             jobrecord.stage_path(self.stage, "message"): error["message"],
         })
 

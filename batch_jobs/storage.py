@@ -6,8 +6,9 @@ uploads go as resumable uploads in chunks, downloads are written as they arrive 
 against the stored checksum), every call retries transient failures (429, 5xx, dropped
 connections) with exponential backoff up to a deadline, and many files move in parallel.
 
-A missing object raises `FileNotFoundError` for `gs://` URIs as for local paths. Files written
-here (downloads, local writes) appear atomically: a reader never sees half a file.
+The Cloud Storage client and the parsing of `gs://` URIs are functions.gcs's, shared with the
+functions. A missing object raises `FileNotFoundError` for `gs://` URIs as for local paths.
+Files written here (downloads, local writes) appear atomically: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-GCS_SCHEME = "gs://"
+from functions import gcs
+
 DEFAULT_PARALLELISM = 8
 RETRY_DEADLINE_S = 300.0  # a transfer that keeps failing this long is a real failure
 CHUNK_BYTES = 16 * 1024 * 1024  # resumable-upload chunk: bounded memory for any file size
@@ -34,18 +36,7 @@ TransferProgress = Callable[[int, int], None]
 
 
 def is_gcs(uri: str) -> bool:
-    return uri.startswith(GCS_SCHEME)
-
-
-def split_gcs(uri: str) -> tuple[str, str]:
-    """`gs://bucket/a/b` -> (`bucket`, `a/b`)."""
-    if not is_gcs(uri):
-        raise ValueError(f"not a gs:// URI: {uri}")
-    rest = uri[len(GCS_SCHEME):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"gs:// URI without a bucket: {uri}")
-    return bucket, key
+    return uri.startswith(gcs.SCHEME)
 
 
 def join(base: str, *parts: str) -> str:
@@ -56,36 +47,6 @@ def join(base: str, *parts: str) -> str:
         if p:
             out = f"{out}/{p}"
     return out
-
-
-_client_lock = threading.Lock()
-_client: Any = None
-
-
-def gcs_client() -> Any:
-    """A process-wide Cloud Storage client (anonymous against the emulator)."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            from google.cloud import storage
-
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
-                from google.auth.credentials import AnonymousCredentials
-
-                _client = storage.Client(
-                    project=os.environ.get("GOOGLE_CLOUD_PROJECT", "splatpipe-local"),
-                    credentials=AnonymousCredentials(),
-                )
-            else:
-                _client = storage.Client()
-        return _client
-
-
-def reset_client() -> None:
-    """Forget the cached client (tests that switch emulators)."""
-    global _client
-    with _client_lock:
-        _client = None
 
 
 def _retry() -> Any:
@@ -100,10 +61,10 @@ def _retry() -> Any:
 
 
 def _blob(uri: str) -> Any:
-    bucket, key = split_gcs(uri)
+    bucket, key = gcs.split_uri(uri)
     if not key:
         raise ValueError(f"gs:// URI names a bucket, not an object: {uri}")
-    return gcs_client().bucket(bucket).blob(key)
+    return gcs.client().bucket(bucket).blob(key)
 
 
 def _not_found(exc: Exception, uri: str) -> Exception:
@@ -124,7 +85,7 @@ def exists(uri: str) -> bool:
     """Whether the object `uri` exists (a gs:// prefix is not an object: see `list_files`);
     for local paths, whether the file or folder exists."""
     if is_gcs(uri):
-        if not split_gcs(uri)[1]:
+        if not gcs.split_uri(uri)[1]:
             return False
         return bool(_blob(uri).exists(retry=_retry()))
     return Path(uri).exists()
@@ -162,10 +123,10 @@ def write_json(uri: str, obj: Any) -> None:
 def list_files(prefix: str) -> list[str]:
     """Names (relative to `prefix`, `/`-separated) of every file under the folder `prefix`."""
     if is_gcs(prefix):
-        bucket, key = split_gcs(prefix)
+        bucket, key = gcs.split_uri(prefix)
         key = key.rstrip("/") + "/" if key else ""
         names = []
-        for blob in gcs_client().list_blobs(bucket, prefix=key, retry=_retry()):
+        for blob in gcs.client().list_blobs(bucket, prefix=key, retry=_retry()):
             rel = blob.name[len(key):]
             if rel and not rel.endswith("/"):
                 names.append(rel)
@@ -257,9 +218,9 @@ def upload_tree(src: Path, prefix: str, parallelism: int = DEFAULT_PARALLELISM,
 def delete_tree(prefix: str) -> None:
     """Delete every file under the folder / prefix `prefix` (nothing there is not an error)."""
     if is_gcs(prefix):
-        bucket, key = split_gcs(prefix)
+        bucket, key = gcs.split_uri(prefix)
         key = key.rstrip("/") + "/"
-        blobs = list(gcs_client().list_blobs(bucket, prefix=key, retry=_retry()))
+        blobs = list(gcs.client().list_blobs(bucket, prefix=key, retry=_retry()))
 
         def delete(blob: Any) -> None:
             try:
@@ -288,13 +249,13 @@ def fingerprint(uri: str) -> str:
     """
     h = hashlib.sha256()
     if is_gcs(uri):
-        bucket, key = split_gcs(uri)
-        blob = gcs_client().bucket(bucket).get_blob(key, retry=_retry()) if key else None
+        bucket, key = gcs.split_uri(uri)
+        blob = gcs.client().bucket(bucket).get_blob(key, retry=_retry()) if key else None
         if blob is not None:
             h.update(f"{blob.name}:{blob.md5_hash or blob.crc32c}:{blob.size}".encode())
         else:
             prefix = key.rstrip("/") + "/" if key else ""
-            blobs = gcs_client().list_blobs(bucket, prefix=prefix, retry=_retry())
+            blobs = gcs.client().list_blobs(bucket, prefix=prefix, retry=_retry())
             for b in sorted(blobs, key=lambda b: b.name):
                 h.update(f"{b.name[len(prefix):]}:{b.md5_hash or b.crc32c}:{b.size}\n".encode())
         return h.hexdigest()

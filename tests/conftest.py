@@ -85,15 +85,11 @@ def gcs_service(run_dir: Path) -> Iterator[services.Service]:
     svc = services.start_gcs(run_dir, project=PROJECT)
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = svc.env["STORAGE_EMULATOR_HOST"]
-    from batch_jobs import storage
-
-    storage.reset_client()
-    yield svc
+    yield svc  # functions.gcs keeps a client per emulator host: no cached client to forget
     if old is None:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
         os.environ["STORAGE_EMULATOR_HOST"] = old
-    storage.reset_client()
     svc.stop()
 
 
@@ -103,10 +99,10 @@ def gcs_bucket(gcs_service: services.Service, request: pytest.FixtureRequest) ->
     import re
     import uuid
 
-    from batch_jobs import storage
+    from functions import gcs
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
-    storage.gcs_client().create_bucket(name)
+    gcs.client(PROJECT).create_bucket(name)
     return name
 
 

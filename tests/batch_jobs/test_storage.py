@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch_jobs import storage
+from functions import gcs
 
 
 @pytest.fixture(params=["gcs", "local"])
@@ -108,7 +109,7 @@ def test_emulator_objects_have_content_types(gcs_bucket: str, tmp_path: Path) ->
     (tmp_path / "t" / "a.jpg").write_bytes(b"\xff\xd8\xff")
     (tmp_path / "t" / "r.json").write_text("{}")
     storage.upload_tree(tmp_path / "t", f"gs://{gcs_bucket}/ct")
-    bucket = storage.gcs_client().bucket(gcs_bucket)
+    bucket = gcs.client().bucket(gcs_bucket)
     assert bucket.get_blob("ct/a.jpg").content_type == "image/jpeg"
     assert bucket.get_blob("ct/r.json").content_type == "application/json"
     # The stored MD5 is what fingerprint() relies on: it must match the bytes.
