@@ -13,7 +13,6 @@ consistent fit) gets an all-invalid map and its reason in the report.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     params = ctx.params
     if not params.get("enabled", True):
         ctx.progress.update(1.0, "depth disabled by the request options")
-        _write_json(ctx.out_dir / "report.json", {"enabled": False, "images": {}})
+        ctx.write_report({"enabled": False, "images": {}})
         return {"enabled": False}
 
     sfm_dir = ctx.input_dir("sfm")
@@ -127,10 +126,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "device": dm.device,
         "frames_per_s": round(len(views) / infer_s, 3) if infer_s > 0 else None,
     }
-    _write_json(ctx.out_dir / "report.json", {**metrics, "input_size": input_size, "batch_size": batch_size,
-                                             "images": report})
+    ctx.write_report({**metrics, "input_size": input_size, "batch_size": batch_size, "images": report})
     return metrics
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))

@@ -353,7 +353,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "images": [f"{s.name}.jpg" for s in kept],
         "frames": [s.to_dict() for s in seen],
     }
-    storage.write_json(str(ctx.out_dir / "report.json"), report)
+    ctx.write_report(report)
     # A request for fewer frames than the preset's minimum gets what it asked for (3 at least).
     min_frames = max(3, min(int(params["min_frames"]), int(params["target_frames"])))
     check_enough(seen, min_frames, "seen" if source["kind"] == "video" else "photos")

@@ -17,7 +17,6 @@ fails with EMPTY_MESH naming both tries. A `voxel_size` over 1/8 of the geometry
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -86,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params
     if not p.get("enabled", True):
         ctx.progress.update(1.0, "mesh disabled by the request options")
-        (ctx.out_dir / "report.json").write_text(json.dumps({"enabled": False}))
+        ctx.write_report({"enabled": False})
         return {"enabled": False}
 
     sfm_dir = ctx.input_dir("sfm")
@@ -192,5 +191,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "bbox_min": np.asarray(bbox.min_bound).round(6).tolist(),
               "bbox_max": np.asarray(bbox.max_bound).round(6).tolist(),
               "timings": dict(ctx.timings)}
-    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    ctx.write_report(report)
     return metrics

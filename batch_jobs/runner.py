@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ from functions.options import OptionsError, normalize_options
 from functions.workspace import ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
 
 log = logging.getLogger("batch_jobs.runner")
-
 
 
 @dataclass
@@ -80,6 +79,12 @@ class StageContext:
 
     def stage_uri(self, stage: str, *parts: str) -> str:
         return storage.join(self.workspace, stage, *parts)
+
+    def write_report(self, report: Mapping[str, Any], *, failed: bool = False) -> None:
+        """`{stage}/report.json`, the one writer of every stage's report: with the outputs, or
+        for a failed run (which uploads nothing else) straight to the workspace."""
+        uri = self.stage_uri(self.stage, stages.REPORT_FILE) if failed else str(self.out_dir / stages.REPORT_FILE)
+        storage.write_json(uri, report)
 
     def input_dir(self, stage: str) -> Path:
         """A local folder holding `{workspace}/{stage}/` (downloaded once when remote)."""

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_jobs import sfm_export, sfm_features, sfm_mapping, sfm_pairs, sfm_verify, storage
+from batch_jobs import sfm_export, sfm_features, sfm_mapping, sfm_pairs, sfm_verify
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
+from functions.stages import REPORT_FILE
 
 VERSION = 1
 
@@ -67,7 +68,7 @@ def _phase(ctx: StageContext, name: str) -> Any:
 
 def read_frames(frames_dir: Path) -> tuple[list[str], dict[str, Any]]:
     """Image names in capture order, and the frames report."""
-    report_path = frames_dir / "report.json"
+    report_path = frames_dir / REPORT_FILE
     images_dir = frames_dir / "images"
     if not images_dir.is_dir():
         raise StageError(BAD_FRAMES, "frames/images is missing: run the frames stage first")
@@ -273,19 +274,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "timings": {**dict(ctx.timings), "total": round(time.perf_counter() - t_start, 3)},
         "device": sfm_features.device_name(),
     })
-    storage.write_json(str(ctx.out_dir / "report.json"), report)
+    ctx.write_report(report)
     return {"registered": registered, "total": len(names), "points": report["points"],
             "mapper": chosen.mapper, "matcher": solve.matcher_used, "solve": solve.name,
             "mean_reprojection_error": report["mean_reprojection_error"],
             "registered_images": registered, "registered_fraction": report["registered_fraction"],
             "mean_reprojection_error_px": report["mean_reprojection_error"],
             **{k: v for k, v in verification.metrics().items() if k in METRIC_FIGURES}}
-
-
-def _write_failure_report(ctx: StageContext, report: dict[str, Any]) -> None:
-    """The report of a failed run goes straight to the workspace (a failed stage uploads nothing
-    else): it holds the figures that explain the error."""
-    storage.write_json(storage.join(ctx.workspace, ctx.stage, "report.json"), report)
 
 
 def _quiet(fraction: float, message: str) -> None:
@@ -301,7 +296,7 @@ def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names:
     report.update({"registered": best_registered, "mapper": None, "timings": dict(ctx.timings)})
     if not verified:
         report["error"] = TOO_FEW_REGISTERED
-        _write_failure_report(ctx, report)
+        ctx.write_report(report, failed=True)  # the figures that explain the error
         detail = "; ".join(f"{a.mapper}: {a.error or (a.check.to_dict() if a.check else '')}"
                            for s in solves for a in s.attempts)
         raise StageError(TOO_FEW_REGISTERED,
@@ -310,7 +305,7 @@ def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names:
     # The model the evidence contradicts least, to name its cameras and figures.
     a, v = min(verified, key=lambda av: (av[1].figures["disagree_fraction"], len(av[1].suspect_images)))
     report.update({"error": SFM_UNRELIABLE, "verification": v.to_dict()})
-    _write_failure_report(ctx, report)
+    ctx.write_report(report, failed=True)
     tried = ", ".join(f"{s.name} ({'/'.join(x.mapper for x in s.attempts)})" for s in solves)
     raise StageError(SFM_UNRELIABLE,
                      f"no camera solution passed verification (tried: {tried}); the best, {a.mapper} with "

@@ -29,6 +29,7 @@ from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import held_out, read_sparse_model
 from functions import jobrecord
+from functions.stages import REPORT_FILE
 from functions.workspace import LIVE_PREVIEW
 
 VERSION = 1
@@ -43,7 +44,7 @@ log = logging.getLogger("batch_jobs.splat")
 
 def _depth_available(depth_dir: Path) -> bool:
     try:
-        report = json.loads((depth_dir / "report.json").read_text())
+        report = json.loads((depth_dir / REPORT_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return bool(report.get("enabled", True)) and any(depth_dir.glob("*.npy"))
@@ -186,5 +187,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "preview_view": pv.name,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (ctx.out_dir / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    ctx.write_report(report)
     return metrics

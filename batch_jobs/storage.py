@@ -117,7 +117,8 @@ def read_json(uri: str) -> Any:
 
 
 def write_json(uri: str, obj: Any) -> None:
-    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode(), "application/json")
+    """`obj` as indented JSON with sorted keys; numpy scalars are written as numbers."""
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=float).encode(), "application/json")
 
 
 def list_files(prefix: str) -> list[str]:

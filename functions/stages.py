@@ -22,6 +22,7 @@ from functions.options import DEFAULT_PRESET, PRESETS
 
 Machine = Literal["cpu", "gpu"]
 DEFAULT_DEPTH_MODEL = Settings.depth_model
+REPORT_FILE = "report.json"  # every stage's figures, `{stage}/report.json` (batch_jobs.runner writes it)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ _FRAMES = Stage(
         "high": {"target_frames": 300, "min_frames": 8, "long_side": 1920},
     },
     options={"max_frames": "target_frames", "long_side": "long_side"},
-    outputs={"frames_report": "report.json"},
+    outputs={"frames_report": REPORT_FILE},
     machine="cpu",
     max_run_seconds=3600,
 )
@@ -81,7 +82,7 @@ _SFM = Stage(
                  "min_registered_fraction": 0.5},
     },
     options={"matcher": "matcher", "mapper": "mapper"},
-    outputs={"sfm_report": "report.json", "transforms": "transforms.json", "sparse_points": "points.ply"},
+    outputs={"sfm_report": REPORT_FILE, "transforms": "transforms.json", "sparse_points": "points.ply"},
     machine="cpu",
     max_run_seconds=14400,
 )
@@ -96,7 +97,7 @@ _DEPTH = Stage(
         "high": {"enabled": True, "input_size": 518, "batch_size": 8},
     },
     options={"depth": "enabled"},
-    outputs={"depth_report": "report.json"},
+    outputs={"depth_report": REPORT_FILE},
     machine="gpu",
     max_run_seconds=3600,
 )
@@ -120,7 +121,7 @@ _SPLAT = Stage(
     options={"splat_steps": "steps", "splat_strategy": "strategy", "sh_degree": "sh_degree",
              "depth_loss": "depth_loss"},
     outputs={"splat_ply": "point_cloud.ply", "splat_spz": "scene.spz", "preview": "preview.png",
-             "splat_report": "report.json"},
+             "splat_report": REPORT_FILE},
     machine="gpu",
     max_run_seconds=21600,
 )
@@ -135,7 +136,7 @@ _MESH = Stage(
         "high": {"enabled": True, "voxel_size": 0.0, "max_long_side": 1280},
     },
     options={"mesh": "enabled", "mesh_voxel_size": "voxel_size"},
-    outputs={"mesh_glb": "mesh.glb", "mesh_ply": "mesh.ply", "mesh_report": "report.json"},
+    outputs={"mesh_glb": "mesh.glb", "mesh_ply": "mesh.ply", "mesh_report": REPORT_FILE},
     machine="gpu",
     max_run_seconds=7200,
     best_effort=True,
