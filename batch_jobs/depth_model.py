@@ -1,9 +1,10 @@
 """Depth-Anything-V2 through transformers: find the model, load it, run it in batches.
 
-`DEPTH_MODEL` (folded into the depth stage's parameters by functions.stages.resolve) is a Hugging Face id
-(loaded through the hub cache), a local directory, or a `gs://` directory, copied locally
-first. On CUDA the model runs in fp16. The relative models predict affine-invariant inverse
-depth (disparity); the metric ones predict depth; `DepthModel.kind` says which.
+`DEPTH_MODEL` (folded into the depth stage's parameters by functions.stages.resolve, whose
+default is functions.stages.DEFAULT_DEPTH_MODEL) is a Hugging Face id (loaded through the hub
+cache), a local directory, or a `gs://` directory, copied locally first. On CUDA the model
+runs in fp16. The relative models predict affine-invariant inverse depth (disparity); the
+metric ones predict depth; `DepthModel.kind` says which.
 
 `build_untrained_model` writes a tiny, randomly initialised Depth-Anything model with its image
 processor: tests and the local demo use it where no pretrained weights can be downloaded. Its
@@ -24,10 +25,10 @@ import numpy as np
 
 from batch_jobs import storage
 from batch_jobs.errors import StageError
+from functions import stages
 
 log = logging.getLogger("batch_jobs.depth_model")
 
-DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 MODEL_UNAVAILABLE = "DEPTH_MODEL_UNAVAILABLE"
 UNTRAINED_MARKER = "splatpipe_untrained.json"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -73,7 +74,7 @@ class DepthModel:
 
 def resolve_model_source(spec: str, work_dir: Path) -> str:
     """A local directory for `gs://` models (downloaded once), else `spec` itself."""
-    spec = (spec or DEFAULT_MODEL).strip()
+    spec = (spec or stages.DEFAULT_DEPTH_MODEL).strip()
     if storage.is_gcs(spec):
         dest = work_dir / "depth-model"
         if not (dest / "config.json").exists():
