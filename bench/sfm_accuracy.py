@@ -10,7 +10,7 @@ README), in one run, scene by scene:
   resizing, then SIFT, matching, GLOMAP / fallback, verification, undistortion and the outputs);
   time = both stages, wall clock, also shown per stage.
 
-With ground truth (cameras.json), both are scored the same way (`batch_jobs.pose_accuracy`):
+With ground truth (cameras.json), both are scored the same way (`tests/batch_jobs/pose_accuracy.py`):
 camera centres aligned to the truth by a similarity (Umeyama), then the RMSE and median of the
 centre errors (metres) and the mean rotation error (degrees); ratios are ours / baseline (lower
 is better). Without it, ours is compared with the baseline's camera centres (the same alignment;
@@ -39,8 +39,8 @@ os.environ.setdefault("SPLATPIPE_STATUS_STORE", "log")
 
 import numpy as np  # noqa: E402
 
-from batch_jobs import pose_accuracy as pa  # noqa: E402
 from batch_jobs.runner import run_stage  # noqa: E402
+from tests.batch_jobs import pose_accuracy as pa  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
 

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from batch_jobs.gaussians import raster_cpu  # noqa: E402
 from batch_jobs.gaussians.params import activated, init_params  # noqa: E402
 from batch_jobs.gaussians.projection import project  # noqa: E402
-from batch_jobs.gaussians.raster_dense import rasterize_dense  # noqa: E402
 from emulator.synthetic_scene import SyntheticScene  # noqa: E402
+from tests.batch_jobs.raster_dense import rasterize_dense  # noqa: E402
 
 
 def projected_scene(n: int, width: int, height: int) -> tuple[dict[str, torch.Tensor], int]:

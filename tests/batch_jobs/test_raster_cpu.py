@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from raster_dense import rasterize_dense
 
 from batch_jobs.gaussians import raster_cpu
 from batch_jobs.gaussians.projection import may_be_visible
-from batch_jobs.gaussians.raster_dense import rasterize_dense
 
 
 def _random_2d(n: int, width: int, height: int, seed: int = 0, scale: float = 3.0,

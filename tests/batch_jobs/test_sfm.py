@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pose_accuracy as pa
 import pytest
 from test_frames import run_cli
 
-from batch_jobs import pose_accuracy as pa
 from batch_jobs import runner, sfm_export, sfm_mapping
 from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
 

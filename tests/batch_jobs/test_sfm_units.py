@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pose_accuracy as pa
 import pytest
 
-from batch_jobs import pose_accuracy as pa
 from batch_jobs import sfm_export, sfm_pairs
 
 

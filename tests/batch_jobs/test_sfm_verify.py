@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pose_accuracy as pa
 import pytest
 
-from batch_jobs import pose_accuracy as pa
 from batch_jobs import runner, sfm, sfm_features, sfm_mapping, sfm_verify
 from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
 

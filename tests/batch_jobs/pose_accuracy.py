@@ -8,12 +8,13 @@ camera centres are aligned to the true ones first; then the errors are:
 - rotation error: the angle of R_true R_est_aligned^T, in degrees, where the estimated
   world->camera rotation is expressed in the true world frame (R_est @ R_align^T).
 
-Used by the sfm bench and by the tests; numpy only.
+Used by the tests and bench/sfm_accuracy.py (not part of the job image); numpy only.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ class Similarity:
         return self.s * (np.asarray(x) @ self.R.T) + self.t
 
 
+def _summary(statistic: Callable[[np.ndarray], Any], errors: np.ndarray) -> float:
+    """`statistic` of the errors; NaN when there are none."""
+    return float(statistic(errors)) if errors.size else float("nan")
+
+
 @dataclass
 class PoseErrors:
     """Per-camera errors after the alignment, and their summaries."""
@@ -55,25 +61,20 @@ class PoseErrors:
     missing: list[str] = field(default_factory=list)  # true cameras with no estimate
     alignment: Similarity | None = None
 
-    @property
-    def center_rmse(self) -> float:
-        return float(np.sqrt(np.mean(self.center_errors**2))) if self.center_errors.size else float("nan")
+    # Their summaries (NaN where no camera matched).
+    center_rmse: float = field(init=False)
+    center_median: float = field(init=False)
+    center_max: float = field(init=False)
+    rotation_mean_deg: float = field(init=False)
+    rotation_max_deg: float = field(init=False)
 
-    @property
-    def center_median(self) -> float:
-        return float(np.median(self.center_errors)) if self.center_errors.size else float("nan")
-
-    @property
-    def center_max(self) -> float:
-        return float(np.max(self.center_errors)) if self.center_errors.size else float("nan")
-
-    @property
-    def rotation_mean_deg(self) -> float:
-        return float(np.mean(self.rotation_errors_deg)) if self.rotation_errors_deg.size else float("nan")
-
-    @property
-    def rotation_max_deg(self) -> float:
-        return float(np.max(self.rotation_errors_deg)) if self.rotation_errors_deg.size else float("nan")
+    def __post_init__(self) -> None:
+        c, r = self.center_errors, self.rotation_errors_deg
+        self.center_rmse = _summary(lambda e: np.sqrt(np.mean(e**2)), c)
+        self.center_median = _summary(np.median, c)
+        self.center_max = _summary(np.max, c)
+        self.rotation_mean_deg = _summary(np.mean, r)
+        self.rotation_max_deg = _summary(np.max, r)
 
     def summary(self) -> dict[str, Any]:
         return {"matched": len(self.names), "missing": len(self.missing),
