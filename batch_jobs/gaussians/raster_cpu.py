@@ -59,6 +59,26 @@ def _sigma_max(o: float) -> float:
     return math.log(max(255.0 * o, 1e-30)) + 1e-3
 
 
+@njit(cache=True, inline="always")
+def _tile_rect(t: int, tiles_x: int, tile: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Tile `t`'s top-left pixel and size (ox, oy, tw, th); edge tiles are cut at the image."""
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    ox, oy = tx * tile, ty * tile
+    return ox, oy, min(width, ox + tile) - ox, min(height, oy + tile) - oy
+
+
+@njit(cache=True, inline="always")
+def _footprint(g: int, means2d: np.ndarray, conics: np.ndarray, opacities: np.ndarray, prect: np.ndarray,
+               ox: int, oy: int, tw: int, th: int) -> tuple:
+    """Gaussian `g` in a tile: its pixel rectangle there (x0, x1, y0, y1, inclusive), its centre
+    (mx, my), conic (a, b, c), opacity o and `_sigma_max(o)`."""
+    o = opacities[g]
+    return (max(prect[g, 0], ox), min(prect[g, 2], ox + tw - 1),
+            max(prect[g, 1], oy), min(prect[g, 3], oy + th - 1),
+            means2d[g, 0], means2d[g, 1], conics[g, 0], conics[g, 1], conics[g, 2], o, _sigma_max(o))
+
+
 @njit(cache=True)
 def _rects(means2d: np.ndarray, conics: np.ndarray, opacities: np.ndarray, width: int, height: int,
            tile: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,11 +174,7 @@ def _forward(means2d: np.ndarray, conics: np.ndarray, colors: np.ndarray, opacit
     t_final = np.empty((height, width), np.float32)
     last = np.empty((height, width), np.int64)
     for t in prange(tiles_x * tiles_y):
-        ty = t // tiles_x
-        tx = t - ty * tiles_x
-        ox, oy = tx * tile, ty * tile
-        tw = min(width, ox + tile) - ox
-        th = min(height, oy + tile) - oy
+        ox, oy, tw, th = _tile_rect(t, tiles_x, tile, width, height)
         start, end = offsets[t], offsets[t + 1]
         trans = np.ones(tile * tile, np.float32)
         acc = np.zeros((tile * tile, n_ch), np.float32)
@@ -170,14 +186,8 @@ def _forward(means2d: np.ndarray, conics: np.ndarray, colors: np.ndarray, opacit
             if n_done == n_pix:
                 break
             g = ids[start + j]
-            x0 = max(prect[g, 0], ox)
-            x1 = min(prect[g, 2], ox + tw - 1)
-            y0 = max(prect[g, 1], oy)
-            y1 = min(prect[g, 3], oy + th - 1)
-            mx, my = means2d[g, 0], means2d[g, 1]
-            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            o = opacities[g]
-            smax = _sigma_max(o)
+            x0, x1, y0, y1, mx, my, a, b, c, o, smax = _footprint(g, means2d, conics, opacities, prect,
+                                                                  ox, oy, tw, th)
             for py in range(y0, y1 + 1):
                 dy = my - (py + 0.5)
                 row = (py - oy) * tile - ox
@@ -224,11 +234,7 @@ def _backward_isect(means2d: np.ndarray, conics: np.ndarray, colors: np.ndarray,
     n_isect = ids.shape[0]
     gi = np.zeros((n_isect, 6 + n_ch), np.float32)
     for t in prange(tiles_x * tiles_y):
-        ty = t // tiles_x
-        tx = t - ty * tiles_x
-        ox, oy = tx * tile, ty * tile
-        tw = min(width, ox + tile) - ox
-        th = min(height, oy + tile) - oy
+        ox, oy, tw, th = _tile_rect(t, tiles_x, tile, width, height)
         start = offsets[t]
         trans = np.zeros(tile * tile, np.float32)  # T behind the current Gaussian, per pixel
         stop = np.zeros(tile * tile, np.int64)
@@ -252,14 +258,8 @@ def _backward_isect(means2d: np.ndarray, conics: np.ndarray, colors: np.ndarray,
         lg = np.empty(6 + n_ch, np.float32)
         for j in range(max_stop - 1, -1, -1):
             g = ids[start + j]
-            x0 = max(prect[g, 0], ox)
-            x1 = min(prect[g, 2], ox + tw - 1)
-            y0 = max(prect[g, 1], oy)
-            y1 = min(prect[g, 3], oy + th - 1)
-            mx, my = means2d[g, 0], means2d[g, 1]
-            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            o = opacities[g]
-            smax = _sigma_max(o)
+            x0, x1, y0, y1, mx, my, a, b, c, o, smax = _footprint(g, means2d, conics, opacities, prect,
+                                                                  ox, oy, tw, th)
             for q in range(6 + n_ch):
                 lg[q] = 0.0
             for py in range(y0, y1 + 1):
