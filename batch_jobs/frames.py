@@ -11,10 +11,11 @@ the reconstruction. A kept frame is then dropped when it is blurred against its 
 or a near-duplicate of the frame kept before it (the camera did not move). Kept frames are
 scaled down to `long_side`.
 
-Outputs (contract 6): `frames/images/{index:06d}.jpg` for a video (`index` = the source frame
-number), `frames/images/{stem}.jpg` for photos; `frames/report.json` with every frame seen,
-its scores, whether it was kept and why not, the source's properties and a focal-length prior
-(pixels of the kept images) when EXIF or the container records one.
+Outputs (docs/contracts.md, "Stage outputs"): `frames/images/{index:06d}.jpg` for a video
+(`index` = the source frame number), `frames/images/{stem}.jpg` for photos;
+`frames/report.json` with every frame seen, its scores, whether it was kept and why not, the
+source's properties and a focal-length prior (pixels of the kept images) when EXIF or the
+container records one.
 
 Errors (bad input, exit 3): NOT_A_VIDEO, NO_VIDEO_STREAM, NO_DECODABLE_FRAMES, NO_IMAGES,
 TOO_FEW_FRAMES.

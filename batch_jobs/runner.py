@@ -1,4 +1,4 @@
-"""The stage runner: what every stage shares (README "Stages").
+"""The stage runner: what every stage shares (docs/contracts.md, "Stage runner").
 
 `python -m batch_jobs run STAGE --workspace URI [--request-id ID] [--options JSON]`
 
@@ -212,7 +212,7 @@ def _existing_success(workspace: str, stage: str) -> dict[str, Any] | None:
 
 def run_stage(stage: str, workspace: str, request_id: str | None = None,
               options: dict[str, Any] | None = None, *, force: bool = False) -> StageResult:
-    """Run one stage under the contract; never raises for stage failures."""
+    """Run one stage (docs/contracts.md, "Stage runner", "Stage markers"); never raises for stage failures."""
     workspace = workspace.rstrip("/") if storage.is_gcs(workspace) else str(Path(workspace).resolve())
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC).isoformat()

@@ -1,9 +1,9 @@
 """The `sfm` stage's sparse model as numpy arrays: views (pinhole K, world->camera pose) and points.
 
 Read from `sfm/sparse/0/{cameras,images,points3D}.bin` with pycolmap. The model is the
-undistorted PINHOLE one (contract 6 in the brief), so K alone maps camera to pixels; pixel
-centres are at +0.5 (COLMAP). Views are sorted by name, so "every 8th view" means the same
-views to every stage.
+undistorted PINHOLE one (docs/contracts.md, "Stage outputs"), so K alone maps camera to
+pixels; pixel centres are at +0.5 (COLMAP). Views are sorted by name, so "every 8th view"
+means the same views to every stage.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ python=${PYTHON:-python3}
 "$venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
 "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[jobs,emulator,dev,cli]"
 
-# --- checkov (issue 6: tests/terraform) ---------------------------------------------------------
+# --- checkov (tests/terraform) ------------------------------------------------------------------
 # checkov pins many packages of its own, so it lives in its own venv, not in $venv.
 checkov_venv=.venv-checkov
 checkov_version=3.3.30

@@ -1,4 +1,4 @@
-"""The stage contract, with a stand-in stage module (the runner's own boundary)."""
+"""The stage runner (docs/contracts.md, "Stage runner"), with a stand-in stage module (its own boundary)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A workspace whose `frames` and `sfm` outputs come from the synthetic scene's ground truth.
 
-The inputs of the depth, splat and mesh stages are fixed by contract 6 of the brief:
+The inputs of the depth, splat and mesh stages are fixed by docs/contracts.md, "Stage outputs":
 `frames/images/*.jpg`, `sfm/images/*.jpg` (undistorted), `sfm/sparse/0/*.bin` (a PINHOLE
 model, the same image names), `sfm/points.ply`, and each stage's `_SUCCESS.json`. This module
 writes exactly that from `emulator.synthetic_scene`: images rendered with `SyntheticScene`, a
