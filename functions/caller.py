@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from functions.http_json import ApiError
+from functions.errors import UnauthenticatedError, UnavailableError
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
@@ -67,7 +67,7 @@ class IdTokenVerifier:
             return self._certs
 
     def principal(self, token: str, audience: str) -> str:
-        """The verified principal ("email" when verified, else "sub"); ApiError 401 otherwise."""
+        """The verified principal ("email" when verified, else "sub"); UnauthenticatedError otherwise."""
         from google.auth import exceptions, jwt
 
         try:
@@ -77,18 +77,15 @@ class IdTokenVerifier:
                 certs = self._current_certs(refresh=True)
             claims: dict[str, Any] = jwt.decode(token, certs=certs, audience=audience, clock_skew_in_seconds=10)
         except (ValueError, exceptions.GoogleAuthError) as exc:
-            raise ApiError(401, "invalid_token", f"the bearer token is not a valid ID token for this API: {exc}",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+            raise UnauthenticatedError(f"the bearer token is not a valid ID token for this API: {exc}") from None
         except Exception as exc:  # Google's certificates unreachable: not the caller's fault
-            raise ApiError(503, "unavailable", f"cannot verify the bearer token now: {type(exc).__name__}",
-                           {"Retry-After": "5"}) from None
+            raise UnavailableError(f"cannot verify the bearer token now: {type(exc).__name__}", retry_after=5) from None
         if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise ApiError(401, "invalid_token", "the bearer token was not issued by Google",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise UnauthenticatedError("the bearer token was not issued by Google")
         if claims.get("email") and claims.get("email_verified"):
             return "principal:" + str(claims["email"]).lower()
         if not claims.get("sub"):
-            raise ApiError(401, "invalid_token", "the bearer token names no subject")
+            raise UnauthenticatedError("the bearer token names no subject", challenge=False)
         return "principal:sub:" + str(claims["sub"])
 
 

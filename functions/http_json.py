@@ -1,7 +1,9 @@
-"""JSON over HTTP: the error type every handler raises, JSON responses, and reading request bodies.
+"""JSON over HTTP: errors as responses, JSON responses, and reading request bodies.
 
-Every error leaves as `{"error": {"code", "message"}}` with a fitting status; a handler raises
-:class:`ApiError` and the entry point turns it into the response.
+Every error leaves as `{"error": {"code", "message"}}` with a fitting status. The domain modules
+raise functions.errors kinds and :func:`http_error` gives each its status (the one place that
+decides it); :class:`ApiError` is for what only HTTP has (methods, media types, body limits, the
+rate limit's 429).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import flask
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from functions import errors
 
 MAX_JSON_BYTES = 64 * 1024
 """Largest JSON body any route takes (a request is a few hundred bytes)."""
@@ -31,23 +35,30 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def not_found(message: str = "no such request") -> ApiError:
-    return ApiError(404, "not_found", message)
+_STATUS: dict[type[errors.DomainError], int] = {
+    errors.DomainError: 422, errors.InvalidRequestError: 422, errors.NotFoundError: 404, errors.ConflictError: 409,
+    errors.TooLargeError: 413, errors.UnauthenticatedError: 401, errors.UnavailableError: 503}
 
 
-def unprocessable(message: str, code: str = "invalid_request") -> ApiError:
-    return ApiError(422, code, message)
+def http_error(err: errors.DomainError) -> ApiError:
+    """The HTTP answer to a domain error: the status of its nearest kind, and the headers it asks for."""
+    headers = {}
+    if isinstance(err, errors.UnauthenticatedError) and err.challenge:
+        headers["WWW-Authenticate"] = f'Bearer error="{err.code}"'
+    if isinstance(err, errors.UnavailableError) and err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    status = next(_STATUS[kind] for kind in type(err).__mro__ if kind in _STATUS)
+    return ApiError(status, err.code, err.message, headers)
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> flask.Response:
-    resp = flask.Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status=status,
-                          mimetype="application/json")
-    for k, v in (headers or {}).items():
-        resp.headers[k] = v
-    return resp
+    return flask.Response(json.dumps(body, separators=(",", ":"), allow_nan=False), status=status,
+                          mimetype="application/json", headers=headers)
 
 
-def error_response(err: ApiError) -> flask.Response:
+def error_response(err: ApiError | errors.DomainError) -> flask.Response:
+    if isinstance(err, errors.DomainError):
+        err = http_error(err)
     return json_response({"error": {"code": err.code, "message": err.message}}, err.status, err.headers)
 
 
@@ -145,7 +156,7 @@ def read_json(request: flask.Request, limit: int = MAX_JSON_BYTES) -> Any:
 def read_json_object(request: flask.Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
     body = read_json(request, limit)
     if not isinstance(body, dict):
-        raise unprocessable("request body must be a JSON object")
+        raise errors.InvalidRequestError("request body must be a JSON object")
     return body
 
 

@@ -8,9 +8,10 @@
   queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next,
                    POST /webhook/{id} (functions.webhook_relay: the webhook, checked when sent)
   on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
-  dispatch   HTTP  IAM-only, POST or GET: admission control (contract 5)
+  dispatch   HTTP  IAM-only, POST or GET: admission control (functions.dispatcher)
 
-Every HTTP answer is JSON; errors are `{"error": {"code", "message"}}`.
+Every HTTP answer is JSON; errors are `{"error": {"code", "message"}}`, their statuses decided
+here and in functions.http_json only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from functions import (
 )
 from functions.config import Settings
 from functions.context import Services, services
+from functions.errors import DomainError, UnavailableError
 from functions.http_json import (
     ApiError,
     error_response,
@@ -76,12 +78,11 @@ def _guarded(work: Callable[[], flask.Response]) -> flask.Response:
     """Run a handler; every failure becomes a JSON error (infrastructure trouble: 503)."""
     try:
         return work()
-    except ApiError as err:
+    except (ApiError, DomainError) as err:
         return error_response(err)
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
         log.error("Redis unavailable: %s", exc)
-        return error_response(ApiError(503, "unavailable", "the queue store is unavailable; retry shortly",
-                                       {"Retry-After": "5"}))
+        return error_response(UnavailableError("the queue store is unavailable; retry shortly", retry_after=5))
     except Exception:
         log.exception("unexpected error")
         return error_response(ApiError(500, "internal", "internal error"))

@@ -23,12 +23,13 @@ from typing import Any
 
 from functions import gcs
 from functions.config import Settings
+from functions.errors import UnavailableError
 from functions.validation import split_gs_uri
 
 log = logging.getLogger("splatpipe.links")
 
 
-class SigningUnavailableError(RuntimeError):
+class SigningUnavailableError(UnavailableError):
     """No URL can be made here (not on Google Cloud, no storage emulator, or signing failed)."""
 
 
@@ -65,14 +66,9 @@ class OutputLinker:
         if not self.enabled or not uri.startswith("gs://") or uri.endswith("/"):
             return uri
         try:
-            creds = self._credentials()
-            bucket, name = split_gs_uri(uri)
-            blob = gcs.client(self.settings.project).bucket(bucket).blob(name)
-            return str(blob.generate_signed_url(
-                version="v4", method="GET", expiration=dt.timedelta(seconds=self.settings.signed_url_seconds),
-                service_account_email=creds.service_account_email, access_token=creds.token))
-        except Exception as exc:
-            log.warning("cannot sign %s (%s); returning the gs:// URI", uri, exc)
+            return self._sign(uri, "GET", self.settings.signed_url_seconds)
+        except SigningUnavailableError as exc:
+            log.warning("cannot sign %s (%s); returning the gs:// URI", uri, exc.__cause__)
             return uri
 
     def _sign(self, uri: str, method: str, seconds: int, headers: dict[str, str] | None = None) -> str:

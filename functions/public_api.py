@@ -7,11 +7,14 @@ IAM-only `queue` function serves statuses by id alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flask
 
-from functions import callback_token, intake, status_view, validation, video_upload
+from functions import callback_token, intake, tasks, validation, video_upload
 from functions.caller import caller_key
 from functions.context import Services
+from functions.errors import InvalidRequestError, NotFoundError
 from functions.http_json import (
     ApiError,
     json_response,
@@ -20,9 +23,11 @@ from functions.http_json import (
     require_media_type,
     retry_after_seconds,
 )
-from functions.routing import Route
+from functions.routing import Route, collect
 
 TOKEN_HEADER = "X-Callback-Token"
+ROUTES: list[Route] = []
+route = collect(ROUTES)
 
 
 def _rate_limit(request: flask.Request, svc: Services) -> dict[str, str]:
@@ -46,30 +51,31 @@ def status_url(request_id: str) -> str:
     return f"/status/{request_id}"
 
 
-def _accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: str = "request_id") -> flask.Response:
+def accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: str = "request_id") -> flask.Response:
+    """202 with the callback token for a new request, 200 for the one a duplicate names."""
     body: dict[str, object] = {id_field: acc.request_id, "state": acc.state, "status_url": status_url(acc.request_id),
                                "deduplicated": not acc.created}
     if acc.created:
         body["callback_token"] = acc.callback_token
-        return json_response(body, 202, headers)
-    return json_response(body, 200, headers)
+    return json_response(body, 202 if acc.created else 200, headers)
 
 
+@route("POST", "/trigger-reconstruction")
 def trigger(request: flask.Request, svc: Services) -> flask.Response:
-    """POST /trigger-reconstruction"""
     headers = _rate_limit(request, svc)
     body = read_json_object(request)
     req = validation.new_request(body, svc.settings.allowed_input_buckets, local=svc.settings.local_mode)
-    return _accepted_response(intake.accept(svc, req, source="api"), headers)
+    return accepted_response(intake.accept(svc, req, source="api"), headers)
 
 
+@route("POST", "/preprocess-video")
 def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
-    """POST /preprocess-video: a JSON body naming a gs:// video, or the video itself as the body."""
+    """A JSON body naming a gs:// video, or the video itself as the body."""
     headers = _rate_limit(request, svc)
     media = require_media_type(request, "application/json", *video_upload.ACCEPTED_MEDIA_TYPES)
     if media == "application/json":
         if request.args:
-            raise validation.unprocessable("query parameters go with a video body; put the fields in the JSON",
+            raise InvalidRequestError("query parameters go with a video body; put the fields in the JSON",
                                            "unknown_field")
         body = read_json_object(request)
         req = validation.new_request(body, svc.settings.allowed_input_buckets, default_stages=("frames",),
@@ -78,7 +84,7 @@ def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
         q = request.args
         unknown = sorted(set(q) - {"session_id", "priority", "idempotency_key"})
         if unknown:
-            raise validation.unprocessable(f"unknown query parameter {unknown[0]!r}", "unknown_field")
+            raise InvalidRequestError(f"unknown query parameter {unknown[0]!r}", "unknown_field")
         sid = validation.session_id(q.get("session_id"))
         prio = validation.query_priority(q.get("priority"))
         idem = validation.idempotency_key(q.get("idempotency_key"))
@@ -86,15 +92,7 @@ def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
         uri = video_upload.store(svc.settings, sid, data)
         req = validation.NewRequest(session_id=sid, input=uri, priority=prio, options=validation.options(None),
                                     stages=("frames",), idempotency_key=idem)
-    return _accepted_response(intake.accept(svc, req, source="preprocess"), headers, id_field="job_id")
-
-
-def _status(svc: Services, request_id: str) -> flask.Response:
-    record = svc.queue.get(request_id)
-    if record is None:
-        raise ApiError(404, "not_found", "no such request")
-    overlay = svc.mirror.stage_fields(request_id) if svc.mirror is not None else None
-    return json_response(status_view.render(record, overlay, link=svc.links.link))
+    return accepted_response(intake.accept(svc, req, source="preprocess"), headers, id_field="job_id")
 
 
 def _token(request: flask.Request) -> str:
@@ -104,28 +102,20 @@ def _token(request: flask.Request) -> str:
     return token
 
 
+def authorized_record(request: flask.Request, svc: Services, request_id: str) -> dict[str, Any]:
+    """The record of the path's request when the request carries its callback token."""
+    token = _token(request)
+    return tasks.authorized(svc, validation.request_id(request_id), token)
+
+
+@route("GET", "/status")
 def status_by_token(request: flask.Request, svc: Services) -> flask.Response:
-    """GET /status?callback_token=T"""
-    token = _token(request)
-    request_id = svc.queue.id_for_token(callback_token.digest(token))
+    request_id = svc.queue.id_for_token(callback_token.digest(_token(request)))
     if request_id is None:
-        raise ApiError(404, "not_found", "no request has this callback token")
-    return _status(svc, request_id)
+        raise NotFoundError("no request has this callback token")
+    return json_response(tasks.status(svc, tasks.lookup(svc, request_id)))
 
 
+@route("GET", "/status/{request_id}")
 def status_by_id(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
-    """GET /status/{request_id} with the request's callback token."""
-    token = _token(request)
-    validation.request_id(request_id)
-    record = svc.queue.get(request_id)
-    if record is None or not callback_token.matches(token, record["callback_token_sha256"]):
-        raise ApiError(404, "not_found", "no such request for this callback token")
-    return _status(svc, request_id)
-
-
-ROUTES = (
-    Route("POST", "/trigger-reconstruction", trigger),
-    Route("POST", "/preprocess-video", preprocess_video),
-    Route("GET", "/status", status_by_token),
-    Route("GET", "/status/{request_id}", status_by_id),
-)
+    return json_response(tasks.status(svc, authorized_record(request, svc, request_id)))

@@ -18,10 +18,13 @@ import flask
 
 from functions import tasks, validation
 from functions.context import Services
+from functions.errors import NotFoundError
 from functions.http_json import ApiError
 from functions.public_api import TOKEN_HEADER, _rate_limit
-from functions.routing import Route
+from functions.routing import Route, collect
 
+ROUTES: list[Route] = []
+route = collect(ROUTES)
 VIEWER_DIR = Path(__file__).resolve().with_name("viewer")
 ASSETS = {"viewer.bundle.js": "text/javascript", "page.js": "text/javascript", "page.css": "text/css"}
 
@@ -53,28 +56,23 @@ def _template() -> str:
     return (VIEWER_DIR / "page.html").read_text()
 
 
+@route("GET", "/view/{request_id}")
 def page(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
-    """GET /view/{request_id}?token=T"""
+    """`?token=T`"""
     headers = _rate_limit(request, svc)
     token = request.args.get("token") or request.args.get("callback_token") or request.headers.get(TOKEN_HEADER)
     if not token:
         raise ApiError(401, "token_required", "open the page as /view/{request_id}?token=<callback token>")
-    validation.request_id(request_id)
-    try:
-        tasks.authorized(svc, request_id, token)
-    except tasks.UnknownRequestError as exc:
-        raise ApiError(404, exc.code, str(exc)) from None
+    tasks.authorized(svc, validation.request_id(request_id), token)
     html = _template().replace("{request_id}", request_id)  # a validated hex id: nothing to escape
-    resp = flask.Response(html, status=200, mimetype="text/html")
-    for k, v in {**PAGE_HEADERS, **headers}.items():
-        resp.headers[k] = v
-    return resp
+    return flask.Response(html, status=200, mimetype="text/html", headers={**PAGE_HEADERS, **headers})
 
 
+@route("GET", "/viewer/{name}")
 def asset(request: flask.Request, svc: Services, name: str) -> flask.Response:
-    """GET /viewer/{name}: the page's script, style and the vendored viewer module."""
+    """The page's script, style and the vendored viewer module."""
     if name not in ASSETS:
-        raise ApiError(404, "not_found", f"no asset {name}")
+        raise NotFoundError(f"no asset {name}")
     raw, packed, etag = _asset(name)
     if request.headers.get("If-None-Match") == etag:
         resp = flask.Response(status=304)
@@ -89,8 +87,3 @@ def asset(request: flask.Request, svc: Services, name: str) -> flask.Response:
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
 
-
-ROUTES = (
-    Route("GET", "/view/{request_id}", page),
-    Route("GET", "/viewer/{name}", asset),
-)

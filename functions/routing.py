@@ -1,4 +1,8 @@
-"""A small router: (method, path pattern) -> handler, with JSON 404 and 405 (+ Allow)."""
+"""A small router: (method, path pattern) -> handler, with JSON 404 and 405 (+ Allow).
+
+A module of routes keeps a `ROUTES` list and declares each handler with `@route(method, pattern)`,
+`route = collect(ROUTES)`: the pattern sits next to its handler.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from functions.http_json import ApiError
 
@@ -26,6 +30,19 @@ class Route:
     method: str
     pattern: str
     handler: Callable[..., Any]
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def collect(routes: list[Route]) -> Callable[[str, str], Callable[[Handler], Handler]]:
+    """A decorator factory: `@route(method, pattern)` adds the handler to `routes`."""
+    def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+        def add(handler: Handler) -> Handler:
+            routes.append(Route(method, pattern, handler))
+            return handler
+        return add
+    return route
 
 
 def match(routes: Sequence[Route], method: str, path: str) -> tuple[Callable[..., Any], dict[str, str]]:

@@ -1,6 +1,6 @@
 """What a caller does with a request after making it: cancel, restart, delete, list, download,
 and the upload sessions that bring local files in without bucket rights. HTTP lives in
-functions.task_api; everything here raises :class:`TaskError` subclasses.
+functions.task_api; everything here raises functions.errors kinds.
 
 - cancel: QUEUED or PROCESSING -> CANCELLED; the workflow execution is cancelled and the current
   stage's Batch job deleted (functions.batch_control).
@@ -19,14 +19,14 @@ import io
 import logging
 import secrets
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from functions import batch_control, callback_token, gcs, jobrecord, stages, workspace
+from functions import batch_control, callback_token, gcs, jobrecord, stages, status_view, workspace
 from functions.context import Services
+from functions.errors import ConflictError, InvalidRequestError, NotFoundError, TooLargeError
 from functions.options import DEFAULT_PRESET, OPTION_SPECS, PRESETS, OptionsError, normalize_options
-from functions.output_links import SigningUnavailableError
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
 from functions.validation import split_gs_uri
 from functions.video_upload import API_SEGMENT
@@ -44,49 +44,29 @@ MAX_LISTED = 200
 UPLOAD_SEGMENT = "uploads"
 
 
-class TaskError(Exception):
-    """A task operation refused; the message is safe to show the caller."""
-
-    code = "invalid_request"
+# --- status and authorization --------------------------------------------------------------------
 
 
-class UnknownRequestError(TaskError):
-    code = "not_found"
+def lookup(svc: Services, request_id: str) -> dict[str, Any]:
+    """The record of `request_id`; NotFoundError when there is none."""
+    record = svc.queue.get(request_id)
+    if record is None:
+        raise NotFoundError("no such request")
+    return record
 
 
-class WrongStateError(TaskError):
-    """The request is in a state the operation does not apply to."""
-
-    def __init__(self, state: str, message: str) -> None:
-        super().__init__(message)
-        self.state = state
-
-    code = "wrong_state"
-
-
-class InvalidTaskInputError(TaskError):
-    def __init__(self, message: str, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ResultTooLargeError(TaskError):
-    code = "result_too_large"
-
-
-class UnavailableError(TaskError):
-    code = "unavailable"
-
-
-# --- authorization -------------------------------------------------------------------------------
+def status(svc: Services, record: Mapping[str, Any], *, overlay: bool = True, internal: bool = False) -> dict[str, Any]:
+    """The record's status document; `overlay`: with what its running stages wrote to the mirror."""
+    fields = svc.mirror.stage_fields(record["request_id"]) if overlay and svc.mirror is not None else None
+    return status_view.render(record, fields, link=svc.links.link, internal=internal)
 
 
 def authorized(svc: Services, request_id: str, token: str) -> dict[str, Any]:
-    """The record of `request_id` if `token` is its callback token (else UnknownRequestError:
-    an id is not a secret, so a wrong token and an unknown id answer alike)."""
+    """The record of `request_id` if `token` is its callback token (else NotFoundError: an id is not a
+    secret, so a wrong token and an unknown id answer alike)."""
     record = svc.queue.get(request_id)
     if record is None or not callback_token.matches(token, record["callback_token_sha256"]):
-        raise UnknownRequestError("no such request for this callback token")
+        raise NotFoundError("no such request for this callback token")
     return record
 
 
@@ -96,8 +76,19 @@ def session_requests(svc: Services, session_id: str, token: str) -> list[dict[st
     records = [r for r in (svc.queue.get(i) for i in reversed(ids)) if r is not None]
     digest = callback_token.digest(token)
     if not any(secrets.compare_digest(digest, r["callback_token_sha256"]) for r in records):
-        raise UnknownRequestError("no session with a request for this callback token")
+        raise NotFoundError("no session with a request for this callback token")
     return records
+
+
+@contextlib.contextmanager
+def _refused_by_queue() -> Iterator[None]:
+    """The queue's refusals of a transition, as the caller sees them."""
+    try:
+        yield
+    except IllegalTransitionError as exc:
+        raise ConflictError(str(exc)) from None
+    except RecordNotFoundError:
+        raise NotFoundError("no such request") from None
 
 
 def _changed(svc: Services, request_id: str) -> None:
@@ -117,14 +108,9 @@ def cancel(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
     """QUEUED/PROCESSING -> CANCELLED, then stop its execution and running Batch job."""
     rid = record["request_id"]
     if record["state"] not in ACTIVE_STATES:
-        raise WrongStateError(record["state"], f"request is {record['state']}; only a QUEUED or PROCESSING "
-                                               "request can be cancelled")
-    try:
+        raise ConflictError(f"request is {record['state']}; only a QUEUED or PROCESSING request can be cancelled")
+    with _refused_by_queue():  # it finished meanwhile
         updated = svc.queue.update(rid, {"state": jobrecord.State.CANCELLED.value}, svc.settings.lease_seconds)
-    except IllegalTransitionError as exc:  # it finished meanwhile
-        raise WrongStateError(exc.state, str(exc)) from None
-    except RecordNotFoundError:
-        raise UnknownRequestError("no such request") from None
     _changed(svc, rid)
     # The record is CANCELLED first: the workflow's next status update is refused and it stops,
     # whatever happens to the calls below.
@@ -148,16 +134,16 @@ def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = N
     if record["state"] not in {s.value for s in jobrecord.RESTARTABLE_STATES}:
         hint = "its workspace is gone" if record["state"] == jobrecord.State.DELETED.value \
             else "cancel it or wait for it to finish"
-        raise WrongStateError(record["state"], f"request is {record['state']}; {hint}")
+        raise ConflictError(f"request is {record['state']}; {hint}")
     requested = list(record["stages_requested"])
     if from_stage is not None and from_stage not in requested:
-        raise InvalidTaskInputError(f"from_stage must be one of the request's stages: {', '.join(requested)}",
+        raise InvalidRequestError(f"from_stage must be one of the request's stages: {', '.join(requested)}",
                                     "invalid_stage")
     merged = {**record["options"], **dict(options or {})}
     try:
         new_options = normalize_options(merged)
     except OptionsError as exc:
-        raise InvalidTaskInputError(str(exc), "invalid_options") from None
+        raise InvalidRequestError(str(exc), "invalid_options") from None
     if from_stage is not None:
         ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(rid))
         bucket = gcs.client(svc.settings.project).bucket(ws_bucket)
@@ -173,12 +159,8 @@ def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = N
     workspace.write_request_json(svc.settings, {**record, "options": new_options})
     if svc.mirror is not None:
         svc.mirror.clear_stage_fields(rid)
-    try:
+    with _refused_by_queue():
         svc.queue.restart(rid, record["version"], new_options)
-    except IllegalTransitionError as exc:
-        raise WrongStateError(exc.state, str(exc)) from None
-    except RecordNotFoundError:
-        raise UnknownRequestError("no such request") from None
     _changed(svc, rid)
     svc.kick()
     fresh = svc.queue.get(rid)
@@ -193,14 +175,10 @@ def delete(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
     """Cancel if still active, make the record a DELETED tombstone, remove the workspace."""
     rid = record["request_id"]
     if record["state"] in ACTIVE_STATES:
-        with contextlib.suppress(WrongStateError):  # finished meanwhile: delete it as it is
+        with contextlib.suppress(ConflictError):  # finished meanwhile: delete it as it is
             cancel(svc, record)
-    try:
+    with _refused_by_queue():  # restarted meanwhile
         svc.queue.tombstone(rid)
-    except IllegalTransitionError as exc:  # restarted meanwhile
-        raise WrongStateError(exc.state, str(exc)) from None
-    except RecordNotFoundError:
-        raise UnknownRequestError("no such request") from None
     _changed(svc, rid)
     ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(rid))
     client = gcs.client(svc.settings.project)
@@ -265,10 +243,10 @@ class OutputFile:
 def output_files(svc: Services, record: Mapping[str, Any]) -> list[OutputFile]:
     """The request's outputs that exist, with sizes (one listing of the workspace)."""
     if record["state"] == jobrecord.State.DELETED.value:
-        raise WrongStateError(record["state"], "request is DELETED; its outputs are gone")
+        raise ConflictError("request is DELETED; its outputs are gone")
     outputs = record["outputs"]
     if not outputs:
-        raise WrongStateError(record["state"], f"request is {record['state']} and has no outputs yet")
+        raise ConflictError(f"request is {record['state']} and has no outputs yet")
     ws = svc.settings.workspace_uri(record["request_id"])
     ws_bucket, ws_prefix = split_gs_uri(ws)
     found = {b.name: b for b in gcs.client(svc.settings.project).list_blobs(ws_bucket, prefix=ws_prefix + "/",
@@ -285,21 +263,18 @@ def output_files(svc: Services, record: Mapping[str, Any]) -> list[OutputFile]:
 
 def manifest(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
     files = output_files(svc, record)
-    try:
-        entries = [{"name": f.name, "path": f.path, "size": f.size, "content_type": f.content_type,
-                    "url": svc.links.download_url(f.uri)} for f in files]
-    except SigningUnavailableError as exc:
-        raise UnavailableError(str(exc)) from None
+    entries = [{"name": f.name, "path": f.path, "size": f.size, "content_type": f.content_type,
+                "url": svc.links.download_url(f.uri)} for f in files]
     return {"request_id": record["request_id"], "state": record["state"], "files": entries,
             "total_bytes": sum(f.size for f in files), "zip_max_bytes": ZIP_MAX_BYTES}
 
 
 def zip_bytes(svc: Services, record: Mapping[str, Any]) -> bytes:
-    """The outputs as one zip (`{stage}/{file}` entries); ResultTooLargeError past ZIP_MAX_BYTES."""
+    """The outputs as one zip (`{stage}/{file}` entries); TooLargeError past ZIP_MAX_BYTES."""
     files = output_files(svc, record)
     total = sum(f.size for f in files)
     if total > ZIP_MAX_BYTES:
-        raise ResultTooLargeError(f"the outputs are {total} bytes; a zip is served up to {ZIP_MAX_BYTES} "
+        raise TooLargeError(f"the outputs are {total} bytes; a zip is served up to {ZIP_MAX_BYTES} "
                                   "bytes: use the manifest's URLs")
     client = gcs.client(svc.settings.project)
     buf = io.BytesIO()
@@ -324,26 +299,26 @@ def upload_files(raw: Any) -> list[UploadFile]:
     from functions.validation import _BAD_OBJECT_CHARS
 
     if not isinstance(raw, list) or not raw:
-        raise InvalidTaskInputError("files must be a non-empty list of {name, content_type?}", "invalid_files")
+        raise InvalidRequestError("files must be a non-empty list of {name, content_type?}", "invalid_files")
     if len(raw) > MAX_UPLOAD_FILES:
-        raise InvalidTaskInputError(f"at most {MAX_UPLOAD_FILES} files per upload", "invalid_files")
+        raise InvalidRequestError(f"at most {MAX_UPLOAD_FILES} files per upload", "invalid_files")
     out: list[UploadFile] = []
     seen: set[str] = set()
     for i, f in enumerate(raw):
         if not isinstance(f, dict) or set(f) - {"name", "content_type"} or not isinstance(f.get("name"), str):
-            raise InvalidTaskInputError(f"files[{i}] must be an object {{name, content_type?}}", "invalid_files")
+            raise InvalidRequestError(f"files[{i}] must be an object {{name, content_type?}}", "invalid_files")
         name = f["name"]
         ct = f.get("content_type", "application/octet-stream")
         parts = name.split("/")
         if (not 0 < len(name) <= MAX_UPLOAD_NAME or _BAD_OBJECT_CHARS.search(name)
                 or any(p in ("", ".", "..") or p.startswith("_") for p in parts) or not name.isprintable()):
-            raise InvalidTaskInputError(f"files[{i}].name must be a relative path of at most {MAX_UPLOAD_NAME} "
+            raise InvalidRequestError(f"files[{i}].name must be a relative path of at most {MAX_UPLOAD_NAME} "
                                         "printable characters, no empty, '.', '..' or '_'-prefixed parts",
                                         "invalid_files")
         if not isinstance(ct, str) or not 0 < len(ct) <= 100 or "/" not in ct or not ct.isprintable():
-            raise InvalidTaskInputError(f"files[{i}].content_type must be a media type", "invalid_files")
+            raise InvalidRequestError(f"files[{i}].content_type must be a media type", "invalid_files")
         if name in seen:
-            raise InvalidTaskInputError(f"files[{i}].name repeats {name!r}", "invalid_files")
+            raise InvalidRequestError(f"files[{i}].name repeats {name!r}", "invalid_files")
         seen.add(name)
         out.append(UploadFile(name, ct))
     return out
@@ -359,13 +334,10 @@ def start_upload(svc: Services, session_id: str, files: Sequence[UploadFile]) ->
     prefix = f"{session_id}/{API_SEGMENT}/{UPLOAD_SEGMENT}/{upload_id}/"
     bucket = svc.settings.uploads_bucket
     entries = []
-    try:
-        for f in files:
-            start = svc.links.resumable_upload(f"gs://{bucket}/{prefix}{f.name}", f.content_type, UPLOAD_URL_SECONDS)
-            entries.append({"name": f.name, "object": f"gs://{bucket}/{prefix}{f.name}", "method": start.method,
-                            "url": start.url, "headers": start.headers, "body": start.body})
-    except SigningUnavailableError as exc:
-        raise UnavailableError(str(exc)) from None
+    for f in files:
+        start = svc.links.resumable_upload(f"gs://{bucket}/{prefix}{f.name}", f.content_type, UPLOAD_URL_SECONDS)
+        entries.append({"name": f.name, "object": f"gs://{bucket}/{prefix}{f.name}", "method": start.method,
+                        "url": start.url, "headers": start.headers, "body": start.body})
     single_video = len(files) == 1 and (files[0].content_type.startswith("video/")
                                         or "." + files[0].name.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS)
     return {"session_id": session_id, "upload_id": upload_id,
@@ -379,14 +351,14 @@ MAX_LIVE_PREVIEW_BYTES = 4 * 1024 * 1024
 
 
 def live_preview(svc: Services, record: Mapping[str, Any]) -> bytes:
-    """The training's latest preview render (a small PNG); WrongStateError when there is none."""
+    """The training's latest preview render (a small PNG); ConflictError when there is none."""
     if record["state"] == jobrecord.State.DELETED.value:
-        raise WrongStateError(record["state"], "request is DELETED; its outputs are gone")
+        raise ConflictError("request is DELETED; its outputs are gone")
     ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(record["request_id"]))
     blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LIVE_PREVIEW}",
                                                                        timeout=gcs.TIMEOUT_SECONDS)
     if blob is None:
-        raise WrongStateError(record["state"], "no live preview yet: the splat stage writes one while it trains")
+        raise ConflictError("no live preview yet: the splat stage writes one while it trains")
     if (blob.size or 0) > MAX_LIVE_PREVIEW_BYTES:
-        raise ResultTooLargeError(f"the live preview is {blob.size} bytes")
+        raise TooLargeError(f"the live preview is {blob.size} bytes")
     return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))

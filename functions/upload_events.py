@@ -23,7 +23,7 @@ from typing import Any
 
 from functions import dedup, intake, validation
 from functions.context import Services
-from functions.http_json import ApiError
+from functions.errors import InvalidRequestError
 from functions.video_upload import API_SEGMENT
 
 log = logging.getLogger("splatpipe.on_upload")
@@ -81,7 +81,7 @@ def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_bu
         )
     except ValueError as exc:
         return f"bad object metadata: {exc}"
-    except ApiError as exc:
+    except InvalidRequestError as exc:
         return exc.message
 
 

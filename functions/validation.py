@@ -1,6 +1,6 @@
 """Request bodies and identifiers, checked field by field with messages that name the field.
 
-Every failure is an :class:`ApiError` (422 unless noted) that is safe to show the caller.
+Every failure is a functions.errors kind (InvalidRequestError unless noted) that is safe to show the caller.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from functions import jobrecord, webhook
-from functions.http_json import ApiError, unprocessable
+from functions.errors import InvalidRequestError, NotFoundError
 from functions.options import OptionsError, normalize_options
 
 # Identifier patterns, always applied with `fullmatch` (`$` with `match` also takes a final "\n").
@@ -58,15 +58,15 @@ def _utf8(value: str) -> bool:
 
 
 def request_id(value: str) -> str:
-    """A request id from a path: unknown shapes are simply not found (404)."""
+    """A request id from a path: unknown shapes are simply not found."""
     if not REQUEST_ID_RE.fullmatch(value or ""):
-        raise ApiError(404, "not_found", "no such request")
+        raise NotFoundError("no such request")
     return value
 
 
 def session_id(value: Any) -> str:
     if not isinstance(value, str) or not SESSION_ID_RE.fullmatch(value):
-        raise unprocessable("session_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
+        raise InvalidRequestError("session_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
                             "starting with a letter or digit", "invalid_session_id")
     return value
 
@@ -74,11 +74,11 @@ def session_id(value: Any) -> str:
 def query_int(raw: str | None, field: str, lo: int, hi: int, code: str) -> int | None:
     """An integer from a query string or object metadata (None when absent): ASCII digits only,
     at most MAX_INT_DIGITS of them (checked before converting: int() refuses over 4,300 digits with
-    a ValueError), from `lo` to `hi`; else a 422 with `code`."""
+    a ValueError), from `lo` to `hi`; else InvalidRequestError with `code`."""
     if raw is None:
         return None
     if not (0 < len(raw) <= MAX_INT_DIGITS and raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
-        raise unprocessable(f"{field} must be an integer from {lo} to {hi}", code)
+        raise InvalidRequestError(f"{field} must be an integer from {lo} to {hi}", code)
     return int(raw)
 
 
@@ -91,7 +91,7 @@ def priority(value: Any) -> int:
         return jobrecord.PRIORITY_DEFAULT
     if isinstance(value, bool) or not isinstance(value, int) \
             or not jobrecord.PRIORITY_MIN <= value <= jobrecord.PRIORITY_MAX:
-        raise unprocessable(f"priority must be an integer from {jobrecord.PRIORITY_MIN} (highest) to "
+        raise InvalidRequestError(f"priority must be an integer from {jobrecord.PRIORITY_MIN} (highest) to "
                             f"{jobrecord.PRIORITY_MAX}", "invalid_priority")
     return value
 
@@ -106,23 +106,23 @@ def split_gs_uri(value: str) -> tuple[str, str]:
 def gs_uri(value: Any, allowed_buckets: Iterable[str], field: str = "input") -> str:
     """A `gs://bucket/object-or-prefix` in one of the allowed buckets, with no `.`/`..` segments."""
     if not isinstance(value, str) or not value.startswith("gs://"):
-        raise unprocessable(f"{field} must be a gs:// URI", "invalid_uri")
+        raise InvalidRequestError(f"{field} must be a gs:// URI", "invalid_uri")
     bucket, name = split_gs_uri(value)
     if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-        raise unprocessable(f"{field} has an invalid bucket name", "invalid_uri")
+        raise InvalidRequestError(f"{field} has an invalid bucket name", "invalid_uri")
     allowed = tuple(allowed_buckets)
     if bucket not in allowed:
-        raise unprocessable(f"{field} must be in bucket {' or '.join(allowed)}", "bucket_not_allowed")
+        raise InvalidRequestError(f"{field} must be in bucket {' or '.join(allowed)}", "bucket_not_allowed")
     if not name or name == "/":
-        raise unprocessable(f"{field} must name an object or a prefix inside the bucket", "invalid_uri")
+        raise InvalidRequestError(f"{field} must name an object or a prefix inside the bucket", "invalid_uri")
     if not _utf8(name) or len(name.encode("utf-8")) > MAX_OBJECT_NAME or _BAD_OBJECT_CHARS.search(name):
-        raise unprocessable(f"{field} has an invalid object name", "invalid_uri")
+        raise InvalidRequestError(f"{field} has an invalid object name", "invalid_uri")
     segments = name.split("/")
     if segments[-1] == "":  # a prefix: "images/" is fine
         segments = segments[:-1]
     for seg in segments:
         if seg in ("", ".", ".."):
-            raise unprocessable(f"{field} must not contain empty, '.' or '..' path segments", "invalid_uri")
+            raise InvalidRequestError(f"{field} must not contain empty, '.' or '..' path segments", "invalid_uri")
     return value
 
 
@@ -132,22 +132,22 @@ def webhook_url(value: Any, *, local: bool = False) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_URL:
-        raise unprocessable(f"webhook_url must be a URL of at most {MAX_URL} characters", "invalid_webhook_url")
+        raise InvalidRequestError(f"webhook_url must be a URL of at most {MAX_URL} characters", "invalid_webhook_url")
     try:
         parts = urllib.parse.urlsplit(value)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise unprocessable("webhook_url is not a valid URL", "invalid_webhook_url") from None
+        raise InvalidRequestError("webhook_url is not a valid URL", "invalid_webhook_url") from None
     if parts.scheme not in ("https", "http") or not host \
             or (parts.scheme == "http" and not (local and webhook.is_loopback_host(host))):
-        raise unprocessable("webhook_url must be an https:// URL", "invalid_webhook_url")
+        raise InvalidRequestError("webhook_url must be an https:// URL", "invalid_webhook_url")
     if parts.username is not None or parts.password is not None or _CONTROL.search(value) \
             or not _utf8(value):
-        raise unprocessable("webhook_url must not carry credentials or control characters", "invalid_webhook_url")
+        raise InvalidRequestError("webhook_url must not carry credentials or control characters", "invalid_webhook_url")
     why = webhook.acceptance_refusal(host, port, local=local)
     if why is not None:
-        raise unprocessable(f"webhook_url must point at a public internet host: {why}", "invalid_webhook_url")
+        raise InvalidRequestError(f"webhook_url must point at a public internet host: {why}", "invalid_webhook_url")
     return value
 
 
@@ -155,7 +155,7 @@ def idempotency_key(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable():
-        raise unprocessable(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+        raise InvalidRequestError(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
                             "invalid_idempotency_key")
     return value
 
@@ -165,13 +165,13 @@ def stages(value: Any) -> tuple[str, ...]:
     if value is None:
         return jobrecord.STAGES
     if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-        raise unprocessable("stages must be a non-empty list of stage names", "invalid_stages")
+        raise InvalidRequestError("stages must be a non-empty list of stage names", "invalid_stages")
     unknown = [s for s in value if s not in jobrecord.STAGES]
     if unknown:
-        raise unprocessable(f"unknown stage {unknown[0]!r}; stages are {', '.join(jobrecord.STAGES)}",
+        raise InvalidRequestError(f"unknown stage {unknown[0]!r}; stages are {', '.join(jobrecord.STAGES)}",
                             "invalid_stages")
     if len(set(value)) != len(value):
-        raise unprocessable("stages must not repeat a stage", "invalid_stages")
+        raise InvalidRequestError("stages must not repeat a stage", "invalid_stages")
     return tuple(s for s in jobrecord.STAGES if s in value)
 
 
@@ -179,13 +179,13 @@ def options(value: Any) -> dict[str, Any]:
     try:
         return normalize_options(value)
     except OptionsError as exc:
-        raise unprocessable(str(exc), "invalid_options") from None
+        raise InvalidRequestError(str(exc), "invalid_options") from None
 
 
 def reject_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     extra = sorted(set(body) - allowed)
     if extra:
-        raise unprocessable(f"unknown field {extra[0]!r}; allowed fields are {', '.join(sorted(allowed))}",
+        raise InvalidRequestError(f"unknown field {extra[0]!r}; allowed fields are {', '.join(sorted(allowed))}",
                             "unknown_field")
 
 
@@ -195,11 +195,11 @@ def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allo
     reject_unknown(body, ENQUEUE_FIELDS if allow_stages else TRIGGER_FIELDS)
     for key, value in body.items():
         if value is None:  # leave an optional field out rather than send null
-            raise unprocessable(f"{key} must not be null")
+            raise InvalidRequestError(f"{key} must not be null")
     if "session_id" not in body:
-        raise unprocessable("session_id is required", "invalid_session_id")
+        raise InvalidRequestError("session_id is required", "invalid_session_id")
     if "input" not in body:
-        raise unprocessable("input is required (a gs:// URI of a video or an image prefix)", "invalid_uri")
+        raise InvalidRequestError("input is required (a gs:// URI of a video or an image prefix)", "invalid_uri")
     return NewRequest(
         session_id=session_id(body["session_id"]),
         input=gs_uri(body["input"], allowed_buckets),
@@ -211,7 +211,7 @@ def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allo
     )
 
 
-# --- PUT /status/{id} (contract 3) ---------------------------------------------------------------
+# --- PUT /status/{id} ----------------------------------------------------------------------------
 
 STATUS_FIELDS = frozenset({"state", "stage", "stage_state", "batch_job", "progress", "outputs", "error",
                            "execution", "warnings", "metrics"})
@@ -220,13 +220,13 @@ _STAGE_STATES = tuple(s.value for s in jobrecord.StageState if s is not jobrecor
 
 def _text(value: Any, field: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or not value or len(value) > limit or not _utf8(value):
-        raise unprocessable(f"{field} must be a non-empty string of at most {limit} characters")
+        raise InvalidRequestError(f"{field} must be a non-empty string of at most {limit} characters")
     return value
 
 
 def _stage(value: Any, field: str = "stage") -> str:
     if value not in jobrecord.STAGES:
-        raise unprocessable(f"{field} must be one of {', '.join(jobrecord.STAGES)}", "invalid_stage")
+        raise InvalidRequestError(f"{field} must be one of {', '.join(jobrecord.STAGES)}", "invalid_stage")
     return str(value)
 
 
@@ -236,51 +236,51 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
     reject_unknown(body, STATUS_FIELDS)
     patch = {k: v for k, v in body.items() if v is not None}
     if not patch:
-        raise unprocessable(f"give at least one of {', '.join(sorted(STATUS_FIELDS))}", "empty_update")
+        raise InvalidRequestError(f"give at least one of {', '.join(sorted(STATUS_FIELDS))}", "empty_update")
     out: dict[str, Any] = {}
     if "state" in patch:
         if patch["state"] not in tuple(jobrecord.State):
-            raise unprocessable(f"state must be one of {', '.join(jobrecord.State)}", "invalid_state")
+            raise InvalidRequestError(f"state must be one of {', '.join(jobrecord.State)}", "invalid_state")
         out["state"] = str(patch["state"])
     if "stage" in patch:
         out["stage"] = _stage(patch["stage"])
     if "stage_state" in patch:
         if patch["stage_state"] not in _STAGE_STATES:
-            raise unprocessable(f"stage_state must be one of {', '.join(_STAGE_STATES)}", "invalid_stage_state")
+            raise InvalidRequestError(f"stage_state must be one of {', '.join(_STAGE_STATES)}", "invalid_stage_state")
         if "stage" not in out:
-            raise unprocessable("stage_state needs stage", "invalid_stage_state")
+            raise InvalidRequestError("stage_state needs stage", "invalid_stage_state")
         out["stage_state"] = str(patch["stage_state"])
     if "batch_job" in patch:
         if "stage" not in out:
-            raise unprocessable("batch_job needs stage")
+            raise InvalidRequestError("batch_job needs stage")
         out["batch_job"] = _text(patch["batch_job"], "batch_job")
     if "execution" in patch:
         out["execution"] = _text(patch["execution"], "execution")
     if "progress" in patch:
         prog = patch["progress"]
         if not isinstance(prog, dict) or not prog:
-            raise unprocessable("progress must be an object {stage: fraction}", "invalid_progress")
+            raise InvalidRequestError("progress must be an object {stage: fraction}", "invalid_progress")
         clean: dict[str, float] = {}
         for k, v in prog.items():
             _stage(k, "progress key")
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= 1:
-                raise unprocessable(f"progress.{k} must be a number from 0 to 1", "invalid_progress")
+                raise InvalidRequestError(f"progress.{k} must be a number from 0 to 1", "invalid_progress")
             clean[k] = float(v)
         out["progress"] = clean
     if "outputs" in patch:
         outs = patch["outputs"]
         if not isinstance(outs, dict) or not outs:
-            raise unprocessable("outputs must be an object {name: gs:// URI}", "invalid_outputs")
+            raise InvalidRequestError("outputs must be an object {name: gs:// URI}", "invalid_outputs")
         for k, v in outs.items():
             if not isinstance(k, str) or not OUTPUT_NAME_RE.fullmatch(k):
-                raise unprocessable("output names are 1-64 letters, digits, '_', '.' or '-'", "invalid_outputs")
+                raise InvalidRequestError("output names are 1-64 letters, digits, '_', '.' or '-'", "invalid_outputs")
             if not isinstance(v, str) or not v.startswith("gs://") or len(v) > MAX_URL:
-                raise unprocessable(f"outputs.{k} must be a gs:// URI", "invalid_outputs")
+                raise InvalidRequestError(f"outputs.{k} must be a gs:// URI", "invalid_outputs")
         out["outputs"] = dict(outs)
     if "error" in patch:
         err = patch["error"]
         if not isinstance(err, dict) or set(err) - {"code", "message", "stage"}:
-            raise unprocessable("error must be an object {code, message, stage?}", "invalid_error")
+            raise InvalidRequestError("error must be an object {code, message, stage?}", "invalid_error")
         e = {"code": _text(err.get("code"), "error.code", 200), "message": _text(err.get("message"), "error.message")}
         if err.get("stage") is not None:
             e["stage"] = _stage(err["stage"], "error.stage")
@@ -295,12 +295,12 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
 def _warnings(value: Any) -> list[dict[str, str]]:
     """`[{code, message, stage?}]`: what went wrong without failing the request."""
     if not isinstance(value, list) or len(value) > jobrecord.MAX_WARNINGS:
-        raise unprocessable(f"warnings must be a list of at most {jobrecord.MAX_WARNINGS} objects "
+        raise InvalidRequestError(f"warnings must be a list of at most {jobrecord.MAX_WARNINGS} objects "
                             "{code, message, stage?}", "invalid_warnings")
     out = []
     for w in value:
         if not isinstance(w, dict) or set(w) - {"code", "message", "stage"}:
-            raise unprocessable("each warning must be an object {code, message, stage?}", "invalid_warnings")
+            raise InvalidRequestError("each warning must be an object {code, message, stage?}", "invalid_warnings")
         message = w.get("message")
         if isinstance(message, str) and len(message) > MAX_TEXT:
             # A best-effort stage's failure must not fail the request over its message's length.
@@ -316,5 +316,5 @@ def _warnings(value: Any) -> list[dict[str, str]]:
 def _metrics(value: Any) -> dict[str, dict[str, Any]]:
     """`{stage: {key: value}}`; the values a record cannot keep are dropped (jobrecord.scalar_metrics)."""
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise unprocessable("metrics must be an object {stage: {name: value}}", "invalid_metrics")
+        raise InvalidRequestError("metrics must be an object {stage: {name: value}}", "invalid_metrics")
     return {_stage(s, "metrics key"): jobrecord.scalar_metrics(v) for s, v in value.items()}

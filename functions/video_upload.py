@@ -11,7 +11,7 @@ import hashlib
 
 from functions import gcs
 from functions.config import Settings
-from functions.http_json import ApiError
+from functions.errors import InvalidRequestError
 
 MAX_VIDEO_BYTES = 32 * 1024 * 1024
 """Cloud Functions' own request size limit: a larger video goes through a Cloud Storage upload."""
@@ -44,13 +44,13 @@ def object_name(session_id: str, data: bytes, ext: str) -> str:
 
 
 def store(settings: Settings, session_id: str, data: bytes) -> str:
-    """Store the video; its gs:// URI. 422 when `data` is not a video. Storage errors propagate."""
+    """Store the video; its gs:// URI. InvalidRequestError when `data` is not a video. Storage errors propagate."""
     if not data:
-        raise ApiError(422, "not_a_video", "the request body is empty; send the video file")
+        raise InvalidRequestError("the request body is empty; send the video file", "not_a_video")
     ext = sniff_extension(data)
     if ext is None:
-        raise ApiError(422, "not_a_video",
-                       "the body is not a video container we read (MP4/MOV, WebM/MKV, AVI, MPEG-TS)")
+        raise InvalidRequestError("the body is not a video container we read (MP4/MOV, WebM/MKV, AVI, MPEG-TS)",
+                                  "not_a_video")
     name = object_name(session_id, data, ext)
     blob = gcs.client(settings.project).bucket(settings.uploads_bucket).blob(name)
     if not blob.exists(timeout=gcs.TIMEOUT_SECONDS):

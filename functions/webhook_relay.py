@@ -17,27 +17,27 @@ from __future__ import annotations
 
 import flask
 
-from functions import validation, webhook
+from functions import tasks, validation, webhook
 from functions.context import Services
+from functions.errors import InvalidRequestError, NotFoundError
 from functions.http_json import ApiError, json_response, read_json_object
-from functions.routing import Route
+from functions.routing import Route, collect
+
+ROUTES: list[Route] = []
 
 
+@collect(ROUTES)("POST", "/webhook/{request_id}")
 def send(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     validation.request_id(request_id)
     body = read_json_object(request)
-    record = svc.queue.get(request_id)
-    if record is None:
-        raise ApiError(404, "not_found", "no such request")
-    url = record.get("webhook_url")
+    url = tasks.lookup(svc, request_id).get("webhook_url")
     if not url:
-        raise ApiError(404, "no_webhook", "the request has no webhook_url")
+        raise NotFoundError("the request has no webhook_url", "no_webhook")
     outcome = webhook.deliver(url, body, local=svc.settings.local_mode)
     if outcome.delivered:
         return json_response(outcome.to_json())
     if outcome.error and outcome.error.startswith("refused"):
-        raise ApiError(422, "webhook_refused", outcome.error)
+        raise InvalidRequestError(outcome.error, "webhook_refused")
+    # The gateway's own status: the workflow's retry predicate retries a 502.
     raise ApiError(502, "webhook_failed", outcome.error or "the webhook was not delivered")
 
-
-ROUTES = (Route("POST", "/webhook/{request_id}", send),)

@@ -8,6 +8,7 @@ import ast
 import importlib.metadata as md
 import importlib.util
 import re
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -47,6 +48,14 @@ def _imports() -> dict[str, set[str]]:
 def test_no_data_plane_or_emulator_imports() -> None:
     bad = {m: files for m, files in _imports().items() if m.split(".")[0] in ("batch_jobs", "emulator", "tests")}
     assert not bad
+
+
+def test_the_domain_modules_do_not_know_http() -> None:
+    """Their errors are functions.errors kinds; statuses are decided at the edge (functions.http_json)."""
+    domain = ("request_queue", "validation", "jobrecord", "tasks")
+    code = f"import sys, {', '.join('functions.' + m for m in domain)}; print('flask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @cache

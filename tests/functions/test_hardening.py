@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from fn_testlib import Buckets, FnApps, assert_error, post_json, put_json, trigger_body
 
-from functions import validation
+from functions import errors, validation
+from functions.http_json import http_error
 
 VIDEO = b"\0\0\0\x18ftypisom" + bytes(64)
 
@@ -24,9 +25,9 @@ def test_query_integer_parser_bounds_the_digits_before_converting() -> None:
     assert validation.query_int("7", "priority", 0, 9, "invalid_priority") == 7
     assert validation.query_int("007", "priority", 0, 9, "invalid_priority") == 7
     for raw in ("9" * 5000, "1e3", "¹", "10", "-0"):
-        with pytest.raises(validation.ApiError) as err:
+        with pytest.raises(errors.InvalidRequestError) as err:
             validation.query_int(raw, "priority", 0, 9, "invalid_priority")
-        assert err.value.status == 422 and err.value.code == "invalid_priority"
+        assert http_error(err.value).status == 422 and err.value.code == "invalid_priority"
 
 
 def test_upload_metadata_priority_uses_the_same_parser(fn_env: dict, buckets: Buckets) -> None:
@@ -54,7 +55,7 @@ def test_every_identifier_pattern_refuses_a_trailing_newline(fn_apps: FnApps, fn
     rid = post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets)).get_json()["request_id"]
     assert_error(fn_apps.queue.get(f"/status/{rid}%0A"), 404, "not_found")
     assert_error(put_json(fn_apps.queue, f"/status/{rid}%0A", {"state": "CANCELLED"}), 404, "not_found")
-    with pytest.raises(validation.ApiError):
+    with pytest.raises(errors.NotFoundError):
         validation.request_id(rid + "\n")
     body = trigger_body(buckets)
     body["input"] = f"gs://{buckets.uploads}\n/s/v.mp4"

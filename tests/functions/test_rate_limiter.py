@@ -13,7 +13,8 @@ import redis
 from fn_testlib import Buckets, FnApps, RecordingServer, assert_error, post_json
 
 from functions.caller import IdTokenVerifier, caller_key, client_address
-from functions.http_json import ApiError
+from functions.errors import UnauthenticatedError
+from functions.http_json import http_error
 from functions.rate_limit import SlidingWindowLimiter
 
 
@@ -116,9 +117,9 @@ def test_verified_principal(signer: dict) -> None:
     assert v.principal(_token(s, email=None, email_verified=None), "https://api.example") == "principal:sub:1234"
     for bad in (_token(s, aud="https://other"), _token(s, exp=int(time.time()) - 3600),
                 _token(s, iss="https://evil.example"), "not.a.jwt", _token(s) + "x"):
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(UnauthenticatedError) as err:
             v.principal(bad, "https://api.example")
-        assert err.value.status == 401
+        assert http_error(err.value).status == 401
     fetched = len(signer["server"].requests)
     v.principal(_token(s), "https://api.example")
     assert len(signer["server"].requests) == fetched  # certificates are cached
