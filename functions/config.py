@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+# A setting is read from its name in capitals, except these; FIRESTORE_EMULATOR_HOST also turns the
+# mirror's default on.
+_RENAMED = {"project": "GOOGLE_CLOUD_PROJECT", "on_gcp": "K_SERVICE"}
+_STRIPPED = ("dispatch_url", "auth_audience")
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
+def _parse(kind: str, raw: str | None, name: str, default: Any) -> Any:
+    """A setting of type `kind` from its variable's text (None: unset); `default` when unset or blank."""
+    text = (raw or "").strip()
+    if kind == "int":
+        try:
+            return int(text) if text else default
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from exc
+    if kind == "bool":
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        if text:
+            raise ValueError(f"environment variable {name} must be true or false, got {text.lower()!r}")
         return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"environment variable {name} must be true or false, got {raw!r}")
-
-
-def _list(name: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
+    if kind.startswith("tuple"):  # comma-separated
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+    return default if raw is None else raw
 
 
 @dataclass(frozen=True)
@@ -76,32 +80,8 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        d = cls()
-        return cls(
-            project=os.environ.get("GOOGLE_CLOUD_PROJECT", d.project),
-            region=os.environ.get("REGION", d.region),
-            redis_url=os.environ.get("REDIS_URL", d.redis_url),
-            uploads_bucket=os.environ.get("UPLOADS_BUCKET", d.uploads_bucket),
-            data_bucket=os.environ.get("DATA_BUCKET", d.data_bucket),
-            workflow_name=os.environ.get("WORKFLOW_NAME", d.workflow_name),
-            max_concurrent_jobs=_int("MAX_CONCURRENT_JOBS", d.max_concurrent_jobs),
-            rate_limit_per_minute=_int("RATE_LIMIT_PER_MINUTE", d.rate_limit_per_minute),
-            dedup_window_seconds=_int("DEDUP_WINDOW_SECONDS", d.dedup_window_seconds),
-            lease_seconds=_int("LEASE_SECONDS", d.lease_seconds),
-            job_image=os.environ.get("JOB_IMAGE", d.job_image),
-            depth_model=os.environ.get("DEPTH_MODEL", d.depth_model),
-            extra_input_buckets=_list("EXTRA_INPUT_BUCKETS"),
-            redis_ca_cert=os.environ.get("REDIS_CA_CERT", ""),
-            workflows_emulator_host=os.environ.get("WORKFLOWS_EMULATOR_HOST", ""),
-            dispatch_url=os.environ.get("DISPATCH_URL", "").strip(),
-            trusted_proxy_hops=_int("TRUSTED_PROXY_HOPS", d.trusted_proxy_hops),
-            auth_audience=os.environ.get("AUTH_AUDIENCE", "").strip(),
-            max_attempts=_int("MAX_ATTEMPTS", d.max_attempts),
-            firestore_mirror=_bool("FIRESTORE_MIRROR", bool(os.environ.get("FIRESTORE_EMULATOR_HOST")
-                                                            or os.environ.get("K_SERVICE"))),
-            signed_url_seconds=_int("SIGNED_URL_SECONDS", d.signed_url_seconds),
-            on_gcp=bool(os.environ.get("K_SERVICE")),
-        )
+        """The settings of the environment now: one tuple of its values and a cache lookup."""
+        return _from_values(tuple(map(os.environ.get, ENV_NAMES)))
 
     @property
     def local_mode(self) -> bool:
@@ -113,5 +93,23 @@ class Settings:
         return (self.uploads_bucket, *self.extra_input_buckets)
 
     def workspace_uri(self, request_id: str) -> str:
-        """Where a request's stages write: DESIGN storage layout."""
+        """Where a request's stages write."""
         return f"gs://{self.data_bucket}/jobs/{request_id}"
+
+
+_FIELDS = tuple((f, _RENAMED.get(f.name, f.name.upper())) for f in dataclasses.fields(Settings))
+ENV_NAMES = (*(name for _, name in _FIELDS), "FIRESTORE_EMULATOR_HOST")
+"""Every variable :meth:`Settings.from_env` reads, and its cache key: the settings are built once
+per distinct set of values, so a changed variable is seen by the next call."""
+
+
+@functools.lru_cache(maxsize=16)
+def _from_values(values: tuple[str | None, ...]) -> Settings:
+    env = dict(zip(ENV_NAMES, values, strict=True))
+    on_gcp = bool(env["K_SERVICE"])
+    defaults = {"firestore_mirror": bool(env["FIRESTORE_EMULATOR_HOST"]) or on_gcp}
+    given = {f.name: _parse(str(f.type), env[name], name, defaults.get(f.name, f.default))
+             for f, name in _FIELDS if f.name != "on_gcp"}
+    for name in _STRIPPED:
+        given[name] = given[name].strip()
+    return Settings(**given, on_gcp=on_gcp)
