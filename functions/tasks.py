@@ -138,7 +138,7 @@ def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = N
     requested = list(record["stages_requested"])
     if from_stage is not None and from_stage not in requested:
         raise InvalidRequestError(f"from_stage must be one of the request's stages: {', '.join(requested)}",
-                                    "invalid_stage")
+                                  "invalid_stage")
     merged = {**record["options"], **dict(options or {})}
     try:
         new_options = normalize_options(merged)
@@ -313,7 +313,7 @@ def upload_files(raw: Any) -> list[UploadFile]:
         if (not 0 < len(name) <= MAX_UPLOAD_NAME or _BAD_OBJECT_CHARS.search(name)
                 or any(p in ("", ".", "..") or p.startswith("_") for p in parts) or not name.isprintable()):
             raise InvalidRequestError(f"files[{i}].name must be a relative path of at most {MAX_UPLOAD_NAME} "
-                                        "printable characters, no empty, '.', '..' or '_'-prefixed parts",
+                                      "printable characters, no empty, '.', '..' or '_'-prefixed parts",
                                         "invalid_files")
         if not isinstance(ct, str) or not 0 < len(ct) <= 100 or "/" not in ct or not ct.isprintable():
             raise InvalidRequestError(f"files[{i}].content_type must be a media type", "invalid_files")

@@ -67,7 +67,7 @@ def request_id(value: str) -> str:
 def session_id(value: Any) -> str:
     if not isinstance(value, str) or not SESSION_ID_RE.fullmatch(value):
         raise InvalidRequestError("session_id must be 1-128 characters of letters, digits, '_', '.' or '-', "
-                            "starting with a letter or digit", "invalid_session_id")
+                                  "starting with a letter or digit", "invalid_session_id")
     return value
 
 
@@ -92,7 +92,7 @@ def priority(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) \
             or not jobrecord.PRIORITY_MIN <= value <= jobrecord.PRIORITY_MAX:
         raise InvalidRequestError(f"priority must be an integer from {jobrecord.PRIORITY_MIN} (highest) to "
-                            f"{jobrecord.PRIORITY_MAX}", "invalid_priority")
+                                  f"{jobrecord.PRIORITY_MAX}", "invalid_priority")
     return value
 
 
@@ -156,7 +156,7 @@ def idempotency_key(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable():
         raise InvalidRequestError(f"idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
-                            "invalid_idempotency_key")
+                                  "invalid_idempotency_key")
     return value
 
 
@@ -169,7 +169,7 @@ def stages(value: Any) -> tuple[str, ...]:
     unknown = [s for s in value if s not in jobrecord.STAGES]
     if unknown:
         raise InvalidRequestError(f"unknown stage {unknown[0]!r}; stages are {', '.join(jobrecord.STAGES)}",
-                            "invalid_stages")
+                                  "invalid_stages")
     if len(set(value)) != len(value):
         raise InvalidRequestError("stages must not repeat a stage", "invalid_stages")
     return tuple(s for s in jobrecord.STAGES if s in value)
@@ -186,7 +186,7 @@ def reject_unknown(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     extra = sorted(set(body) - allowed)
     if extra:
         raise InvalidRequestError(f"unknown field {extra[0]!r}; allowed fields are {', '.join(sorted(allowed))}",
-                            "unknown_field")
+                                  "unknown_field")
 
 
 def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allow_stages: bool = False,
@@ -278,13 +278,7 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidRequestError(f"outputs.{k} must be a gs:// URI", "invalid_outputs")
         out["outputs"] = dict(outs)
     if "error" in patch:
-        err = patch["error"]
-        if not isinstance(err, dict) or set(err) - {"code", "message", "stage"}:
-            raise InvalidRequestError("error must be an object {code, message, stage?}", "invalid_error")
-        e = {"code": _text(err.get("code"), "error.code", 200), "message": _text(err.get("message"), "error.message")}
-        if err.get("stage") is not None:
-            e["stage"] = _stage(err["stage"], "error.stage")
-        out["error"] = e
+        out["error"] = _problem(patch["error"], "error", "error must be", "invalid_error")
     if "warnings" in patch:
         out["warnings"] = _warnings(patch["warnings"])
     if "metrics" in patch:
@@ -296,20 +290,21 @@ def _warnings(value: Any) -> list[dict[str, str]]:
     """`[{code, message, stage?}]`: what went wrong without failing the request."""
     if not isinstance(value, list) or len(value) > jobrecord.MAX_WARNINGS:
         raise InvalidRequestError(f"warnings must be a list of at most {jobrecord.MAX_WARNINGS} objects "
-                            "{code, message, stage?}", "invalid_warnings")
-    out = []
-    for w in value:
-        if not isinstance(w, dict) or set(w) - {"code", "message", "stage"}:
-            raise InvalidRequestError("each warning must be an object {code, message, stage?}", "invalid_warnings")
-        message = w.get("message")
-        if isinstance(message, str) and len(message) > MAX_TEXT:
-            # A best-effort stage's failure must not fail the request over its message's length.
-            message = message[:MAX_TEXT - 1] + "…"
-        clean = {"code": _text(w.get("code"), "warnings[].code", 200),
-                 "message": _text(message, "warnings[].message")}
-        if w.get("stage") is not None:
-            clean["stage"] = _stage(w["stage"], "warnings[].stage")
-        out.append(clean)
+                                  "{code, message, stage?}", "invalid_warnings")
+    # A best-effort stage's failure must not fail the request over its message's length.
+    return [_problem(w, "warnings[]", "each warning must be", "invalid_warnings", truncate=True) for w in value]
+
+
+def _problem(value: Any, field: str, must: str, code: str, *, truncate: bool = False) -> dict[str, str]:
+    """`{code, message, stage?}`, checked; `truncate`: a message too long is cut rather than refused."""
+    if not isinstance(value, dict) or set(value) - {"code", "message", "stage"}:
+        raise InvalidRequestError(f"{must} an object {{code, message, stage?}}", code)
+    message = value.get("message")
+    if truncate and isinstance(message, str) and len(message) > MAX_TEXT:
+        message = message[:MAX_TEXT - 1] + "…"
+    out = {"code": _text(value.get("code"), f"{field}.code", 200), "message": _text(message, f"{field}.message")}
+    if value.get("stage") is not None:
+        out["stage"] = _stage(value["stage"], f"{field}.stage")
     return out
 
 
