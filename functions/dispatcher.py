@@ -16,12 +16,12 @@ One pass:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from functions import batch_job, workspace
 from functions.context import Services
 from functions.executor import ACTIVE_STATES, Executor
+from functions.jobrecord import Record
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
 
 log = logging.getLogger("splatpipe.dispatch")
@@ -29,24 +29,13 @@ log = logging.getLogger("splatpipe.dispatch")
 START_LEASE_SECONDS = 300.0
 
 
-def execution_argument(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The workflow's argument (docs/contracts.md "Workflow execution argument"): the request, the stages to run
-    (the requested ones its options leave on), those switched off, and each stage's Batch Job
-    body with what the workflow reports for it (functions.batch_job)."""
-    request_id = record["request_id"]
-    workspace_uri = svc.settings.workspace_uri(request_id)
-    arg: dict[str, Any] = {
-        "request_id": request_id,
-        "workspace": workspace_uri,
-        "input": record["input"],
-        "options": record["options"],
-        "priority": record["priority"],
-        **batch_job.stage_jobs(list(record["stages_requested"]), request_id, workspace_uri, record["options"],
-                               int(record["priority"]), batch_job.BatchSettings.from_env(svc.settings)),
-    }
-    if record.get("webhook_url"):
-        arg["webhook_url"] = record["webhook_url"]
-    return arg
+def execution_argument(svc: Services, record: Record) -> dict[str, Any]:
+    """The workflow's argument: the request, and what functions.batch_job makes of its stages (those
+    to run, those its options switch off, each one's Batch Job body and what the workflow reports)."""
+    ws = svc.settings.workspace_uri(record.request_id)
+    return record.execution_argument(ws, batch_job.stage_jobs(
+        list(record.stages_requested), record.request_id, ws, record.options, record.priority,
+        batch_job.BatchSettings.from_env(svc.settings)))
 
 
 def _changed(svc: Services, request_id: str) -> None:
@@ -58,11 +47,11 @@ def requeue_expired(svc: Services, executor: Executor) -> list[str]:
     requeued: list[str] = []
     for request_id in svc.queue.expired_leases(limit=500):
         record = svc.queue.get(request_id)
-        if record is not None and record["state"] == "PROCESSING" and record["execution"]:
-            state = executor.state(record["execution"])
+        if record is not None and record.state == "PROCESSING" and record.execution:
+            state = executor.state(record.execution)
             if state in ACTIVE_STATES and svc.queue.renew_expired(request_id, svc.settings.lease_seconds):
                 log.info("request %s: lease expired but execution %s is %s; renewed", request_id,
-                         record["execution"], state)
+                         record.execution, state)
                 continue
         outcome = svc.queue.requeue_expired(request_id, svc.settings.max_attempts)
         if outcome == "requeued":

@@ -1,4 +1,4 @@
-"""The job record: states, legal transitions, stages and the Firestore document's field names.
+"""The job record: states, legal transitions, stages, and `Record`, a request's record and its views.
 
 This module is the one definition of a request's record shared by the control plane
 (`functions`) and the data plane (`batch_jobs` imports it; nothing here imports heavy code).
@@ -6,9 +6,12 @@ This module is the one definition of a request's record shared by the control pl
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from functions.stages import ORDER
@@ -60,32 +63,11 @@ class StageState(enum.StrEnum):
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 """0 is the highest priority."""
 
-# Firestore document fields (DESIGN "Firestore"). Nested fields are written with dotted paths
-# (`progress.frames`) so writers never clobber each other's parts of the document:
-#   - the control plane owns state, priority, session_id, input, options, created_at,
-#     updated_at, stage, stages.{s}.{state,started_at,finished_at,batch_job}, outputs, error,
-#     warnings, metrics, callback_token_sha256;
-#   - a running stage owns progress.{s} and stages.{s}.message (and writes error on failure).
-FIELD_STATE = "state"
-FIELD_PRIORITY = "priority"
-FIELD_SESSION_ID = "session_id"
-FIELD_INPUT = "input"
-FIELD_OPTIONS = "options"
-FIELD_CREATED_AT = "created_at"
-FIELD_UPDATED_AT = "updated_at"
-FIELD_STAGE = "stage"
-FIELD_PROGRESS = "progress"
-FIELD_STAGES = "stages"
-FIELD_OUTPUTS = "outputs"
-FIELD_ERROR = "error"
-FIELD_CALLBACK_TOKEN_SHA256 = "callback_token_sha256"
-FIELD_WARNINGS = "warnings"  # [{code, message, stage}]: what went wrong without failing the request
-FIELD_METRICS = "metrics"  # {stage: {key: scalar}}: each stage's headline figures
-# Also written by the control plane's mirror (functions.status_mirror):
-FIELD_STAGES_REQUESTED = "stages_requested"
-FIELD_EXECUTION = "execution"  # the current Workflows execution's name
-FIELD_ATTEMPTS = "attempts"  # how many times the request was handed out
-FIELD_MIRROR_VERSION = "mirror_version"  # the record version the document holds (writes never go back)
+# What a running stage writes to the Firestore document itself (batch_jobs.progress), besides
+# `error` on failure: `progress.{s}` and `stages.{s}.message` / the two keys below. Nested fields
+# are written with dotted paths (`progress.frames`), so the control plane's mirror
+# (`Record.firestore_fields`) and the stages never clobber each other's parts of the document.
+STAGE_FIELDS = ("progress", "stages")
 # Written by a running stage next to stages.{s}.message (batch_jobs.progress):
 STAGE_HEARTBEAT_KEY = "heartbeat_at"
 STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
@@ -128,12 +110,12 @@ def _keepable(value: Any) -> bool:
 
 def progress_path(stage: str) -> str:
     """Firestore field path of a stage's progress fraction (0..1)."""
-    return f"{FIELD_PROGRESS}.{stage}"
+    return f"progress.{stage}"
 
 
 def stage_path(stage: str, key: str) -> str:
     """Firestore field path of one attribute of a stage (`state`, `started_at`, `message`, …)."""
-    return f"{FIELD_STAGES}.{stage}.{key}"
+    return f"stages.{stage}.{key}"
 
 
 def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
@@ -145,3 +127,146 @@ def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = value
     return out
+
+
+def iso(ms: int | float | None) -> str | None:
+    """Milliseconds since the epoch as RFC 3339 UTC text, as the status document shows times."""
+    if ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(float(ms) / 1000.0, tz=dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ts(ms: int | None) -> dt.datetime | None:
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A request's record, as the queue holds it (the `req:{id}` hash of functions/request_queue.py;
+    times in ms since the epoch), and each view of it the functions hand out."""
+
+    request_id: str
+    state: str
+    priority: int
+    session_id: str
+    input: str
+    options: dict[str, Any]
+    stages_requested: tuple[str, ...]
+    callback_token_sha256: str
+    source: str  # who submitted it: "api", "upload", …
+    webhook_url: str | None
+    created_at: int
+    updated_at: int
+    stage: str | None  # the stage the last update named
+    stages: dict[str, dict[str, Any]]  # {stage: {state, started_at, finished_at, batch_job}}
+    progress: dict[str, float]
+    outputs: dict[str, str]  # {name: gs:// URI}
+    error: dict[str, Any] | None  # {code, message, stage}
+    warnings: tuple[dict[str, Any], ...]  # {code, message, stage}: what went wrong without failing it
+    metrics: dict[str, dict[str, Any]]  # {stage: {key: scalar}}: each stage's headline figures
+    seq: int  # arrival sequence: FIFO within a priority
+    version: int  # bumped by every change (the Firestore mirror's order)
+    attempts: int  # how many times the request was handed out
+    lease_expires_at: int | None
+    execution: str | None  # the current Workflows execution's name
+
+    @classmethod
+    def from_redis(cls, h: Mapping[str, str]) -> Record:
+        """The record of its Redis hash: `doc` is the JSON of what never changes, the rest scalars
+        and JSON text; a field not set yet is absent (or empty)."""
+        doc = json.loads(h["doc"])
+        return cls(
+            request_id=h["request_id"], state=h["state"], priority=int(h["priority"]),
+            session_id=doc["session_id"], input=doc["input"], options=doc["options"],
+            stages_requested=tuple(doc["stages_requested"]), callback_token_sha256=doc["token_sha256"],
+            source=doc["source"], webhook_url=doc.get("webhook_url"),
+            created_at=int(h["created_at"]), updated_at=int(h["updated_at"]), stage=h.get("stage") or None,
+            stages=json.loads(h.get("stages") or "{}"), progress=json.loads(h.get("progress") or "{}"),
+            outputs=json.loads(h.get("outputs") or "{}"),
+            error=json.loads(h["error"]) if h.get("error") else None,
+            warnings=tuple(json.loads(h.get("warnings") or "[]")), metrics=json.loads(h.get("metrics") or "{}"),
+            seq=int(h.get("seq", 0)), version=int(h.get("version", 0)), attempts=int(h.get("attempts", 0)),
+            lease_expires_at=int(h["lease_expires_at"]) if h.get("lease_expires_at") else None,
+            execution=h.get("execution") or None)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def status(self, link: Callable[[str], str] = str) -> dict[str, Any]:
+        """The status document (`GET /status`; `link` makes an output's URI a download link). Every
+        requested stage appears, PENDING and 0 until it starts; a FAILED stage carries its error.
+        What a running stage writes itself (`message`, `heartbeat_at`, `live_preview_at`, its
+        progress) is left for functions.status_view to overlay."""
+        return {
+            "request_id": self.request_id, "state": self.state, "priority": self.priority,
+            "session_id": self.session_id, "input": self.input, "options": self.options,
+            "stages_requested": list(self.stages_requested), "stage": self.stage,
+            "stages": {s: self._stage_status(s) for s in self.stages_requested},
+            "progress": {s: float(self.progress.get(s, 0.0)) for s in self.stages_requested},
+            "outputs": {name: link(uri) for name, uri in self.outputs.items()},
+            "error": self.error,
+            "warnings": [dict(w) for w in self.warnings],
+            "metrics": {stage: dict(m) for stage, m in self.metrics.items()},
+            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+        }
+
+    def internal_status(self, link: Callable[[str], str] = str) -> dict[str, Any]:
+        """The queue service's status document: the public one and the queue's own fields."""
+        return {**self.status(link), "attempts": self.attempts, "execution": self.execution,
+                "lease_expires_at": iso(self.lease_expires_at), "webhook_url": self.webhook_url,
+                "source": self.source}
+
+    def _stage_status(self, stage: str) -> dict[str, Any]:
+        st = self.stages.get(stage, {})
+        return {"state": st.get("state", StageState.PENDING.value), "started_at": iso(st.get("started_at")),
+                "finished_at": iso(st.get("finished_at")), "batch_job": st.get("batch_job"),
+                "message": None, "heartbeat_at": None, "live_preview_at": None,
+                "error": self._stage_error(stage) if st.get("state") == StageState.FAILED else None}
+
+    def _stage_error(self, stage: str) -> dict[str, str] | None:
+        """A failed stage's {code, message}: the request's error when that stage failed it, else the
+        warning it left (a best-effort stage fails without failing the request)."""
+        for e in (self.error, *self.warnings):
+            if e and e.get("stage") == stage:
+                return {"code": e["code"], "message": e["message"]}
+        return None
+
+    def firestore_fields(self) -> Iterator[tuple[tuple[str, ...], Any]]:
+        """(field path parts, value) of every field the control plane owns in the Firestore document
+        (functions.status_mirror writes them; the stages own STAGE_FIELDS' other keys)."""
+        yield from (((k,), v) for k, v in {
+            "state": self.state, "priority": self.priority, "session_id": self.session_id, "input": self.input,
+            "options": dict(self.options), "stages_requested": list(self.stages_requested),
+            "created_at": _ts(self.created_at), "updated_at": _ts(self.updated_at), "stage": self.stage,
+            "callback_token_sha256": self.callback_token_sha256, "execution": self.execution,
+            "attempts": self.attempts}.items())
+        for stage, st in self.stages.items():
+            for key in ("state", "batch_job"):
+                if key in st:
+                    yield ("stages", stage, key), st[key]
+            for key in ("started_at", "finished_at"):
+                yield ("stages", stage, key), _ts(st.get(key))
+        for stage, frac in self.progress.items():
+            yield ("progress", stage), float(frac)
+        for name, uri in self.outputs.items():
+            yield ("outputs", name), uri
+        if self.error or self.state == State.COMPLETED:
+            # A best-effort stage that failed wrote its error here; the completed request has none
+            # (that failure is one of its warnings).
+            yield ("error",), dict(self.error) if self.error else None
+        yield ("warnings",), [dict(w) for w in self.warnings]
+        yield ("metrics",), {stage: dict(m) for stage, m in self.metrics.items()}
+
+    def execution_argument(self, workspace: str, jobs: Mapping[str, Any]) -> dict[str, Any]:
+        """The workflow's argument (docs/contracts.md "Workflow execution argument"), `jobs` being
+        what functions.batch_job.stage_jobs makes of the stages."""
+        arg = {"request_id": self.request_id, "workspace": workspace, "input": self.input,
+               "options": self.options, "priority": self.priority, **jobs}
+        if self.webhook_url:
+            arg["webhook_url"] = self.webhook_url
+        return arg
+
+    def request_json(self) -> dict[str, Any]:
+        """`{workspace}/request.json` (functions.workspace): what every stage reads first."""
+        return {"request_id": self.request_id, "input": self.input, "options": self.options,
+                "stages": list(self.stages_requested)}

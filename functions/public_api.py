@@ -7,8 +7,6 @@ IAM-only `queue` function serves statuses by id alone.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flask
 
 from functions import callback_token, intake, tasks, validation, video_upload
@@ -23,6 +21,7 @@ from functions.http_json import (
     require_media_type,
     retry_after_seconds,
 )
+from functions.jobrecord import Record
 from functions.routing import Route, collect
 
 TOKEN_HEADER = "X-Callback-Token"
@@ -102,7 +101,7 @@ def _token(request: flask.Request) -> str:
     return token
 
 
-def authorized_record(request: flask.Request, svc: Services, request_id: str) -> dict[str, Any]:
+def authorized_record(request: flask.Request, svc: Services, request_id: str) -> Record:
     """The record of the path's request when the request carries its callback token."""
     token = _token(request)
     return tasks.authorized(svc, validation.request_id(request_id), token)

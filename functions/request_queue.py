@@ -31,6 +31,7 @@ import redis
 
 from functions import jobrecord, stages
 from functions.dedup import DedupKey
+from functions.jobrecord import Record
 from functions.validation import NewRequest
 
 PREFIX = "sp:"
@@ -398,42 +399,6 @@ def new_request_id() -> str:
     return secrets.token_hex(16)
 
 
-def decode_record(h: Mapping[str, str]) -> dict[str, Any]:
-    """A record hash (as stored) -> typed values (times in ms since the epoch)."""
-
-    def opt_int(k: str) -> int | None:
-        v = h.get(k)
-        return int(v) if v else None
-
-    doc = json.loads(h["doc"])
-    return {
-        "request_id": h["request_id"],
-        "state": h["state"],
-        "priority": int(h["priority"]),
-        "session_id": doc["session_id"],
-        "input": doc["input"],
-        "options": doc["options"],
-        "stages_requested": doc["stages_requested"],
-        "stage": h.get("stage") or None,
-        "stages": json.loads(h.get("stages") or "{}"),
-        "progress": json.loads(h.get("progress") or "{}"),
-        "outputs": json.loads(h.get("outputs") or "{}"),
-        "error": json.loads(h["error"]) if h.get("error") else None,
-        "warnings": json.loads(h.get("warnings") or "[]"),
-        "metrics": json.loads(h.get("metrics") or "{}"),
-        "created_at": int(h["created_at"]),
-        "updated_at": int(h["updated_at"]),
-        "seq": int(h.get("seq", 0)),
-        "version": int(h.get("version", 0)),
-        "attempts": int(h.get("attempts", 0)),
-        "lease_expires_at": opt_int("lease_expires_at"),
-        "execution": h.get("execution") or None,
-        "webhook_url": doc.get("webhook_url"),
-        "callback_token_sha256": doc["token_sha256"],
-        "source": doc["source"],
-    }
-
-
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -509,14 +474,14 @@ class RequestQueue:
         h = self.r.hgetall(self.record_key(request_id))
         return h or None
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
+    def get(self, request_id: str) -> Record | None:
         h = self.get_raw(request_id)
-        return decode_record(h) if h else None
+        return Record.from_redis(h) if h else None
 
     def id_for_token(self, token_sha256: str) -> str | None:
         return self.r.get(self.token_key(token_sha256))
 
-    def update(self, request_id: str, patch: Mapping[str, Any], lease_seconds: float) -> dict[str, Any]:
+    def update(self, request_id: str, patch: Mapping[str, Any], lease_seconds: float) -> Record:
         """Apply a validated `PUT /status` patch; the updated record. RecordNotFoundError / IllegalTransitionError."""
         res = self._update(keys=[self.record_key(request_id), self.k_queue, self.k_leases, self.k_counts,
                                  self.k_outbox],
@@ -533,7 +498,7 @@ class RequestQueue:
             else:
                 msg = f"illegal transition {cur} -> {want}"
             raise IllegalTransitionError(cur, msg)
-        return decode_record(_pairs(res[3]))
+        return Record.from_redis(_pairs(res[3]))
 
     # --- leases ---------------------------------------------------------------------------------
 

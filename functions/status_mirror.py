@@ -24,75 +24,26 @@ Only the control plane's fields are written; a running stage's `progress.{s}`,
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from functions import jobrecord
-from functions.request_queue import RequestQueue, decode_record
+from functions.gcs import firestore_client
+from functions.request_queue import RequestQueue
 
 log = logging.getLogger("splatpipe.mirror")
 
-FIELD_MIRROR_VERSION = jobrecord.FIELD_MIRROR_VERSION
+MIRROR_VERSION = "mirror_version"  # the field of the record version a document holds
 TIMEOUT_SECONDS = 1.0  # the deadline of every Firestore call (reads for the status overlay, writes)
 BREAKER_SECONDS = 15.0
 RECONCILE_BUDGET_SECONDS = 3.0
 
 
-def firestore_client(project: str) -> Any:
-    from google.cloud import firestore
-
-    if os.environ.get("FIRESTORE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return firestore.Client(project=project, credentials=AnonymousCredentials())
-    return firestore.Client(project=project)
-
-
-def _ts(ms: int | None) -> dt.datetime | None:
-    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
-
-
-def document_fields(record: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(field path parts, value) for every control-plane field of a decoded record."""
-    yield (jobrecord.FIELD_STATE,), record["state"]
-    yield (jobrecord.FIELD_PRIORITY,), record["priority"]
-    yield (jobrecord.FIELD_SESSION_ID,), record["session_id"]
-    yield (jobrecord.FIELD_INPUT,), record["input"]
-    yield (jobrecord.FIELD_OPTIONS,), dict(record["options"])
-    yield (jobrecord.FIELD_STAGES_REQUESTED,), list(record["stages_requested"])
-    yield (jobrecord.FIELD_CREATED_AT,), _ts(record["created_at"])
-    yield (jobrecord.FIELD_UPDATED_AT,), _ts(record["updated_at"])
-    yield (jobrecord.FIELD_STAGE,), record["stage"]
-    yield (jobrecord.FIELD_CALLBACK_TOKEN_SHA256,), record["callback_token_sha256"]
-    yield (jobrecord.FIELD_EXECUTION,), record["execution"]
-    yield (jobrecord.FIELD_ATTEMPTS,), record["attempts"]
-    for stage, st in record["stages"].items():
-        for key in ("state", "batch_job"):
-            if key in st:
-                yield (jobrecord.FIELD_STAGES, stage, key), st[key]
-        for key in ("started_at", "finished_at"):
-            yield (jobrecord.FIELD_STAGES, stage, key), _ts(st.get(key))
-    for stage, frac in record["progress"].items():
-        yield (jobrecord.FIELD_PROGRESS, stage), float(frac)
-    for name, uri in record["outputs"].items():
-        yield (jobrecord.FIELD_OUTPUTS, name), uri
-    if record["error"]:
-        yield (jobrecord.FIELD_ERROR,), dict(record["error"])
-    elif record["state"] == jobrecord.State.COMPLETED:
-        # A best-effort stage that failed wrote its error here; the completed request has none
-        # (that failure is one of its warnings).
-        yield (jobrecord.FIELD_ERROR,), None
-    yield (jobrecord.FIELD_WARNINGS,), [dict(w) for w in record["warnings"]]
-    yield (jobrecord.FIELD_METRICS,), {stage: dict(m) for stage, m in record["metrics"].items()}
-    yield (FIELD_MIRROR_VERSION,), record["version"]
-
-
-def _flat(pairs: Iterator[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+def _flat(pairs: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     from google.cloud.firestore_v1.field_path import FieldPath
 
     return {FieldPath(*parts).to_api_repr(): value for parts, value in pairs}
@@ -154,29 +105,29 @@ class StatusMirror:
         """
         from google.api_core import exceptions as gexc
 
-        raw = self.queue.get_raw(request_id)
-        if raw is None:  # nothing to mirror any more
+        record = self.queue.get(request_id)
+        if record is None:  # nothing to mirror any more
             self.queue.r.hdel(self.queue.k_outbox, request_id)
             return True
-        record = decode_record(raw)
-        version = record["version"]
+        version = record.version
+        fields = [*record.firestore_fields(), ((MIRROR_VERSION,), version)]
         client = self._firestore()
         ref = client.collection(jobrecord.COLLECTION).document(request_id)
         for _ in range(4):  # a stage writing progress in between changes update_time: try again
-            snap = ref.get(field_paths=[FIELD_MIRROR_VERSION], retry=None, timeout=self.timeout)
+            snap = ref.get(field_paths=[MIRROR_VERSION], retry=None, timeout=self.timeout)
             if snap.exists:
-                have = (snap.to_dict() or {}).get(FIELD_MIRROR_VERSION)
+                have = (snap.to_dict() or {}).get(MIRROR_VERSION)
                 if isinstance(have, int) and have >= version:
                     break
                 try:
-                    ref.update(_flat(document_fields(record)), option=client.write_option(
+                    ref.update(_flat(fields), option=client.write_option(
                         last_update_time=snap.update_time), retry=None, timeout=self.timeout)
                     break
                 except gexc.FailedPrecondition:
                     continue
             else:
                 try:
-                    ref.create(jobrecord.nested(document_fields(record)), retry=None, timeout=self.timeout)
+                    ref.create(jobrecord.nested(fields), retry=None, timeout=self.timeout)
                     break
                 except gexc.Conflict:
                     continue
@@ -225,7 +176,7 @@ class StatusMirror:
             return None
         try:
             snap = self._firestore().collection(jobrecord.COLLECTION).document(request_id).get(
-                field_paths=[jobrecord.FIELD_PROGRESS, jobrecord.FIELD_STAGES], retry=None,
+                field_paths=list(jobrecord.STAGE_FIELDS), retry=None,
                 timeout=self.timeout)
         except Exception as exc:
             self._failed(exc)
@@ -244,7 +195,7 @@ class StatusMirror:
             return
         try:
             self._firestore().collection(jobrecord.COLLECTION).document(request_id).update(
-                {jobrecord.FIELD_PROGRESS: firestore.DELETE_FIELD, jobrecord.FIELD_STAGES: firestore.DELETE_FIELD},
+                dict.fromkeys(jobrecord.STAGE_FIELDS, firestore.DELETE_FIELD),
                 retry=None, timeout=self.timeout)
         except gexc.NotFound:
             pass

@@ -20,12 +20,13 @@ import logging
 import secrets
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from functions import batch_control, callback_token, gcs, jobrecord, stages, status_view, workspace
 from functions.context import Services
 from functions.errors import ConflictError, InvalidRequestError, NotFoundError, TooLargeError
+from functions.jobrecord import Record
 from functions.options import DEFAULT_PRESET, OPTION_SPECS, PRESETS, OptionsError, normalize_options
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
 from functions.validation import split_gs_uri
@@ -47,7 +48,7 @@ UPLOAD_SEGMENT = "uploads"
 # --- status and authorization --------------------------------------------------------------------
 
 
-def lookup(svc: Services, request_id: str) -> dict[str, Any]:
+def lookup(svc: Services, request_id: str) -> Record:
     """The record of `request_id`; NotFoundError when there is none."""
     record = svc.queue.get(request_id)
     if record is None:
@@ -55,27 +56,27 @@ def lookup(svc: Services, request_id: str) -> dict[str, Any]:
     return record
 
 
-def status(svc: Services, record: Mapping[str, Any], *, overlay: bool = True, internal: bool = False) -> dict[str, Any]:
+def status(svc: Services, record: Record, *, overlay: bool = True, internal: bool = False) -> dict[str, Any]:
     """The record's status document; `overlay`: with what its running stages wrote to the mirror."""
-    fields = svc.mirror.stage_fields(record["request_id"]) if overlay and svc.mirror is not None else None
+    fields = svc.mirror.stage_fields(record.request_id) if overlay and svc.mirror is not None else None
     return status_view.render(record, fields, link=svc.links.link, internal=internal)
 
 
-def authorized(svc: Services, request_id: str, token: str) -> dict[str, Any]:
+def authorized(svc: Services, request_id: str, token: str) -> Record:
     """The record of `request_id` if `token` is its callback token (else NotFoundError: an id is not a
     secret, so a wrong token and an unknown id answer alike)."""
     record = svc.queue.get(request_id)
-    if record is None or not callback_token.matches(token, record["callback_token_sha256"]):
+    if record is None or not callback_token.matches(token, record.callback_token_sha256):
         raise NotFoundError("no such request for this callback token")
     return record
 
 
-def session_requests(svc: Services, session_id: str, token: str) -> list[dict[str, Any]]:
+def session_requests(svc: Services, session_id: str, token: str) -> list[Record]:
     """The session's records, newest first, if `token` is the callback token of any of them."""
     ids = svc.queue.session_requests(session_id, MAX_LISTED)
     records = [r for r in (svc.queue.get(i) for i in reversed(ids)) if r is not None]
     digest = callback_token.digest(token)
-    if not any(secrets.compare_digest(digest, r["callback_token_sha256"]) for r in records):
+    if not any(secrets.compare_digest(digest, r.callback_token_sha256) for r in records):
         raise NotFoundError("no session with a request for this callback token")
     return records
 
@@ -99,26 +100,26 @@ def _changed(svc: Services, request_id: str) -> None:
 # --- cancel ----------------------------------------------------------------------------------------
 
 
-def running_batch_jobs(record: Mapping[str, Any]) -> list[str]:
-    return [st["batch_job"] for st in record["stages"].values()
+def running_batch_jobs(record: Record) -> list[str]:
+    return [st["batch_job"] for st in record.stages.values()
             if st.get("state") == jobrecord.StageState.RUNNING.value and st.get("batch_job")]
 
 
-def cancel(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
+def cancel(svc: Services, record: Record) -> dict[str, Any]:
     """QUEUED/PROCESSING -> CANCELLED, then stop its execution and running Batch job."""
-    rid = record["request_id"]
-    if record["state"] not in ACTIVE_STATES:
-        raise ConflictError(f"request is {record['state']}; only a QUEUED or PROCESSING request can be cancelled")
+    rid = record.request_id
+    if record.state not in ACTIVE_STATES:
+        raise ConflictError(f"request is {record.state}; only a QUEUED or PROCESSING request can be cancelled")
     with _refused_by_queue():  # it finished meanwhile
         updated = svc.queue.update(rid, {"state": jobrecord.State.CANCELLED.value}, svc.settings.lease_seconds)
     _changed(svc, rid)
     # The record is CANCELLED first: the workflow's next status update is refused and it stops,
     # whatever happens to the calls below.
-    if updated["execution"]:
+    if updated.execution:
         try:
-            svc.executor().cancel(updated["execution"])
+            svc.executor().cancel(updated.execution)
         except Exception as exc:
-            log.warning("request %s: cannot cancel execution %s: %s", rid, updated["execution"], exc)
+            log.warning("request %s: cannot cancel execution %s: %s", rid, updated.execution, exc)
     for job in running_batch_jobs(updated):
         batch_control.delete_job(svc.settings, job)
     return updated
@@ -127,19 +128,19 @@ def cancel(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
 # --- restart ---------------------------------------------------------------------------------------
 
 
-def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = None,
+def restart(svc: Services, record: Record, from_stage: str | None = None,
             options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a finished request again in its workspace (see the module docstring)."""
-    rid = record["request_id"]
-    if record["state"] not in {s.value for s in jobrecord.RESTARTABLE_STATES}:
-        hint = "its workspace is gone" if record["state"] == jobrecord.State.DELETED.value \
+    rid = record.request_id
+    if record.state not in {s.value for s in jobrecord.RESTARTABLE_STATES}:
+        hint = "its workspace is gone" if record.state == jobrecord.State.DELETED.value \
             else "cancel it or wait for it to finish"
-        raise ConflictError(f"request is {record['state']}; {hint}")
-    requested = list(record["stages_requested"])
+        raise ConflictError(f"request is {record.state}; {hint}")
+    requested = list(record.stages_requested)
     if from_stage is not None and from_stage not in requested:
         raise InvalidRequestError(f"from_stage must be one of the request's stages: {', '.join(requested)}",
                                   "invalid_stage")
-    merged = {**record["options"], **dict(options or {})}
+    merged = {**record.options, **dict(options or {})}
     try:
         new_options = normalize_options(merged)
     except OptionsError as exc:
@@ -156,11 +157,11 @@ def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = N
                     raise
     # request.json and the mirror first: the stages read their options from request.json once
     # dispatch starts the run, and its progress must not start from the last run's.
-    workspace.write_request_json(svc.settings, {**record, "options": new_options})
+    workspace.write_request_json(svc.settings, replace(record, options=new_options))
     if svc.mirror is not None:
         svc.mirror.clear_stage_fields(rid)
     with _refused_by_queue():
-        svc.queue.restart(rid, record["version"], new_options)
+        svc.queue.restart(rid, record.version, new_options)
     _changed(svc, rid)
     svc.kick()
     fresh = svc.queue.get(rid)
@@ -171,10 +172,10 @@ def restart(svc: Services, record: Mapping[str, Any], from_stage: str | None = N
 # --- delete ----------------------------------------------------------------------------------------
 
 
-def delete(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
+def delete(svc: Services, record: Record) -> dict[str, Any]:
     """Cancel if still active, make the record a DELETED tombstone, remove the workspace."""
-    rid = record["request_id"]
-    if record["state"] in ACTIVE_STATES:
+    rid = record.request_id
+    if record.state in ACTIVE_STATES:
         with contextlib.suppress(ConflictError):  # finished meanwhile: delete it as it is
             cancel(svc, record)
     with _refused_by_queue():  # restarted meanwhile
@@ -240,14 +241,14 @@ class OutputFile:
     content_type: str | None
 
 
-def output_files(svc: Services, record: Mapping[str, Any]) -> list[OutputFile]:
+def output_files(svc: Services, record: Record) -> list[OutputFile]:
     """The request's outputs that exist, with sizes (one listing of the workspace)."""
-    if record["state"] == jobrecord.State.DELETED.value:
+    if record.state == jobrecord.State.DELETED.value:
         raise ConflictError("request is DELETED; its outputs are gone")
-    outputs = record["outputs"]
+    outputs = record.outputs
     if not outputs:
-        raise ConflictError(f"request is {record['state']} and has no outputs yet")
-    ws = svc.settings.workspace_uri(record["request_id"])
+        raise ConflictError(f"request is {record.state} and has no outputs yet")
+    ws = svc.settings.workspace_uri(record.request_id)
     ws_bucket, ws_prefix = split_gs_uri(ws)
     found = {b.name: b for b in gcs.client(svc.settings.project).list_blobs(ws_bucket, prefix=ws_prefix + "/",
                                                                              timeout=gcs.TIMEOUT_SECONDS)}
@@ -261,15 +262,15 @@ def output_files(svc: Services, record: Mapping[str, Any]) -> list[OutputFile]:
     return files
 
 
-def manifest(svc: Services, record: Mapping[str, Any]) -> dict[str, Any]:
+def manifest(svc: Services, record: Record) -> dict[str, Any]:
     files = output_files(svc, record)
     entries = [{"name": f.name, "path": f.path, "size": f.size, "content_type": f.content_type,
                 "url": svc.links.download_url(f.uri)} for f in files]
-    return {"request_id": record["request_id"], "state": record["state"], "files": entries,
+    return {"request_id": record.request_id, "state": record.state, "files": entries,
             "total_bytes": sum(f.size for f in files), "zip_max_bytes": ZIP_MAX_BYTES}
 
 
-def zip_bytes(svc: Services, record: Mapping[str, Any]) -> bytes:
+def zip_bytes(svc: Services, record: Record) -> bytes:
     """The outputs as one zip (`{stage}/{file}` entries); TooLargeError past ZIP_MAX_BYTES."""
     files = output_files(svc, record)
     total = sum(f.size for f in files)
@@ -350,11 +351,11 @@ def start_upload(svc: Services, session_id: str, files: Sequence[UploadFile]) ->
 MAX_LIVE_PREVIEW_BYTES = 4 * 1024 * 1024
 
 
-def live_preview(svc: Services, record: Mapping[str, Any]) -> bytes:
+def live_preview(svc: Services, record: Record) -> bytes:
     """The training's latest preview render (a small PNG); ConflictError when there is none."""
-    if record["state"] == jobrecord.State.DELETED.value:
+    if record.state == jobrecord.State.DELETED.value:
         raise ConflictError("request is DELETED; its outputs are gone")
-    ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(record["request_id"]))
+    ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(record.request_id))
     blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LIVE_PREVIEW}",
                                                                        timeout=gcs.TIMEOUT_SECONDS)
     if blob is None:

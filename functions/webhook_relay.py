@@ -30,7 +30,7 @@ ROUTES: list[Route] = []
 def send(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     validation.request_id(request_id)
     body = read_json_object(request)
-    url = tasks.lookup(svc, request_id).get("webhook_url")
+    url = tasks.lookup(svc, request_id).webhook_url
     if not url:
         raise NotFoundError("the request has no webhook_url", "no_webhook")
     outcome = webhook.deliver(url, body, local=svc.settings.local_mode)

@@ -1,4 +1,4 @@
-"""A request's workspace: `{workspace}/request.json` (contract 2), what every stage reads first.
+"""A request's workspace: `{workspace}/request.json` (`Record.request_json`), what every stage reads first.
 
 Written by dispatch before it starts the request's execution (not when the request is accepted:
 that stays one Redis script, so a Cloud Storage outage never slows or fails an accept). The
@@ -8,11 +8,11 @@ stages own everything else under the workspace.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from functions import gcs
 from functions.config import Settings
+from functions.jobrecord import Record
 
 REQUEST_FILE = "request.json"
 SUCCESS_FILE = "_SUCCESS.json"
@@ -23,31 +23,21 @@ LIVE_PREVIEW = "splat/live_preview.png"
 """The splat stage's latest render while it trains (rewritten every few hundred steps; not an output)."""
 
 
-def request_document(record: Mapping[str, Any]) -> dict[str, Any]:
-    """`{request_id, input, options, stages}` of a (decoded) record."""
-    return {
-        "request_id": record["request_id"],
-        "input": record["input"],
-        "options": record["options"],
-        "stages": list(record["stages_requested"]),
-    }
-
-
 def _blob(settings: Settings, request_id: str) -> Any:
     return gcs.client(settings.project).bucket(settings.data_bucket).blob(f"jobs/{request_id}/{REQUEST_FILE}")
 
 
-def write_request_json(settings: Settings, record: Mapping[str, Any]) -> str:
+def write_request_json(settings: Settings, record: Record) -> str:
     """Write `request.json`; returns its gs:// URI. Raises on a storage error."""
-    blob = _blob(settings, record["request_id"])
-    blob.upload_from_string(json.dumps(request_document(record), indent=2, sort_keys=True),
+    blob = _blob(settings, record.request_id)
+    blob.upload_from_string(json.dumps(record.request_json(), indent=2, sort_keys=True),
                             content_type="application/json", timeout=gcs.TIMEOUT_SECONDS)
-    return f"{settings.workspace_uri(record['request_id'])}/{REQUEST_FILE}"
+    return f"{settings.workspace_uri(record.request_id)}/{REQUEST_FILE}"
 
 
-def ensure_request_json(settings: Settings, record: Mapping[str, Any]) -> bool:
+def ensure_request_json(settings: Settings, record: Record) -> bool:
     """Write `request.json` unless it is there; True when it had to be written."""
-    if _blob(settings, record["request_id"]).exists(timeout=gcs.TIMEOUT_SECONDS):
+    if _blob(settings, record.request_id).exists(timeout=gcs.TIMEOUT_SECONDS):
         return False
     write_request_json(settings, record)
     return True

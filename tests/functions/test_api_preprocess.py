@@ -19,8 +19,8 @@ def test_direct_upload_is_stored_and_queued_for_frames(fn_apps: FnApps, fn_env: 
     job = out["job_id"]
     assert out["state"] == "QUEUED" and out["callback_token"]
     record = services_now().queue.get(job)
-    assert record["stages_requested"] == ["frames"] and record["priority"] == 1
-    bucket, name = record["input"][5:].split("/", 1)
+    assert record.stages_requested == ("frames",) and record.priority == 1
+    bucket, name = record.input[5:].split("/", 1)
     assert bucket == buckets.uploads and name.startswith("s-9/_api/") and name.endswith(".mp4")
     stored = gcs.client(PROJECT).bucket(bucket).blob(name)
     assert stored.download_as_bytes() == video
@@ -37,7 +37,7 @@ def test_gs_reference(fn_apps: FnApps, fn_env: dict, buckets: Buckets, services_
                      {"session_id": "s", "input": f"gs://{buckets.uploads}/s/clip.mov", "options": {"max_frames": 40}})
     assert resp.status_code == 202
     record = services_now().queue.get(resp.get_json()["job_id"])
-    assert record["stages_requested"] == ["frames"] and record["options"]["max_frames"] == 40
+    assert record.stages_requested == ("frames",) and record.options["max_frames"] == 40
     assert_error(post_json(fn_apps.api, "/preprocess-video", {"session_id": "s", "input": "gs://elsewhere/c.mov"}),
                  422, "bucket_not_allowed")
     assert_error(post_json(fn_apps.api, "/preprocess-video",

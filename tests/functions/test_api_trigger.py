@@ -9,8 +9,6 @@ import time
 import pytest
 from fn_testlib import Buckets, FnApps, assert_error, post_json, trigger_body
 
-from functions import workspace
-
 
 def test_trigger_accepts(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
                                                  services_now) -> None:
@@ -29,11 +27,11 @@ def test_trigger_accepts(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
     svc = services_now()
     raw = svc.queue.get_raw(rid)
     assert token not in json.dumps(raw)
-    assert svc.queue.get(rid)["callback_token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert svc.queue.get(rid).callback_token_sha256 == hashlib.sha256(token.encode()).hexdigest()
 
     # What request.json (contract 2) will say: dispatch writes it before the execution starts, off
     # the trigger's path (tests/functions/test_fast_accept.py).
-    assert workspace.request_document(svc.queue.get(rid)) == {
+    assert svc.queue.get(rid).request_json() == {
         "request_id": rid, "input": body["input"], "options": {"preset": "preview", "splat_steps": 500},
         "stages": ["frames", "sfm", "depth", "splat", "mesh"]}
 

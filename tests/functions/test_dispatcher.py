@@ -70,9 +70,9 @@ def test_starts_up_to_the_limit_in_priority_order(fn_apps: FnApps, fn_env: dict,
         "run", "frames", "--workspace", arg["workspace"], "--request-id", ids[2]]
     assert "webhook_url" not in ex.started[1]
     rec = svc.queue.get(ids[2])
-    assert rec["state"] == "PROCESSING" and rec["execution"].endswith("/e1")
+    assert rec.state == "PROCESSING" and rec.execution.endswith("/e1")
     # The execution is recorded, so the lease is the full LEASE_SECONDS, not the short start lease.
-    assert rec["lease_expires_at"] - rec["updated_at"] == 21600 * 1000
+    assert rec.lease_expires_at - rec.updated_at == 21600 * 1000
     assert dispatcher.run(svc, ex)["started"] == []  # at the limit
     put_json(fn_apps.queue, f"/status/{ids[2]}", {"state": "COMPLETED", "outputs": {"ply": "gs://d/x.ply"}})
     out = dispatcher.run(svc, ex)
@@ -97,7 +97,7 @@ def test_executor_failure_puts_the_request_back(fn_apps: FnApps, fn_env: dict, b
     out = dispatcher.run(svc, ex)
     assert out["started"] == [] and out["running"] == 0
     rec = svc.queue.get(a)
-    assert rec["state"] == "QUEUED" and rec["attempts"] == 0
+    assert rec.state == "QUEUED" and rec.attempts == 0
     ex.fail = False
     assert dispatcher.run(svc, ex)["started"] == [a, b]
 
@@ -113,9 +113,9 @@ def test_expired_lease_requeued_once_or_renewed_while_running(fn_apps: FnApps, f
     time.sleep(1.2)
     # Its execution still runs: the lease is renewed, nothing else starts.
     out = dispatcher.run(svc, ex)
-    assert out["requeued"] == [] and out["started"] == [] and svc.queue.get(alive)["state"] == "PROCESSING"
+    assert out["requeued"] == [] and out["started"] == [] and svc.queue.get(alive).state == "PROCESSING"
     # The execution died without telling us: re-queued, by exactly one of many concurrent dispatches.
-    ex.states[svc.queue.get(alive)["execution"]] = "FAILED"
+    ex.states[svc.queue.get(alive).execution] = "FAILED"
     time.sleep(1.2)
     results: list[dict] = []
     barrier = threading.Barrier(8)
@@ -134,8 +134,8 @@ def test_expired_lease_requeued_once_or_renewed_while_running(fn_apps: FnApps, f
     assert requeued == [alive]
     assert started == [alive]  # back at its place ahead of `dead`, and started again (limit 1)
     rec = svc.queue.get(alive)
-    assert rec["attempts"] == 2 and rec["execution"].endswith("/e2")
-    assert svc.queue.get(dead)["state"] == "QUEUED"
+    assert rec.attempts == 2 and rec.execution.endswith("/e2")
+    assert svc.queue.get(dead).state == "QUEUED"
 
 
 def test_too_many_expiries_fail_the_request(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch,
@@ -166,7 +166,7 @@ def test_cancelled_between_take_and_start_cancels_the_execution(fn_apps: FnApps,
     dispatcher.run(svc, ex)
     assert len(ex.started) == 1
     assert ex.cancelled == [f"projects/{PROJECT}/locations/us-central1/workflows/reconstruct/executions/e1"]
-    assert svc.queue.get(rid)["state"] == "CANCELLED"
+    assert svc.queue.get(rid).state == "CANCELLED"
 
 
 # --- the executor ---------------------------------------------------------------------------------

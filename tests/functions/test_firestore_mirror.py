@@ -55,7 +55,7 @@ def test_every_change_is_mirrored(fn_apps: FnApps, mirror_env: str, buckets: Buc
     doc = _doc(rid)
     assert doc["state"] == "COMPLETED" and doc["outputs"] == {"point_cloud.ply": "gs://d/jobs/x/splat/point_cloud.ply"}
     assert doc["progress"] == {"frames": 1.0}
-    assert doc["mirror_version"] == services_now().queue.get(rid)["version"]
+    assert doc["mirror_version"] == services_now().queue.get(rid).version
     assert services_now().queue.outbox() == {}
 
 
@@ -127,6 +127,6 @@ def test_firestore_outage_blocks_nothing_and_the_mirror_catches_up(fn_apps: FnAp
         assert _doc(during)["state"] == "CANCELLED"
         fs = _doc(before)
         assert fs["state"] == "PROCESSING" and fs["stages"]["frames"]["state"] == "RUNNING"
-        assert fs["mirror_version"] == services_now().queue.get(before)["version"]
+        assert fs["mirror_version"] == services_now().queue.get(before).version
     finally:
         proxy.down()

@@ -325,7 +325,7 @@ def _mirrored(services_now: Any, request_id: str, timeout: float = 30.0) -> dict
     from fn_testlib import PROJECT
 
     from functions import jobrecord
-    from functions.status_mirror import firestore_client
+    from functions.status_mirror import MIRROR_VERSION, firestore_client
 
     svc = services_now()
     ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(request_id)
@@ -334,7 +334,7 @@ def _mirrored(services_now: Any, request_id: str, timeout: float = 30.0) -> dict
         svc.mirror.reconcile()
         snap = ref.get(timeout=10)
         doc = snap.to_dict() if snap.exists else None
-        if doc and doc.get(jobrecord.FIELD_MIRROR_VERSION) == svc.queue.get(request_id)["version"]:
+        if doc and doc.get(MIRROR_VERSION) == svc.queue.get(request_id).version:
             return doc
         assert time.monotonic() < deadline, doc
         time.sleep(0.5)
@@ -358,7 +358,7 @@ def test_firestore_mirrors_warnings_metrics_and_a_completed_request_has_no_error
                                   "metrics": {"splat": {"heldout_psnr": 26.95, "gaussians": 40000}}})
     put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "RUNNING"})
     # The mesh stage fails: its runner writes the error to the document, as on any failure.
-    FirestoreSink(rid, project=PROJECT).write({jobrecord.FIELD_ERROR: {**MESH_WARNING},
+    FirestoreSink(rid, project=PROJECT).write({"error": {**MESH_WARNING},
                                                jobrecord.stage_path("mesh", "message"): MESH_WARNING["message"]})
     put_json(fn_apps.queue, url, {"stage": "mesh", "stage_state": "FAILED", "warnings": [MESH_WARNING]})
     put_json(fn_apps.queue, url, {"state": "COMPLETED", "outputs": {"splat_ply": f"gs://{buckets.data}/x.ply"}})

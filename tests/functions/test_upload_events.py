@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fn_testlib import Buckets, FnApps
 
+from functions.jobrecord import Record
+
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 
 
@@ -32,7 +34,7 @@ def deliver(client: Any, bucket: str, name: str, generation: str = "170000000000
     return client.post("/", data=json.dumps(data), headers=headers, content_type="application/json")
 
 
-def _records(services_now) -> list[dict]:
+def _records(services_now) -> list[Record]:
     q = services_now().queue
     return [q.get(k.split(":")[-1]) for k in q.r.scan_iter(match=q.prefix + "req:*")]
 
@@ -44,8 +46,8 @@ def test_a_video_upload_becomes_one_request(fn_apps: FnApps, fn_env: dict, bucke
     records = _records(services_now)
     assert len(records) == 1
     rec = records[0]
-    assert rec["input"] == f"gs://{buckets.uploads}/sess-7/walkaround.MP4" and rec["session_id"] == "sess-7"
-    assert rec["source"] == "upload" and rec["state"] == "QUEUED" and rec["options"] == {"preset": "standard"}
+    assert rec.input == f"gs://{buckets.uploads}/sess-7/walkaround.MP4" and rec.session_id == "sess-7"
+    assert rec.source == "upload" and rec.state == "QUEUED" and rec.options == {"preset": "standard"}
     # A new generation of the object (uploaded again) is a new request.
     deliver(fn_apps.on_upload, buckets.uploads, "sess-7/walkaround.MP4", generation="1700000000000002")
     assert len(_records(services_now)) == 2
@@ -59,8 +61,8 @@ def test_marker_closes_an_image_prefix(fn_apps: FnApps, fn_env: dict, buckets: B
                    metadata={"priority": "1", "options": json.dumps({"preset": "preview"})})
     assert resp.status_code == 200
     (rec,) = _records(services_now)
-    assert rec["input"] == f"gs://{buckets.uploads}/s2/photos/" and rec["priority"] == 1
-    assert rec["options"] == {"preset": "preview"}
+    assert rec.input == f"gs://{buckets.uploads}/s2/photos/" and rec.priority == 1
+    assert rec.options == {"preset": "preview"}
 
 
 @pytest.mark.parametrize("name, content_type, metadata, bucket_is_uploads", [
