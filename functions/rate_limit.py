@@ -1,4 +1,5 @@
-"""Per-caller rate limit: an exact sliding window (not fixed buckets) in one Lua script.
+"""Per-caller rate limit: an exact sliding window (not fixed buckets) in one Lua script
+(functions/lua/sliding_window.lua).
 
 Each caller has a sorted set of its accepted calls' times (ms). A call is allowed when fewer than
 `limit` calls remain in the last `window`; a refused call is not recorded, and `Retry-After` is
@@ -13,20 +14,9 @@ from dataclasses import dataclass
 
 import redis
 
-_SLIDING_WINDOW = """
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
-local n = redis.call('ZCARD', KEYS[1])
-if n < limit then
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return {1, limit - n - 1, 0}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, 0, tonumber(oldest[2]) + window - now}
-"""
+from functions.request_queue import lua
+
+_SCRIPT = lua("sliding_window")
 
 
 @dataclass(frozen=True)
@@ -41,7 +31,7 @@ class SlidingWindowLimiter:
         self.limit = limit
         self.window_ms = int(window_seconds * 1000)
         self.prefix = prefix
-        self._script = client.register_script(_SLIDING_WINDOW)
+        self._script = client.register_script(_SCRIPT)
 
     def hit(self, caller: str) -> Decision:
         """Count one call by `caller` if the window has room. A limit <= 0 disables the limit."""

@@ -10,6 +10,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -110,3 +111,11 @@ def test_requirements_cover_every_third_party_import() -> None:
         if dist not in closure:
             missing[module] = (dist, sorted(files))
     assert not missing, f"not installed by functions/requirements.txt: {missing}"
+
+
+def test_lua_scripts_are_package_data() -> None:
+    # functions.request_queue reads functions/lua/*.lua at import: an installed package needs them
+    # (terraform's source zip takes every file of functions/).
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["functions"]
+    scripts = [p.relative_to(FUNCTIONS) for p in FUNCTIONS.glob("lua/*.lua")]
+    assert scripts and all(any(p.match(g) for g in globs) for p in scripts)
