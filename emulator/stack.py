@@ -219,9 +219,9 @@ class Stack:
         firestore = services.start_firestore(self.run_dir, project=c.project)
         self._track(firestore.process, firestore.port)
 
-        ports = {name: free_port() for name, _ in FUNCTIONS}
-        ports["workflows"] = free_port()
-        urls = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
+        ports = {name: free_port() for name in [*(n for n, _ in FUNCTIONS), "batch", "workflows"]}
+        # HTTP URLs; the Workflows engine's Executions API is gRPC only (WORKFLOWS_EMULATOR_HOST).
+        urls = {name: f"http://{HOST}:{port}" for name, port in ports.items() if name != "workflows"}
         urls["storage"] = storage_host
         env = {
             "GOOGLE_CLOUD_PROJECT": c.project,
@@ -235,6 +235,7 @@ class Stack:
             "FIRESTORE_EMULATOR_HOST": firestore.host,
             "PUBSUB_EMULATOR_HOST": pubsub.host,
             "WORKFLOWS_EMULATOR_HOST": f"{HOST}:{ports['workflows']}",
+            "BATCH_EMULATOR_HOST": f"{HOST}:{ports['batch']}",
             "DISPATCH_URL": urls["dispatch"],
             "JOB_IMAGE": "local/splatpipe-job",
             "DEPTH_MODEL": depth_model,
@@ -248,10 +249,11 @@ class Stack:
         log("starting the local Workflows engine and Batch runner …")
         self._track(start_process(
             "workflows",
-            [sys.executable, "-m", "emulator.workflows", "--port", str(ports["workflows"]), "--run-dir",
-             str(self.run_dir / "workflows"), "--workflow", f"{c.workflow_name}={WORKFLOW_YAML}",
-             "--env-file", str(env_file), "--project", c.project, "--location", c.region],
-            self.run_dir, env=env, ready=http_ok(f"{urls['workflows']}/healthz"), timeout=60, cwd=REPO),
+            [sys.executable, "-m", "emulator.workflows", "--port", str(ports["workflows"]), "--batch-port",
+             str(ports["batch"]), "--run-dir", str(self.run_dir / "workflows"), "--workflow",
+             f"{c.workflow_name}={WORKFLOW_YAML}", "--env-file", str(env_file), "--project", c.project,
+             "--location", c.region],
+            self.run_dir, env=env, ready=http_ok(f"{urls['batch']}/healthz"), timeout=60, cwd=REPO),
             ports["workflows"])
 
         log("starting the functions …")

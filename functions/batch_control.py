@@ -3,8 +3,8 @@
 Cancelling a Workflows execution does not stop the Batch job its connector is waiting on, so a
 cancel deletes the job too: `DELETE https://batch.googleapis.com/v1/{name}` stops its tasks and
 removes it (https://cloud.google.com/batch/docs/reference/rest/v1/projects.locations.jobs/delete).
-The local Batch runner serves the same path on the local Workflows engine's port
-(`WORKFLOWS_EMULATOR_HOST`) and kills the task's process group.
+The local Batch runner serves the same path at `BATCH_EMULATOR_HOST` and kills the task's
+process group.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ TIMEOUT_SECONDS = 30.0
 def _session(settings: Settings) -> tuple[Any, str]:
     import requests
 
-    if settings.workflows_emulator_host:
-        host = settings.workflows_emulator_host
+    if settings.batch_emulator_host:
+        host = settings.batch_emulator_host
         return requests.Session(), host if host.startswith(("http://", "https://")) else "http://" + host
     import google.auth
     from google.auth.transport.requests import AuthorizedSession

@@ -56,8 +56,10 @@ class Settings:
     # Memorystore with in-transit encryption: REDIS_URL is rediss://:AUTH@host:port and this is the
     # server CA (PEM text). Empty: the system trust store.
     redis_ca_cert: str = ""
-    # Local stack only: the local Workflows engine's Executions REST API ("127.0.0.1:PORT").
+    # Local stack only: the local Workflows engine's Executions API, gRPC ("127.0.0.1:PORT").
     workflows_emulator_host: str = ""
+    # Local stack only: the local Batch runner's jobs REST API ("127.0.0.1:PORT").
+    batch_emulator_host: str = ""
     # The dispatch function's URL: `api` and `on_upload` poke it after an enqueue so the request
     # starts at once (Cloud Scheduler's tick covers a lost poke). Empty: no poke.
     dispatch_url: str = ""

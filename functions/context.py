@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -12,7 +11,7 @@ from functions import redis_conn
 from functions.caller import IdTokenVerifier
 from functions.config import Settings
 from functions.dispatch_kick import DispatchKick
-from functions.executor import Executor, LazyExecutor, from_settings
+from functions.executor import Executor
 from functions.output_links import OutputLinker
 from functions.rate_limit import SlidingWindowLimiter
 from functions.request_queue import RequestQueue
@@ -29,16 +28,14 @@ class Services:
     links: OutputLinker
     verifier: IdTokenVerifier | None
     kick: DispatchKick
-    _executor: Executor | None = None
-    _executor_lock: threading.Lock = field(default_factory=threading.Lock)
+    _executor: Executor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._executor = Executor(self.settings)
 
     def executor(self) -> Executor:
-        """The Workflows executor; its client is made on first use (only dispatch needs one)."""
-        with self._executor_lock:
-            if self._executor is None:
-                settings = self.settings
-                self._executor = LazyExecutor(lambda: from_settings(settings))
-            return self._executor
+        """The Workflows executor; it makes its client on first use (only dispatch and cancel need one)."""
+        return self._executor
 
 
 def build(settings: Settings) -> Services:

@@ -4,6 +4,7 @@ One pass:
 1. Every PROCESSING request whose lease expired: if its workflow execution is still running the
    lease is renewed; otherwise it goes back to the queue at its old place (a script makes that
    happen exactly once, however many dispatches run at once), or FAILED after `MAX_ATTEMPTS`.
+   When Workflows cannot say (unreachable), it is left PROCESSING until a later pass.
 2. While fewer than `MAX_CONCURRENT_JOBS` requests hold a lease: take the next one (the take
    script checks the limit atomically), make sure its `request.json` is there, start a workflow
    execution (its argument: docs/contracts.md "Workflow execution argument"), and record the execution name, which renews the lease to
@@ -20,7 +21,7 @@ from typing import Any
 
 from functions import batch_job, workspace
 from functions.context import Services
-from functions.executor import ACTIVE_STATES, Executor
+from functions.executor import ACTIVE_STATES, Executor, ExecutorError
 from functions.jobrecord import Record
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
 
@@ -48,7 +49,12 @@ def requeue_expired(svc: Services, executor: Executor) -> list[str]:
     for request_id in svc.queue.expired_leases(limit=500):
         record = svc.queue.get(request_id)
         if record is not None and record.state == "PROCESSING" and record.execution:
-            state = executor.state(record.execution)
+            try:
+                state = executor.state(record.execution)
+            except ExecutorError as exc:  # unknown is not "stopped": re-queueing could run it twice
+                log.warning("request %s: lease expired but the state of execution %s is unknown (%s); left "
+                            "PROCESSING", request_id, record.execution, exc)
+                continue
             if state in ACTIVE_STATES and svc.queue.renew_expired(request_id, svc.settings.lease_seconds):
                 log.info("request %s: lease expired but execution %s is %s; renewed", request_id,
                          record.execution, state)

@@ -2,6 +2,6 @@
 
 Modules: `definition` (parse and validate), `expressions` (`${…}`), `stdlib` (library
 functions), `interpreter` (steps), `http_calls` and `connectors` (`call:` targets),
-`executions` (executions store), `rest_api` / `grpc_api` / `port_mux` (the Executions API on one
-port), `server` (the process), `client` (the real `ExecutionsClient` pointed at it).
+`executions` (executions store), `grpc_api` (the Executions API), `rest_api` (the Batch REST
+subset and /healthz), `server` (the process).
 """

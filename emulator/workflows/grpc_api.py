@@ -1,9 +1,9 @@
 """gRPC front of the local engine: `google.cloud.workflows.executions.v1.Executions`.
 
 The google-cloud-workflows client library ships only a gRPC transport for the Executions API, so
-this is what `ExecutionsClient` talks to locally (over an insecure channel; see
-`emulator.workflows.client.local_executions_client`). Same engine, same behaviour as the REST
-front: Create, Get, List (newest first, `state="…"` filter) and Cancel.
+this is what `ExecutionsClient` talks to locally, over an insecure channel
+(`functions.executor.executions_client`): Create, Get, List (newest first, `state="…"` filter)
+and Cancel.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def handler(engine: WorkflowsEngine) -> grpc.GenericRpcHandler:
 
 class GrpcServer:
     def __init__(self, engine: WorkflowsEngine, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        # No SO_REUSEPORT: a second engine on a taken port fails instead of sharing it.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)])
         self.server.add_generic_rpc_handlers((handler(engine),))
         self.port = self.server.add_insecure_port(f"{host}:{port}")
 

@@ -1,7 +1,11 @@
-"""The local Workflows engine as one process: engine + local Batch runner, REST and gRPC fronts.
+"""The local Workflows engine as one process: engine + local Batch runner, gRPC and REST fronts.
 
-    python -m emulator.workflows --port 8090 --run-dir RUN \
+    python -m emulator.workflows --port 8090 --batch-port 8091 --run-dir RUN \
         --workflow reconstruct=workflows/reconstruct.yaml --env-file RUN/workflow-env.json
+
+`--port` serves the Executions API (gRPC, grpc_api.py: `WORKFLOWS_EMULATOR_HOST`), `--batch-port`
+the Batch REST subset and /healthz (rest_api.py: `BATCH_EMULATOR_HOST`); gRPC is up before /healthz
+answers.
 
 The workflow's user environment variables come from `--env-file` (a JSON object) and `--env
 K=V`; the Batch tasks inherit this process's environment (the local stack's emulator variables).
@@ -23,7 +27,6 @@ from emulator.batch.runner import LocalBatch
 from emulator.workflows.connectors import LocalConnectors
 from emulator.workflows.executions import WorkflowsEngine
 from emulator.workflows.grpc_api import GrpcServer
-from emulator.workflows.port_mux import PortMux
 from emulator.workflows.rest_api import RestServer
 
 log = logging.getLogger("emulator.workflows")
@@ -34,33 +37,28 @@ class EngineServer:
 
     def __init__(self, run_dir: Path, workflows: Mapping[str, Path], env: Mapping[str, str] | None = None, *,
                  project: str = "splatpipe-local", location: str = "us-central1", host: str = "127.0.0.1",
-                 port: int = 0, batch_env: Mapping[str, str] | None = None) -> None:
+                 port: int = 0, batch_port: int = 0, batch_env: Mapping[str, str] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.batch = LocalBatch(self.run_dir / "batch", env=batch_env)
         self.connectors = LocalConnectors(self.batch)
         self.engine = WorkflowsEngine(self.connectors, project=project, location=location)
         for workflow_id, path in workflows.items():
             self.engine.deploy_file(workflow_id, Path(path), env or {})
-        self.rest = RestServer(self.engine, self.batch, host)
-        self.grpc = GrpcServer(self.engine, host)
-        self.mux = PortMux(self.rest.port, self.grpc.port, host, port)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.mux.port}"
+        self.grpc = GrpcServer(self.engine, host, port)
+        self.rest = RestServer(self.batch, host, batch_port)
+        self.host = f"127.0.0.1:{self.grpc.port}"  # the Executions API (gRPC)
+        self.batch_host = f"127.0.0.1:{self.rest.port}"  # the Batch REST subset, /healthz
 
     def start(self) -> EngineServer:
-        self.rest.start()
         self.grpc.start()
-        self.mux.start()
+        self.rest.start()
         return self
 
     def stop(self) -> None:
         self.engine.cancel_all()
         self.batch.shutdown()
-        self.mux.stop()
-        self.grpc.stop()
         self.rest.stop()
+        self.grpc.stop()
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -76,7 +74,8 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emulator.workflows", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="the Executions API (gRPC)")
+    p.add_argument("--batch-port", type=int, default=0, help="the Batch REST subset and /healthz")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--workflow", action="append", default=[], help="ID=PATH of a definition to deploy")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE user environment variable")
@@ -89,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.update(_pairs(args.env, "--env"))
     workflows = {k: Path(v) for k, v in _pairs(args.workflow, "--workflow").items()}
     server = EngineServer(args.run_dir, workflows, env, project=args.project, location=args.location,
-                          host=args.host, port=args.port).start()
-    log.info("local Workflows engine on %s (REST and gRPC); workflows: %s", server.host, ", ".join(workflows))
+                          host=args.host, port=args.port, batch_port=args.batch_port).start()
+    log.info("local Workflows engine: Executions (gRPC) on %s, Batch (REST) on %s; workflows: %s", server.host,
+             server.batch_host, ", ".join(workflows))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,6 +1,6 @@
 """A client of the running local stack for the end-to-end tests: only the stack's public faces
-(the functions' HTTP APIs, the storage and Firestore emulators, the Executions API, the local
-Batch runner's process list)."""
+(the functions' HTTP APIs, the storage and Firestore emulators, the Executions API through
+google-cloud-workflows' client, the local Batch runner's REST front)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import requests
 
 from emulator.stack import StackInfo, _env
+from functions.executor import executions_client
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -26,6 +27,8 @@ class StackClient:
         self.project = info.env["GOOGLE_CLOUD_PROJECT"]
         self.workflow = f"projects/{self.project}/locations/{info.env['REGION']}/workflows/{info.env['WORKFLOW_NAME']}"
         self.http = requests.Session()
+        self.batch_url = f"http://{info.env['BATCH_EMULATOR_HOST']}"
+        self.workflows = executions_client(info.env["WORKFLOWS_EMULATOR_HOST"])
 
     # --- storage ----------------------------------------------------------------------------
     def _storage(self) -> Any:
@@ -101,9 +104,11 @@ class StackClient:
 
     # --- workflows and batch -----------------------------------------------------------------
     def executions(self) -> list[dict[str, Any]]:
-        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/v1/{self.workflow}/executions",
-                          params={"view": "FULL", "pageSize": 1000}, timeout=30)
-        return list(r.json().get("executions", []))
+        """Every execution of the workflow, newest first, as the Executions API's JSON."""
+        from google.cloud.workflows.executions_v1 import Execution, ExecutionView
+
+        found = self.workflows.list_executions(request={"parent": self.workflow, "view": ExecutionView.FULL}, timeout=30)
+        return [json.loads(Execution.to_json(e, use_integers_for_enums=False)) for e in found]
 
     def executions_of(self, request_id: str) -> list[dict[str, Any]]:
         return [e for e in self.executions() if json.loads(e["argument"])["request_id"] == request_id]
@@ -119,9 +124,9 @@ class StackClient:
             time.sleep(0.2)
 
     def batch_processes(self) -> list[dict[str, Any]]:
-        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/emulator/batch/processes", timeout=30)
+        r = self.http.get(f"{self.batch_url}/emulator/batch/processes", timeout=30)
         return list(r.json()["processes"])
 
     def batch_job(self, name: str) -> dict[str, Any]:
-        r = self.http.get(f"http://{self.env['WORKFLOWS_EMULATOR_HOST']}/v1/{name}", timeout=30)
+        r = self.http.get(f"{self.batch_url}/v1/{name}", timeout=30)
         return dict(r.json())

@@ -108,8 +108,6 @@ def _wait_for_attempt(stack: StackClient, stage: str, attempt: int, timeout: flo
 def test_killed_stage_is_retried_and_a_rerun_skips_finished_stages(stack: StackClient, video_uri: str) -> None:
     from google.cloud.workflows.executions_v1 import Execution
 
-    from emulator.workflows.client import local_executions_client
-
     rid = stack.enqueue({"session_id": "e2e-kill", "input": video_uri, "priority": 1,
                          "options": {"preset": "preview", "max_frames": 10, "splat_steps": 60},
                          "stages": ["frames", "sfm", "depth", "splat"]})
@@ -129,8 +127,7 @@ def test_killed_stage_is_retried_and_a_rerun_skips_finished_stages(stack: StackC
     #    The cancelled execution's splat job keeps running (as on Google Cloud); the new execution
     #    deletes it if it is still running when the new one reaches splat.
     (execution,) = stack.executions_of(rid)
-    client = local_executions_client(stack.env["WORKFLOWS_EMULATOR_HOST"])
-    assert client.cancel_execution(name=execution["name"]).state == Execution.State.CANCELLED
+    assert stack.workflows.cancel_execution(name=execution["name"]).state == Execution.State.CANCELLED
     status = stack.wait([rid], timeout=420)[rid]
     assert status["state"] == "COMPLETED", status.get("error")
     old = stack.batch_job(first["job"])

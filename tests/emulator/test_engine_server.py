@@ -1,5 +1,5 @@
-"""The engine as a server: the real google-cloud-workflows ExecutionsClient and the REST subset
-(README "Local stack") on one port; the Cloud Storage and Batch connectors against real back ends."""
+"""The engine as a server: the real google-cloud-workflows ExecutionsClient over gRPC, the Batch REST
+front; the Cloud Storage and Batch connectors against real back ends."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from google.api_core import exceptions as gexc
 from google.cloud.workflows.executions_v1 import Execution
 from wfcheck import result
 
-from emulator.workflows.client import local_executions_client
 from emulator.workflows.server import EngineServer
+from functions.executor import executions_client
 
 PARENT = "projects/splatpipe-local/locations/us-central1/workflows/echo"
 ECHO = """
@@ -60,7 +60,7 @@ def _wait_state(client: Any, name: str, timeout: float = 10) -> Any:
 
 
 def test_executions_client_create_get_list_cancel(server: EngineServer) -> None:
-    client = local_executions_client(server.host)
+    client = executions_client(server.host)
     ex = client.create_execution(parent=PARENT, execution=Execution(argument=json.dumps({"x": 1})))
     assert ex.name.startswith(PARENT + "/executions/") and ex.state == Execution.State.ACTIVE
     done = _wait_state(client, ex.name)
@@ -89,24 +89,31 @@ def test_executions_client_create_get_list_cancel(server: EngineServer) -> None:
         client.create_execution(parent=PARENT, execution=Execution(argument="{bad"))
 
 
-def test_rest_subset_on_the_same_port(server: EngineServer) -> None:
-    base = f"http://{server.host}/v1"
-    r = requests.post(f"{base}/{PARENT}/executions", json={"argument": json.dumps({"sleep": 30})}, timeout=10)
-    assert r.status_code == 200 and r.json()["state"] == "ACTIVE"
+def test_batch_rest_front(server: EngineServer) -> None:
+    base = f"http://{server.batch_host}"
+    parent = "projects/splatpipe-local/locations/us-central1"
+    body = {"taskGroups": [{"taskSpec": {"runnables": [{"script": {"text": "sleep 30"}}], "maxRetryCount": 0}}]}
+    r = requests.post(f"{base}/v1/{parent}/jobs", params={"job_id": "rest-job"}, json=body, timeout=10)
+    assert r.status_code == 200, r.text
     name = r.json()["name"]
-    got = requests.get(f"{base}/{name}", timeout=10).json()
-    assert got["argument"] == json.dumps({"sleep": 30}) and got["status"]["currentSteps"][-1]["step"] == "wait"
-    listed = requests.get(f"{base}/{PARENT}/executions", params={"filter": 'state="ACTIVE"'}, timeout=10).json()
-    assert [e["name"] for e in listed["executions"]] == [name]
-    c = requests.post(f"{base}/{name}:cancel", json={}, timeout=30)
-    assert c.status_code == 200 and c.json()["state"] == "CANCELLED"
-    again = requests.post(f"{base}/{name}:cancel", json={}, timeout=10)
-    assert again.status_code == 400 and again.json()["error"]["status"] == "FAILED_PRECONDITION"
-    missing = requests.get(f"{base}/{PARENT}/executions/nope", timeout=10)
+    assert name == f"{parent}/jobs/rest-job"
+    assert requests.post(f"{base}/v1/{parent}/jobs", params={"job_id": "rest-job"}, json=body,
+                         timeout=10).json()["error"]["status"] == "ALREADY_EXISTS"
+    assert [j["name"] for j in requests.get(f"{base}/v1/{parent}/jobs", timeout=10).json()["jobs"]] == [name]
+    deadline = time.monotonic() + 20
+    while not requests.get(f"{base}/emulator/batch/processes", timeout=10).json()["processes"]:
+        assert time.monotonic() < deadline, "the job's task never started"
+        time.sleep(0.05)
+    assert requests.get(f"{base}/v1/{name}", timeout=10).json()["status"]["state"] == "RUNNING"
+    assert requests.delete(f"{base}/v1/{name}", timeout=30).json() == {"name": name, "done": True}
+    missing = requests.get(f"{base}/v1/{name}", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
-    bad = requests.post(f"{base}/{PARENT}/executions", data=b"{not json", timeout=10)
+    assert requests.get(f"{base}/emulator/batch/processes", timeout=10).json() == {"processes": []}
+    bad = requests.post(f"{base}/v1/{parent}/jobs", data=b"{not json", timeout=10)
     assert bad.status_code == 400
-    assert requests.get(f"http://{server.host}/healthz", timeout=5).json() == {"ok": True}
+    # The Executions API is gRPC only (test_executions_client_create_get_list_cancel).
+    assert requests.get(f"{base}/v1/{PARENT}/executions", timeout=10).status_code == 404
+    assert requests.get(f"{base}/healthz", timeout=5).json() == {"ok": True}
 
 
 def test_storage_connector_reads_the_emulator(run_workflow: Any, gcs_bucket: str) -> None:

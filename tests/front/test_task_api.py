@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,21 +77,22 @@ def test_cancel_a_queued_request_and_the_bad_cases(fn_apps: FnApps, buckets: Buc
 
 
 def test_cancel_a_running_request_stops_its_execution_and_batch_job(
-        fn_apps: FnApps, buckets: Buckets, fn_env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fn_testlib import RecordingServer
+        fn_apps: FnApps, buckets: Buckets, fn_env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fn_testlib import RecordingServer, local_engine
 
     rid, token = _trigger(fn_apps, buckets)
     fn_apps.queue.get("/next")
     job = "projects/p/locations/us-central1/jobs/sp-splat-x"
-    execution = "projects/p/locations/us-central1/workflows/reconstruct/executions/e1"
-    put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING", "batch_job": job,
-                                               "execution": execution})
-    with RecordingServer(lambda method, path, body: (200, {"name": execution, "state": "CANCELLED"})) as srv:
-        monkeypatch.setenv("WORKFLOWS_EMULATOR_HOST", srv.host)
+    with local_engine(tmp_path) as engine, RecordingServer(lambda method, path, body: (200, {})) as batch:
+        execution = engine.engine.create_execution(engine.engine.workflow_name("reconstruct"), '{"sleep": 30}')
+        put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING", "batch_job": job,
+                                                   "execution": execution.name})
+        monkeypatch.setenv("WORKFLOWS_EMULATOR_HOST", engine.host)
+        monkeypatch.setenv("BATCH_EMULATOR_HOST", batch.host)
         resp = fn_apps.api.post(f"/requests/{rid}/cancel", headers={TOKEN: token})
-        seen = [(m, p) for m, p, _, _ in srv.requests]
-    assert resp.status_code == 200 and resp.get_json()["state"] == "CANCELLED"
-    assert ("POST", f"/v1/{execution}:cancel") in seen
+        seen = [(m, p) for m, p, _, _ in batch.requests]
+        assert resp.status_code == 200 and resp.get_json()["state"] == "CANCELLED"
+        assert execution.state == "CANCELLED"
     assert ("DELETE", f"/v1/{job}") in seen
 
 

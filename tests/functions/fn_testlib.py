@@ -7,13 +7,17 @@ import http.server
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask.testing import FlaskClient
 
 from emulator.services import DEFAULT_PROJECT as PROJECT  # noqa: F401  (re-exported to the tests)
+
+if TYPE_CHECKING:
+    from emulator.workflows.server import EngineServer
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS_MAIN = REPO / "functions" / "main.py"
@@ -101,6 +105,32 @@ class RecordingServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+SLEEPER = """
+main:
+  params: [args]
+  steps:
+    - wait:
+        call: sys.sleep
+        args:
+          seconds: ${default(map.get(args, "sleep"), 0)}
+"""
+
+
+@contextlib.contextmanager
+def local_engine(run_dir: Path) -> Iterator[EngineServer]:
+    """The local Workflows engine serving `reconstruct`, a workflow that only sleeps its argument's
+    `sleep` seconds."""
+    from emulator.workflows.server import EngineServer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "sleeper.yaml").write_text(SLEEPER)
+    srv = EngineServer(run_dir / "engine", {"reconstruct": run_dir / "sleeper.yaml"}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 class TcpProxy:

@@ -1,19 +1,24 @@
 """dispatch: admission control, lease expiry, and the executor (a fake at its unit boundary; the
-REST executor against a local server speaking the Executions REST API subset)."""
+real one, google-cloud-workflows' client, against the local Workflows engine)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fn_testlib import PROJECT, Buckets, FnApps, RecordingServer, post_json, put_json
+from fn_testlib import PROJECT, Buckets, FnApps, RecordingServer, local_engine, post_json, put_json
 
+from emulator.processes import free_port
+from emulator.workflows.server import EngineServer
 from functions import dispatcher, gcs
 from functions.config import Settings
-from functions.executor import ExecutionsClientExecutor, ExecutionsRestExecutor, ExecutorError, from_settings
+from functions.executor import NOT_FOUND, Executor, ExecutorError
 
 
 class FakeExecutor:
@@ -35,8 +40,8 @@ class FakeExecutor:
         self.states[name] = "ACTIVE"
         return name
 
-    def state(self, execution: str) -> str | None:
-        return self.states.get(execution)
+    def state(self, execution: str) -> str:
+        return self.states.get(execution, NOT_FOUND)
 
     def cancel(self, execution: str) -> None:
         self.cancelled.append(execution)
@@ -171,75 +176,79 @@ def test_cancelled_between_take_and_start_cancels_the_execution(fn_apps: FnApps,
 
 # --- the executor ---------------------------------------------------------------------------------
 
-def _engine(executions: dict[str, dict]) -> RecordingServer:
-    """A stand-in of the local Workflows engine's REST subset (README "Local stack")."""
-
-    def respond(method: str, path: str, body: bytes) -> tuple[int, dict]:
-        prefix = "/v1/projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions"
-        if method == "POST" and path == prefix:
-            name = prefix[4:] + f"/x{len(executions) + 1}"
-            executions[name] = {"name": name, "state": "ACTIVE", "argument": json.loads(body)["argument"]}
-            return 200, executions[name]
-        name = path[4:]
-        if method == "POST" and name.endswith(":cancel") and name[:-7] in executions:
-            executions[name[:-7]]["state"] = "CANCELLED"
-            return 200, executions[name[:-7]]
-        if method == "GET" and name in executions:
-            return 200, executions[name]
-        return 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}
-
-    return RecordingServer(respond)
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[EngineServer]:
+    with local_engine(tmp_path) as srv:
+        yield srv
 
 
-def test_rest_executor_speaks_the_executions_api() -> None:
-    executions: dict[str, dict] = {}
-    with _engine(executions) as engine:
-        settings = Settings(project="splatpipe-local", region="us-central1", workflow_name="reconstruct",
-                            workflows_emulator_host=engine.host)
-        ex = from_settings(settings)
-        assert isinstance(ex, ExecutionsRestExecutor) and ex.base_url == f"http://{engine.host}"
-        name = ex.start({"request_id": "r1", "stages": ["frames"]})
-        assert name == "projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions/x1"
-        method, path, body, headers = engine.requests[0]
-        assert (method, path) == ("POST", "/v1/projects/splatpipe-local/locations/us-central1/workflows/"
-                                          "reconstruct/executions")
-        assert headers["Content-Type"] == "application/json"
-        # The argument is a JSON *string* inside the body, as the Executions API wants it.
-        assert json.loads(json.loads(body)["argument"]) == {"request_id": "r1", "stages": ["frames"]}
-        assert ex.state(name) == "ACTIVE"
-        ex.cancel(name)
-        assert ex.state(name) == "CANCELLED"
-        assert ex.state(name + "-missing") is None
-        with pytest.raises(ExecutorError):
-            ex.cancel(name + "-missing")
+def _local(host: str) -> Settings:
+    return Settings(project="splatpipe-local", region="us-central1", workflow_name="reconstruct",
+                    workflows_emulator_host=host)
+
+
+def test_executor_speaks_the_executions_api(engine: EngineServer) -> None:
+    ex = Executor(_local(engine.host))
+    name = ex.start({"request_id": "r1", "stages": ["frames"], "sleep": 30})
+    assert name.startswith("projects/splatpipe-local/locations/us-central1/workflows/reconstruct/executions/")
+    # The argument is a JSON *string* in the Execution, as the Executions API wants it.
+    assert json.loads(engine.engine.get(name).argument) == {"request_id": "r1", "stages": ["frames"], "sleep": 30}
+    assert ex.state(name) == "ACTIVE"
+    ex.cancel(name)
+    assert ex.state(name) == "CANCELLED"
+    assert ex.state(name + "-missing") == NOT_FOUND  # an explicit answer, not an error
+    with pytest.raises(ExecutorError):
+        ex.cancel(name + "-missing")
+    engine.stop()
     with pytest.raises(ExecutorError):  # the engine is gone
         ex.start({"request_id": "r2"})
+    with pytest.raises(ExecutorError):  # unknown, not "not running"
+        ex.state(name)
 
 
-def test_gcp_executor_is_the_executions_client() -> None:
+def test_gcp_executor_is_the_executions_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud.workflows import executions_v1
 
     settings = Settings(project="p1", region="europe-west4", workflow_name="wf")
-    ex = ExecutionsClientExecutor(settings, client=executions_v1.ExecutionsClient(credentials=AnonymousCredentials()))
+    ex = Executor(settings, client=executions_v1.ExecutionsClient(credentials=AnonymousCredentials()))
     assert ex.parent == "projects/p1/locations/europe-west4/workflows/wf"
-    assert isinstance(ex.client, executions_v1.ExecutionsClient)
+    assert isinstance(ex.client(), executions_v1.ExecutionsClient)
+    # No credentials: making the client fails on first use, as an ExecutorError.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    with pytest.raises(ExecutorError):
+        Executor(settings).state("projects/p1/locations/europe-west4/workflows/wf/executions/e1")
+
+
+def test_unreachable_workflows_leaves_an_expired_request_processing(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch, services_now, caplog) -> None:
+    monkeypatch.setenv("LEASE_SECONDS", "1")
+    rid = _enqueue(fn_apps, buckets, 1)
+    svc = services_now()
+    assert dispatcher.run(svc, FakeExecutor())["started"] == [rid]
+    time.sleep(1.2)
+    unreachable = Executor(_local(f"127.0.0.1:{free_port()}"))
+    with caplog.at_level(logging.WARNING, logger="splatpipe.dispatch"):
+        assert dispatcher.requeue_expired(svc, unreachable) == []
+    rec = svc.queue.get(rid)
+    assert rec.state == "PROCESSING" and rec.attempts == 1 and rec.execution.endswith("/e1")
+    assert f"request {rid}: lease expired but the state of execution" in caplog.text
+    # Once Workflows answers that the execution is gone, the request goes back to the queue.
+    assert dispatcher.requeue_expired(svc, FakeExecutor()) == [rid]
 
 
 def test_dispatch_function_starts_executions_on_the_local_engine(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
-                                                                  monkeypatch) -> None:
-    executions: dict[str, dict] = {}
-    with _engine(executions) as engine:
-        monkeypatch.setenv("WORKFLOWS_EMULATOR_HOST", engine.host)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "splatpipe-local")
-        rid = _enqueue(fn_apps, buckets, 1)
-        resp = fn_apps.dispatch.post("/", data="{}", content_type="application/json")
-        assert resp.status_code == 200
-        assert resp.get_json() == {"started": [rid], "requeued": [], "running": 1, "max": 2}
-        (ex,) = executions.values()
-        assert json.loads(ex["argument"])["request_id"] == rid
-        assert fn_apps.queue.get(f"/status/{rid}").get_json()["execution"] == ex["name"]
-        assert fn_apps.dispatch.get("/").get_json()["started"] == []  # GET works too
+                                                                  monkeypatch, engine: EngineServer) -> None:
+    monkeypatch.setenv("WORKFLOWS_EMULATOR_HOST", engine.host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "splatpipe-local")
+    rid = _enqueue(fn_apps, buckets, 1)
+    resp = fn_apps.dispatch.post("/", data="{}", content_type="application/json")
+    assert resp.status_code == 200
+    assert resp.get_json() == {"started": [rid], "requeued": [], "running": 1, "max": 2}
+    (ex,) = engine.engine.list(engine.engine.workflow_name("reconstruct"))
+    assert json.loads(ex.argument)["request_id"] == rid
+    assert fn_apps.queue.get(f"/status/{rid}").get_json()["execution"] == ex.name
+    assert fn_apps.dispatch.get("/").get_json()["started"] == []  # GET works too
 
 
 def test_api_pokes_dispatch_after_an_enqueue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch,
