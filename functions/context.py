@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-import redis
-
 from functions import redis_conn
 from functions.caller import IdTokenVerifier
 from functions.config import Settings
@@ -21,7 +19,6 @@ from functions.status_mirror import StatusMirror
 @dataclass
 class Services:
     settings: Settings
-    redis: redis.Redis
     queue: RequestQueue
     limiter: SlidingWindowLimiter
     mirror: StatusMirror | None
@@ -43,7 +40,6 @@ def build(settings: Settings) -> Services:
     queue = RequestQueue(client)
     return Services(
         settings=settings,
-        redis=client,
         queue=queue,
         limiter=SlidingWindowLimiter(client, settings.rate_limit_per_minute, 60.0),
         mirror=StatusMirror(queue, settings.project) if settings.firestore_mirror else None,
