@@ -24,7 +24,6 @@ from typing import Any
 from functions import gcs
 from functions.config import Settings
 from functions.errors import UnavailableError
-from functions.validation import split_gs_uri
 
 log = logging.getLogger("splatpipe.links")
 
@@ -74,7 +73,7 @@ class OutputLinker:
     def _sign(self, uri: str, method: str, seconds: int, headers: dict[str, str] | None = None) -> str:
         try:
             creds = self._credentials()
-            bucket, name = split_gs_uri(uri)
+            bucket, name = gcs.split_uri(uri)
             blob = gcs.client(self.settings.project).bucket(bucket).blob(name)
             return str(blob.generate_signed_url(
                 version="v4", method=method, expiration=dt.timedelta(seconds=seconds), headers=headers,
@@ -85,7 +84,7 @@ class OutputLinker:
     def download_url(self, uri: str, seconds: int | None = None) -> str:
         """A URL that GETs the object with no credentials (valid `seconds`, the setting by default)."""
         if gcs.uses_emulator():
-            bucket, name = split_gs_uri(uri)
+            bucket, name = gcs.split_uri(uri)
             return (f"{gcs.emulator_base()}/download/storage/v1/b/{bucket}/o/"
                     f"{urllib.parse.quote(name, safe='')}?alt=media")
         if not self.settings.on_gcp:
@@ -94,7 +93,7 @@ class OutputLinker:
 
     def resumable_upload(self, uri: str, content_type: str, seconds: int) -> UploadStart:
         """How a client uploads `uri` (at most `seconds` from now to start) in resumable chunks."""
-        bucket, name = split_gs_uri(uri)
+        bucket, name = gcs.split_uri(uri)
         if gcs.uses_emulator():
             # The emulator speaks the JSON API's resumable protocol, not the XML API's signed one:
             # https://cloud.google.com/storage/docs/performing-resumable-uploads#initiate-session

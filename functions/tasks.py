@@ -29,7 +29,6 @@ from functions.errors import ConflictError, InvalidRequestError, NotFoundError, 
 from functions.jobrecord import Record
 from functions.options import DEFAULT_PRESET, OPTION_SPECS, PRESETS, OptionsError, normalize_options
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
-from functions.validation import split_gs_uri
 from functions.video_upload import API_SEGMENT
 
 log = logging.getLogger("splatpipe.tasks")
@@ -146,7 +145,7 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
     except OptionsError as exc:
         raise InvalidRequestError(str(exc), "invalid_options") from None
     if from_stage is not None:
-        ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(rid))
+        ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(rid))
         bucket = gcs.client(svc.settings.project).bucket(ws_bucket)
         for s in requested[requested.index(from_stage):]:
             blob = bucket.blob(f"{ws_prefix}/{s}/{workspace.SUCCESS_FILE}")
@@ -181,7 +180,7 @@ def delete(svc: Services, record: Record) -> dict[str, Any]:
     with _refused_by_queue():  # restarted meanwhile
         svc.queue.tombstone(rid)
     _changed(svc, rid)
-    ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(rid))
+    ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(rid))
     client = gcs.client(svc.settings.project)
     removed = 0
     for blob in client.list_blobs(ws_bucket, prefix=ws_prefix + "/", timeout=gcs.TIMEOUT_SECONDS):
@@ -249,12 +248,12 @@ def output_files(svc: Services, record: Record) -> list[OutputFile]:
     if not outputs:
         raise ConflictError(f"request is {record.state} and has no outputs yet")
     ws = svc.settings.workspace_uri(record.request_id)
-    ws_bucket, ws_prefix = split_gs_uri(ws)
+    ws_bucket, ws_prefix = gcs.split_uri(ws)
     found = {b.name: b for b in gcs.client(svc.settings.project).list_blobs(ws_bucket, prefix=ws_prefix + "/",
                                                                              timeout=gcs.TIMEOUT_SECONDS)}
     files = []
     for name, uri in sorted(outputs.items()):
-        bucket, key = split_gs_uri(uri)
+        bucket, key = gcs.split_uri(uri)
         blob = found.get(key) if bucket == ws_bucket else None
         if blob is None:
             continue
@@ -281,7 +280,7 @@ def zip_bytes(svc: Services, record: Record) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for f in files:
-            bucket, key = split_gs_uri(f.uri)
+            bucket, key = gcs.split_uri(f.uri)
             zf.writestr(f.path, client.bucket(bucket).blob(key).download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))
     return buf.getvalue()
 
@@ -355,7 +354,7 @@ def live_preview(svc: Services, record: Record) -> bytes:
     """The training's latest preview render (a small PNG); ConflictError when there is none."""
     if record.state == jobrecord.State.DELETED.value:
         raise ConflictError("request is DELETED; its outputs are gone")
-    ws_bucket, ws_prefix = split_gs_uri(svc.settings.workspace_uri(record.request_id))
+    ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(record.request_id))
     blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LIVE_PREVIEW}",
                                                                        timeout=gcs.TIMEOUT_SECONDS)
     if blob is None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from functions import jobrecord, webhook
+from functions import gcs, jobrecord, webhook
 from functions.errors import InvalidRequestError, NotFoundError
 from functions.options import OptionsError, normalize_options
 
@@ -96,18 +96,14 @@ def priority(value: Any) -> int:
     return value
 
 
-def split_gs_uri(value: str) -> tuple[str, str]:
-    """`gs://bucket/name` -> (bucket, name); no checks beyond the shape."""
-    rest = value[len("gs://"):]
-    bucket, _, name = rest.partition("/")
-    return bucket, name
-
-
 def gs_uri(value: Any, allowed_buckets: Iterable[str], field: str = "input") -> str:
     """A `gs://bucket/object-or-prefix` in one of the allowed buckets, with no `.`/`..` segments."""
     if not isinstance(value, str) or not value.startswith("gs://"):
         raise InvalidRequestError(f"{field} must be a gs:// URI", "invalid_uri")
-    bucket, name = split_gs_uri(value)
+    try:
+        bucket, name = gcs.split_uri(value)
+    except ValueError:  # no bucket
+        bucket, name = "", ""
     if not BUCKET_RE.fullmatch(bucket) or ".." in bucket:
         raise InvalidRequestError(f"{field} has an invalid bucket name", "invalid_uri")
     allowed = tuple(allowed_buckets)
