@@ -157,6 +157,29 @@ def test_a_rerun_reports_the_finished_stage_skipped(
     assert storage.read_bytes(f"{workspace['workspace']}/frames/_SUCCESS.json") == success
 
 
+def test_the_poll_loop_keeps_waiting_after_its_delay_reaches_the_one_minute_cap(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that runs past several one-minute polls: the loop goes on polling (it once fell
+    through at the cap and read a _SUCCESS.json the running stage had not written). The
+    workflow's clock runs 20 times fast, so ~3 s of real time are the 62 s before the cap."""
+    slept: list[float] = []
+    real_sleep = ExecutionRuntime.sleep
+
+    def fast(rt: ExecutionRuntime, seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(rt, seconds / 20)
+
+    monkeypatch.setattr(ExecutionRuntime, "sleep", fast)
+    processing(http_server, workspace["request_id"])
+    arg = argument(workspace)
+    spec = arg["jobs"]["frames"]["job"]["taskGroups"][0]["taskSpec"]
+    spec["runnables"].insert(0, {"script": {"text": "sleep 9"}})  # Batch runs runnables in order
+    out = result(run_reconstruct(engine, settings(http_server), arg))
+    assert out["state"] == "COMPLETED", out
+    assert slept[:6] == [2, 4, 8, 16, 32, 60] and slept.count(60) >= 2, slept
+
+
 def test_bad_input_fails_the_request_with_the_stage_error_and_the_job_is_deleted(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     from batch_jobs import storage
