@@ -46,6 +46,14 @@ def put_status(request: flask.Request, svc: Services, request_id: str) -> flask.
     return json_response(tasks.status(svc, record, internal=True))
 
 
+@route("GET", "/requests")
+def list_requests(request: flask.Request, svc: Services) -> flask.Response:
+    """`?session_id=S`: the session's requests for an IAM-authorized caller (no callback token)."""
+    sid = validation.session_id(request.args.get("session_id"))
+    views = [tasks.status(svc, r, internal=True, overlay=False) for r in tasks.session_records(svc, sid)]
+    return json_response({"session_id": sid, "requests": views})
+
+
 @route("GET", "/queue")
 def queue_stats(request: flask.Request, svc: Services) -> flask.Response:
     stats = svc.queue.stats()

@@ -70,10 +70,15 @@ def authorized(svc: Services, request_id: str, token: str) -> Record:
     return record
 
 
+def session_records(svc: Services, session_id: str) -> list[Record]:
+    """The session's records, newest first (the caller is authorized already)."""
+    ids = svc.queue.session_requests(session_id, MAX_LISTED)
+    return [r for r in (svc.queue.get(i) for i in reversed(ids)) if r is not None]
+
+
 def session_requests(svc: Services, session_id: str, token: str) -> list[Record]:
     """The session's records, newest first, if `token` is the callback token of any of them."""
-    ids = svc.queue.session_requests(session_id, MAX_LISTED)
-    records = [r for r in (svc.queue.get(i) for i in reversed(ids)) if r is not None]
+    records = session_records(svc, session_id)
     digest = callback_token.digest(token)
     if not any(secrets.compare_digest(digest, r.callback_token_sha256) for r in records):
         raise NotFoundError("no session with a request for this callback token")

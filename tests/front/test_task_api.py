@@ -154,6 +154,12 @@ def test_list_a_sessions_requests_by_any_of_their_tokens(fn_apps: FnApps, bucket
     assert_error(fn_apps.api.get("/requests?session_id=front-s", headers={TOKEN: token_other}), 404, "not_found")
     assert_error(fn_apps.api.get("/requests?session_id=front-s"), 401, "token_required")
     assert_error(fn_apps.api.get("/requests?session_id=..", headers={TOKEN: token_a}), 422, "invalid_session_id")
+    # The IAM-only queue lists by session id alone (no token), with the queue's own fields.
+    listed = fn_apps.queue.get("/requests?session_id=front-s")
+    assert listed.status_code == 200
+    assert [(r["request_id"], "attempts" in r) for r in listed.get_json()["requests"]] == [(b, True), (a, True)]
+    assert fn_apps.queue.get("/requests?session_id=nobody").get_json()["requests"] == []
+    assert_error(fn_apps.queue.get("/requests?session_id=.."), 422, "invalid_session_id")
 
 
 def test_download_manifest_and_zip(fn_apps: FnApps, buckets: Buckets, fn_env: dict) -> None:
