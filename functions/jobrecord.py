@@ -129,16 +129,14 @@ def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     return out
 
 
+def _ts(ms: int | float | None) -> dt.datetime | None:
+    return None if ms is None else dt.datetime.fromtimestamp(float(ms) / 1000.0, tz=dt.UTC)
+
+
 def iso(ms: int | float | None) -> str | None:
     """Milliseconds since the epoch as RFC 3339 UTC text, as the status document shows times."""
-    if ms is None:
-        return None
-    t = dt.datetime.fromtimestamp(float(ms) / 1000.0, tz=dt.UTC)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _ts(ms: int | None) -> dt.datetime | None:
-    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
+    t = _ts(ms)
+    return None if t is None else t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -204,8 +202,7 @@ class Record:
             "stages": {s: self._stage_status(s) for s in self.stages_requested},
             "progress": {s: float(self.progress.get(s, 0.0)) for s in self.stages_requested},
             "outputs": {name: link(uri) for name, uri in self.outputs.items()},
-            "error": self.error,
-            "warnings": [dict(w) for w in self.warnings],
+            "error": self.error, "warnings": [dict(w) for w in self.warnings],
             "metrics": {stage: dict(m) for stage, m in self.metrics.items()},
             "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
         }

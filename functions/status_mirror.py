@@ -1,4 +1,4 @@
-"""The Firestore mirror of the records: `reconstructions/{id}` (DESIGN "Firestore").
+"""The Firestore mirror of the records: `reconstructions/{id}` (docs/contracts.md "Firestore document").
 
 Redis is the source of truth; Firestore is a copy that clients and dashboards read. Every queue
 script that changes a record also writes `outbox[id] = version` in Redis, in the same atomic

@@ -26,9 +26,7 @@ redis.call('ZREM', KEYS[3], id)
 redis.call('HDEL', rk, 'lease_expires_at')
 local attempts = tonumber(redis.call('HGET', rk, 'attempts') or '0')
 local result
-if mode == 'release' then
-  redis.call('HINCRBY', rk, 'attempts', -1)
-end
+if mode == 'release' then redis.call('HINCRBY', rk, 'attempts', -1) end
 if mode == 'expired' and attempts >= tonumber(ARGV[2]) then
   local s = redis.call('HGET', rk, 'stage')
   if not s or s == '' then s = cjson.null end

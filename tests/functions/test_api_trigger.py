@@ -29,8 +29,8 @@ def test_trigger_accepts(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
     assert token not in json.dumps(raw)
     assert svc.queue.get(rid).callback_token_sha256 == hashlib.sha256(token.encode()).hexdigest()
 
-    # What request.json (contract 2) will say: dispatch writes it before the execution starts, off
-    # the trigger's path (tests/functions/test_fast_accept.py).
+    # What request.json (docs/contracts.md "request.json") will say: dispatch writes it before the
+    # execution starts, off the trigger's path (tests/functions/test_fast_accept.py).
     assert svc.queue.get(rid).request_json() == {
         "request_id": rid, "input": body["input"], "options": {"preset": "preview", "splat_steps": 500},
         "stages": ["frames", "sfm", "depth", "splat", "mesh"]}
