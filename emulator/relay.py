@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 
 import requests
 
+from emulator.services import DEFAULT_PROJECT
+
 log = logging.getLogger("emulator.relay")
 
 EVENT_TYPES = {
@@ -166,7 +168,7 @@ def ensure_topic_and_subscription(project: str, topic: str, subscription: str, a
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emulator.relay", description="local Eventarc for GCS events")
-    p.add_argument("--project", default="splatpipe-local")
+    p.add_argument("--project", default=DEFAULT_PROJECT)
     p.add_argument("--topic", default="gcs-events")
     p.add_argument("--subscription", default="eventarc-on-upload")
     p.add_argument("--target", required=True, help="URL of the CloudEvent function")

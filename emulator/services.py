@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.processes import HOST, ManagedProcess, free_port, http_ok, port_open, start_process
+from functions.config import Settings
 
-DEFAULT_PROJECT = "splatpipe-local"
+DEFAULT_PROJECT = Settings().project
 
 
 @dataclass

@@ -43,6 +43,7 @@ from emulator.processes import (
     stop_pid,
     stop_pid_file,
 )
+from functions.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = REPO / ".splatpipe" / "stack"
@@ -54,15 +55,19 @@ SUBSCRIPTION = "eventarc-on-upload"
 FUNCTIONS = (("queue", "http"), ("dispatch", "http"), ("api", "http"), ("on_upload", "cloudevent"))
 
 
+# The stack's defaults are the functions' own (functions.config.Settings), stated there once.
+_DEFAULTS = Settings()
+
+
 @dataclass
 class StackConfig:
     run_dir: Path = DEFAULT_RUN_DIR
-    project: str = services.DEFAULT_PROJECT
-    region: str = "us-central1"
-    uploads_bucket: str = "splatpipe-uploads"
-    data_bucket: str = "splatpipe-data"
-    workflow_name: str = "reconstruct"
-    max_concurrent_jobs: int = 2
+    project: str = _DEFAULTS.project
+    region: str = _DEFAULTS.region
+    uploads_bucket: str = _DEFAULTS.uploads_bucket
+    data_bucket: str = _DEFAULTS.data_bucket
+    workflow_name: str = _DEFAULTS.workflow_name
+    max_concurrent_jobs: int = _DEFAULTS.max_concurrent_jobs
     dispatch_every: float = 5.0
     depth_model: str | None = None  # None: $DEPTH_MODEL, else an untrained model built locally
     extra_env: dict[str, str] = field(default_factory=dict)  # more settings for the functions

@@ -60,21 +60,13 @@ PROVISIONING_MODELS = ("STANDARD", "SPOT")
 MEMORY_FRACTION = 0.9
 
 # Accelerator-optimized machine types carry a fixed number of GPUs:
-# https://cloud.google.com/compute/docs/accelerator-optimized-machines
+# https://cloud.google.com/compute/docs/accelerator-optimized-machines — g2-standard-N: N vCPUs,
+# 4N GiB, L4s; a2-highgpu-Kg: 12K vCPUs, 85K GiB, K A100s.
 # name -> (vCPUs, memory GiB, GPU type, GPU count)
 _GPU_MACHINES: Mapping[str, tuple[int, float, str, int]] = {
-    "g2-standard-4": (4, 16, "nvidia-l4", 1),
-    "g2-standard-8": (8, 32, "nvidia-l4", 1),
-    "g2-standard-12": (12, 48, "nvidia-l4", 1),
-    "g2-standard-16": (16, 64, "nvidia-l4", 1),
-    "g2-standard-24": (24, 96, "nvidia-l4", 2),
-    "g2-standard-32": (32, 128, "nvidia-l4", 1),
-    "g2-standard-48": (48, 192, "nvidia-l4", 4),
-    "g2-standard-96": (96, 384, "nvidia-l4", 8),
-    "a2-highgpu-1g": (12, 85, "nvidia-tesla-a100", 1),
-    "a2-highgpu-2g": (24, 170, "nvidia-tesla-a100", 2),
-    "a2-highgpu-4g": (48, 340, "nvidia-tesla-a100", 4),
-    "a2-highgpu-8g": (96, 680, "nvidia-tesla-a100", 8),
+    **{f"g2-standard-{n}": (n, 4 * n, "nvidia-l4", gpus)
+       for n, gpus in ((4, 1), (8, 1), (12, 1), (16, 1), (24, 2), (32, 1), (48, 4), (96, 8))},
+    **{f"a2-highgpu-{k}g": (12 * k, 85 * k, "nvidia-tesla-a100", k) for k in (1, 2, 4, 8)},
 }
 # N1 machines take attached GPUs in these counts (https://cloud.google.com/compute/docs/gpus).
 _N1_GPU_COUNTS: Mapping[str, tuple[int, ...]] = {

@@ -46,8 +46,7 @@ class Stage:
 
 
 _FRAMES = Stage(
-    name="frames",
-    upstream=(),
+    name="frames", upstream=(),
     params={"target_frames": int, "min_frames": int, "long_side": int},
     presets={
         # preview keeps standard's frame size: the camera solution is worth its seconds (at 640 px
@@ -58,13 +57,11 @@ _FRAMES = Stage(
     },
     options={"max_frames": "target_frames", "long_side": "long_side"},
     outputs={"frames_report": REPORT_FILE},
-    machine="cpu",
-    max_run_seconds=3600,
+    machine="cpu", max_run_seconds=3600,
 )
 
 _SFM = Stage(
-    name="sfm",
-    upstream=("frames",),
+    name="sfm", upstream=("frames",),
     # exhaustive_max_images: photo sets up to this size are matched all-pairs, larger ones in name
     # order with loop closure; sequential_overlap: neighbours matched per image; loop_stride:
     # keyframe spacing for loop closure.
@@ -83,13 +80,11 @@ _SFM = Stage(
     },
     options={"matcher": "matcher", "mapper": "mapper"},
     outputs={"sfm_report": REPORT_FILE, "transforms": "transforms.json", "sparse_points": "points.ply"},
-    machine="cpu",
-    max_run_seconds=14400,
+    machine="cpu", max_run_seconds=14400,
 )
 
 _DEPTH = Stage(
-    name="depth",
-    upstream=("sfm",),
+    name="depth", upstream=("sfm",),
     params={"enabled": bool, "input_size": int, "batch_size": int},
     presets={
         "preview": {"enabled": True, "input_size": 252, "batch_size": 4},
@@ -98,13 +93,11 @@ _DEPTH = Stage(
     },
     options={"depth": "enabled"},
     outputs={"depth_report": REPORT_FILE},
-    machine="gpu",
-    max_run_seconds=3600,
+    machine="gpu", max_run_seconds=3600,
 )
 
 _SPLAT = Stage(
-    name="splat",
-    upstream=("sfm",),
+    name="splat", upstream=("sfm",),
     optional_upstream=("depth",),
     params={"steps": int, "strategy": str, "sh_degree": int, "depth_loss": bool, "max_long_side": int,
             "cap_max": int},
@@ -122,13 +115,11 @@ _SPLAT = Stage(
              "depth_loss": "depth_loss"},
     outputs={"splat_ply": "point_cloud.ply", "splat_spz": "scene.spz", "preview": "preview.png",
              "splat_report": REPORT_FILE},
-    machine="gpu",
-    max_run_seconds=21600,
+    machine="gpu", max_run_seconds=21600,
 )
 
 _MESH = Stage(
-    name="mesh",
-    upstream=("sfm", "splat"),
+    name="mesh", upstream=("sfm", "splat"),
     params={"enabled": bool, "voxel_size": float, "max_long_side": int},
     presets={
         "preview": {"enabled": True, "voxel_size": 0.0, "max_long_side": 320},
@@ -137,8 +128,7 @@ _MESH = Stage(
     },
     options={"mesh": "enabled", "mesh_voxel_size": "voxel_size"},
     outputs={"mesh_glb": "mesh.glb", "mesh_ply": "mesh.ply", "mesh_report": REPORT_FILE},
-    machine="gpu",
-    max_run_seconds=7200,
+    machine="gpu", max_run_seconds=7200,
     best_effort=True,
 )
 
