@@ -18,7 +18,6 @@ by `submit`: keep the handle (or `handle.token`) to come back to the request lat
 from __future__ import annotations
 
 import datetime as dt
-import json
 import mimetypes
 import os
 import re
@@ -32,13 +31,14 @@ from typing import Any
 
 import requests
 
-from emulator.processes import pid_alive
+from emulator import stack
+from functions import jobrecord
 
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "DELETED")
+TERMINAL_STATES = frozenset(s.value for s in jobrecord.TERMINAL_STATES)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp"})
 CHUNK_BYTES = 8 * 1024 * 1024  # resumable chunks must be multiples of 256 KiB (except the last)
-STACK_STATE = Path(".splatpipe") / "stack" / "stack.json"
+STACK_DIR = stack.DEFAULT_RUN_DIR.relative_to(stack.REPO)
 TOKEN_HEADER = "X-Callback-Token"
 
 
@@ -80,22 +80,19 @@ def local_files(path: Path) -> list[Path]:
 
 
 def find_local_stack(start: Path | None = None) -> str | None:
-    """The api URL of a running local stack: `$SPLATPIPE_STACK_DIR/stack.json`, else
-    `.splatpipe/stack/stack.json` in this folder or one above it, or next to this package."""
-    candidates: list[Path] = []
+    """The api URL of a running local stack (`emulator.stack.running`): the one in
+    `$SPLATPIPE_STACK_DIR`, else `.splatpipe/stack` in this folder or one above it, or next to
+    this package."""
+    dirs: list[Path] = []
     if os.environ.get("SPLATPIPE_STACK_DIR"):
-        candidates.append(Path(os.environ["SPLATPIPE_STACK_DIR"]) / "stack.json")
+        dirs.append(Path(os.environ["SPLATPIPE_STACK_DIR"]))
     here = (start or Path.cwd()).resolve()
-    candidates += [d / STACK_STATE for d in (here, *here.parents)]
-    candidates.append(Path(__file__).resolve().parent.parent / STACK_STATE)
-    for c in candidates:
-        try:
-            state = json.loads(c.read_text())
-        except (OSError, ValueError):
-            continue
-        pids = [int(p) for p in (state.get("processes") or {}).values()]
-        if pids and all(pid_alive(p) for p in pids) and state.get("urls", {}).get("api"):
-            return str(state["urls"]["api"])
+    dirs += [d / STACK_DIR for d in (here, *here.parents)]
+    dirs.append(stack.DEFAULT_RUN_DIR)
+    for d in dirs:
+        info = stack.running(d)
+        if info is not None and info.urls.get("api"):
+            return info.urls["api"]
     return None
 
 

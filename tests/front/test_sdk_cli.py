@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fn_testlib import Buckets, FnApps, put_json
 
+from emulator.stack import STATE_FILE, StackInfo
 from functions import gcs
 from splatpipe import cli
 from splatpipe.client import CHUNK_BYTES, Client, SplatpipeError
@@ -98,7 +99,8 @@ def local_stack_env(api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     processes that are alive), found through SPLATPIPE_STACK_DIR; the CLI's token store in tmp."""
     stack_dir = tmp_path / "stack"
     stack_dir.mkdir()
-    (stack_dir / "stack.json").write_text(json.dumps({"urls": {"api": api_url}, "processes": {"api": os.getpid()}}))
+    info = StackInfo(stack_dir, {"api": api_url}, {}, {"api": os.getpid()}, "", False)
+    (stack_dir / STATE_FILE).write_text(json.dumps(info.to_json()))
     monkeypatch.setenv("SPLATPIPE_STACK_DIR", str(stack_dir))
     monkeypatch.setenv("SPLATPIPE_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
