@@ -22,21 +22,11 @@ from typing import Any
 from functions import batch_job, workspace
 from functions.context import Services
 from functions.executor import ACTIVE_STATES, Executor, ExecutorError
-from functions.jobrecord import Record
 from functions.request_queue import IllegalTransitionError, RecordNotFoundError
 
 log = logging.getLogger("splatpipe.dispatch")
 
 START_LEASE_SECONDS = 300.0
-
-
-def execution_argument(svc: Services, record: Record) -> dict[str, Any]:
-    """The workflow's argument: the request, and what functions.batch_job makes of its stages (those
-    to run, those its options switch off, each one's Batch Job body and what the workflow reports)."""
-    ws = svc.settings.workspace_uri(record.request_id)
-    return record.execution_argument(ws, batch_job.stage_jobs(
-        list(record.stages_requested), record.request_id, ws, record.options, record.priority,
-        batch_job.BatchSettings.from_env(svc.settings)))
 
 
 def _changed(svc: Services, request_id: str) -> None:
@@ -85,7 +75,10 @@ def start_admitted(svc: Services, executor: Executor) -> list[str]:
             continue
         try:
             workspace.ensure_request_json(svc.settings, record)
-            execution = executor.start(execution_argument(svc, record))
+            ws = svc.settings.workspace_uri(request_id)  # the argument: the request, its stages' Batch jobs
+            execution = executor.start(record.execution_argument(ws, batch_job.stage_jobs(
+                list(record.stages_requested), request_id, ws, record.options, record.priority,
+                batch_job.BatchSettings.from_env(svc.settings))))
         except Exception as exc:
             log.error("request %s: could not start an execution (%s); back in the queue", request_id, exc)
             svc.queue.release(request_id, taken.version)

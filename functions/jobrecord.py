@@ -63,12 +63,10 @@ class StageState(enum.StrEnum):
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 """0 is the highest priority."""
 
-# What a running stage writes to the Firestore document itself (batch_jobs.progress), besides
-# `error` on failure: `progress.{s}` and `stages.{s}.message` / the two keys below. Nested fields
-# are written with dotted paths (`progress.frames`), so the control plane's mirror
-# (`Record.firestore_fields`) and the stages never clobber each other's parts of the document.
+# What a running stage writes to the Firestore document itself (batch_jobs.progress): `progress.{s}`,
+# `stages.{s}.message` and the two keys below (and `error` on failure), by dotted paths, so it and
+# the control plane's mirror (`Record.firestore_fields`) never clobber each other's parts.
 STAGE_FIELDS = ("progress", "stages")
-# Written by a running stage next to stages.{s}.message (batch_jobs.progress):
 STAGE_HEARTBEAT_KEY = "heartbeat_at"
 STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
 
