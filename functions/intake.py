@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functions import callback_token, dedup
 from functions.context import Services
 from functions.dedup import DedupKey
+from functions.rate_limit import Decision, RateLimitedError
 from functions.validation import NewRequest
 
 
@@ -28,6 +29,7 @@ class Accepted:
     created: bool  # False: deduplicated, `request_id` is the earlier request
     state: str
     callback_token: str | None  # only for a new request: shown to the caller once
+    decision: Decision | None = None  # the caller's rate limit, when the accept counted the call
 
 
 def default_dedup(svc: Services, req: NewRequest) -> list[tuple[DedupKey, int]]:
@@ -45,11 +47,16 @@ def default_dedup(svc: Services, req: NewRequest) -> list[tuple[DedupKey, int]]:
 
 
 def accept(svc: Services, req: NewRequest, *, source: str,
-           dedup_keys: Iterable[tuple[DedupKey, int]] | None = None) -> Accepted:
+           dedup_keys: Iterable[tuple[DedupKey, int]] | None = None, caller: str | None = None) -> Accepted:
+    """Enqueue `req`. `caller`: count the call against its rate limit in the same script; over
+    the limit, RateLimitedError and nothing is enqueued."""
     token, token_sha = callback_token.new_token()
     keys = default_dedup(svc, req) if dedup_keys is None else list(dedup_keys)
-    res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source)
+    counted = svc.limiter.call(caller) if caller is not None else None
+    res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source, counted=counted)
+    if res.decision is not None and not res.decision.allowed:
+        raise RateLimitedError(res.decision)
     if not res.created:
-        return Accepted(res.request_id, False, res.state, None)
+        return Accepted(res.request_id, False, res.state, None, res.decision)
     svc.kick()
-    return Accepted(res.request_id, True, res.state, token)
+    return Accepted(res.request_id, True, res.state, token, res.decision)

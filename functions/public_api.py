@@ -12,7 +12,7 @@ import flask
 from functions import callback_token, intake, tasks, validation, video_upload
 from functions.caller import caller_key
 from functions.context import Services
-from functions.errors import InvalidRequestError, NotFoundError
+from functions.errors import DomainError, InvalidRequestError, NotFoundError
 from functions.http_json import (
     ApiError,
     json_response,
@@ -22,6 +22,7 @@ from functions.http_json import (
     retry_after_seconds,
 )
 from functions.jobrecord import Record
+from functions.rate_limit import Decision, RateLimitedError
 from functions.routing import Route, collect
 
 TOKEN_HEADER = "X-Callback-Token"
@@ -29,21 +30,27 @@ ROUTES: list[Route] = []
 route = collect(ROUTES)
 
 
+def _caller(request: flask.Request, svc: Services) -> str:
+    s = svc.settings
+    return caller_key(request.headers, request.remote_addr, trusted_hops=s.trusted_proxy_hops,
+                      audience=s.auth_audience, verifier=svc.verifier)
+
+
+def _limit_headers(svc: Services, decision: Decision | None) -> dict[str, str]:
+    """The rate-limit headers of an allowed call; 429 with Retry-After for a refused one."""
+    limit = svc.settings.rate_limit_per_minute
+    if decision is not None and not decision.allowed:
+        retry = retry_after_seconds(decision.retry_after_ms)
+        raise ApiError(429, "rate_limited", f"more than {limit} requests in a minute; retry in {retry} s",
+                       {"Retry-After": retry, "X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0"})
+    if decision is None or limit <= 0:
+        return {}
+    return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(decision.remaining)}
+
+
 def _rate_limit(request: flask.Request, svc: Services) -> dict[str, str]:
     """Count this call against its caller; 429 with Retry-After when over. Headers to add."""
-    s = svc.settings
-    caller = caller_key(request.headers, request.remote_addr, trusted_hops=s.trusted_proxy_hops,
-                        audience=s.auth_audience, verifier=svc.verifier)
-    decision = svc.limiter.hit(caller)
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited",
-                       f"more than {s.rate_limit_per_minute} requests in a minute; retry in "
-                       f"{retry_after_seconds(decision.retry_after_ms)} s",
-                       {"Retry-After": retry_after_seconds(decision.retry_after_ms),
-                        "X-RateLimit-Limit": str(s.rate_limit_per_minute), "X-RateLimit-Remaining": "0"})
-    if s.rate_limit_per_minute <= 0:
-        return {}
-    return {"X-RateLimit-Limit": str(s.rate_limit_per_minute), "X-RateLimit-Remaining": str(decision.remaining)}
+    return _limit_headers(svc, svc.limiter.hit(_caller(request, svc)))
 
 
 def status_url(request_id: str) -> str:
@@ -61,10 +68,22 @@ def accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: s
 
 @route("POST", "/trigger-reconstruction")
 def trigger(request: flask.Request, svc: Services) -> flask.Response:
-    headers = _rate_limit(request, svc)
-    body = read_json_object(request)
-    req = validation.new_request(body, svc.settings.allowed_input_buckets, local=svc.settings.local_mode)
-    return accepted_response(intake.accept(svc, req, source="api"), headers)
+    # The call is counted by the enqueue script itself (one round trip per accepted trigger); a
+    # body refused before it is counted on its own, so bad input counts and over the limit a
+    # caller hears 429 first, as on every other route.
+    caller = _caller(request, svc)
+    try:
+        body = read_json_object(request)
+        req = validation.new_request(body, svc.settings.allowed_input_buckets, local=svc.settings.local_mode)
+    except (ApiError, DomainError):
+        _limit_headers(svc, svc.limiter.hit(caller))
+        raise
+    try:
+        acc = intake.accept(svc, req, source="api", caller=caller)
+    except RateLimitedError as exc:
+        _limit_headers(svc, exc.decision)
+        raise
+    return accepted_response(acc, _limit_headers(svc, acc.decision))
 
 
 @route("POST", "/preprocess-video")

@@ -26,30 +26,20 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
 
-from functions import jobrecord, stages
+from functions import jobrecord, lua, stages
 from functions.dedup import DedupKey
 from functions.jobrecord import Record, StageState
+from functions.rate_limit import Decision, WindowCall
 from functions.validation import NewRequest
 
 PREFIX = "sp:"
 
 # One encoder for every call: json.dumps with non-default arguments builds a new one each time.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-_LUA = Path(__file__).with_name("lua")
-_LIB = (_LUA / "lib.lua").read_text()
-
-
-def lua(name: str, *generated: str) -> str:
-    """The script functions/lua/{name}.lua, after lib.lua (the clock, the queue's score) and the
-    `generated` Lua locals (Python's tables, one source of truth)."""
-    return "\n".join([_LIB, *generated, (_LUA / f"{name}.lua").read_text()])
-
 
 def _lua_set(members: Iterable[str]) -> str:
     return "{" + ", ".join(f"{m} = true" for m in sorted(members)) + "}"
@@ -64,8 +54,8 @@ _UPDATE_TABLES = "\n".join([
     f"local max_warnings, max_metrics = {jobrecord.MAX_WARNINGS}, {jobrecord.MAX_METRICS_PER_STAGE}",
 ])
 _DONE = frozenset({StageState.SUCCEEDED.value, StageState.SKIPPED.value})
-_SCRIPTS = {name: lua(name, *generated) for name, generated in {
-    "enqueue": (), "take": (), "update": (_UPDATE_TABLES,), "requeue": (), "renew_expired": (), "expired": (),
+_SCRIPTS = {name: lua.script(name, *generated) for name, generated in {
+    "enqueue": (lua.WINDOW,), "take": (), "update": (_UPDATE_TABLES,), "requeue": (), "renew_expired": (), "expired": (),
     "stats": (), "outbox_ack": (), "restart": (_RESTARTABLE,), "tombstone": (_RESTARTABLE,)}.items()}
 
 
@@ -86,6 +76,7 @@ class EnqueueResult:
     request_id: str
     created: bool  # False: a duplicate, `request_id` is the earlier request
     state: str
+    decision: Decision | None = None  # the rate limit's, when the enqueue counted the call
 
 
 @dataclass(frozen=True)
@@ -134,8 +125,11 @@ class RequestQueue:
     # --- enqueue / take -------------------------------------------------------------------------
 
     def enqueue(self, req: NewRequest, *, token_sha256: str, dedup: Iterable[tuple[DedupKey, int]] = (),
-                source: str = "api", request_id: str | None = None) -> EnqueueResult:
-        """Create a QUEUED record unless a dedup key names a live earlier one (then that one)."""
+                source: str = "api", request_id: str | None = None,
+                counted: WindowCall | None = None) -> EnqueueResult:
+        """Create a QUEUED record unless a dedup key names a live earlier one (then that one).
+        `counted`: first count the call against its caller's rate limit; a call over it changes
+        nothing (the result is not created, with the refusing decision)."""
         rid = request_id or new_request_id()
         dedup = list(dedup)
         # Fields not yet set (stage, stages, progress, outputs, error, execution) are simply absent.
@@ -144,11 +138,15 @@ class RequestQueue:
         if req.webhook_url:
             doc["webhook_url"] = req.webhook_url
         keys = [self.record_key(rid), self.k_queue, self.k_seq, self.k_counts, self.k_outbox,
-                self.token_key(token_sha256), *(self.dedup_key(k.key) for k, _ in dedup)]
+                self.token_key(token_sha256), counted.key if counted else self.prefix + "rl:none",
+                *(self.dedup_key(k.key) for k, _ in dedup)]
         meta = ",".join(f"{max(1, int(ttl))}:{int(k.sticky)}" for k, ttl in dedup)
-        kind, found_id, state = self._run("enqueue", keys, rid, req.priority, meta, self.prefix + "req:",
-                                          _COMPACT.encode(doc), self.session_key(req.session_id))
-        return EnqueueResult(found_id, kind == "new", state)
+        window = (counted.limit, counted.window_ms, counted.member) if counted else (0, 0, "")
+        kind, found_id, state, n = self._run("enqueue", keys, rid, req.priority, meta, self.prefix + "req:",
+                                             _COMPACT.encode(doc), self.session_key(req.session_id), *window)
+        if kind == "limited":
+            return EnqueueResult("", False, "", Decision(False, 0, max(0, int(n))))
+        return EnqueueResult(found_id, kind == "new", state, Decision(True, int(n), 0) if counted else None)
 
     def take(self, lease_seconds: float, max_running: int = 0) -> Taken | None:
         """Hand out the highest-priority, oldest QUEUED request as PROCESSING with a lease.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 import pytest
 from fn_testlib import Buckets, FnApps, assert_error, post_json, trigger_body
@@ -117,6 +118,41 @@ def test_eleventh_trigger_in_a_minute_is_429(fn_apps: FnApps, fn_env: dict, buck
     other = post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 112),
                       environ_base={"REMOTE_ADDR": "10.9.8.7"})
     assert other.status_code == 202
+
+
+def test_an_accepted_trigger_is_one_redis_call_that_also_counts_the_rate_limit(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate limit and the accept are one script (one round trip, one fsync); the limit still
+    counts every call: bad input and duplicates too, and a call over it enqueues nothing."""
+    import redis
+
+    sent: list[str] = []
+    real = redis.Redis.execute_command
+
+    def counting(self: redis.Redis, *args: Any, **kw: Any) -> Any:
+        sent.append(str(args[0]))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
+
+    def calls() -> int:
+        return len(sent)
+
+    post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 0))  # scripts loaded
+    before = calls()
+    ok = post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 1))
+    assert ok.status_code == 202 and ok.headers["X-RateLimit-Remaining"] == "8"
+    assert calls() - before == 1
+    dup = post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 1))
+    assert dup.status_code == 200 and dup.headers["X-RateLimit-Remaining"] == "7"
+    assert_error(post_json(fn_apps.api, "/trigger-reconstruction", {"session_id": "x"}), 422)
+    for i in range(6):
+        assert post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 10 + i)).status_code == 202
+    queued = fn_apps.queue.get("/queue").get_json()["counts"]["QUEUED"]
+    assert_error(post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 20)), 429, "rate_limited")
+    assert fn_apps.queue.get("/queue").get_json()["counts"]["QUEUED"] == queued  # nothing enqueued over the limit
+    # Over the limit, bad input hears 429 too (the limit comes first, as on every route).
+    assert_error(post_json(fn_apps.api, "/trigger-reconstruction", {"session_id": "x"}), 429, "rate_limited")
 
 
 def test_forwarded_for_cannot_bypass_the_limit(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
