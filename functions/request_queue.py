@@ -169,6 +169,14 @@ class RequestQueue:
         h = self.get_raw(request_id)
         return Record.from_redis(h) if h else None
 
+    def get_many(self, request_ids: Iterable[str]) -> dict[str, Record | None]:
+        """Several records in one round trip (None: no such record)."""
+        ids = list(request_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(self.record_key(rid))
+        return {rid: Record.from_redis(h) if h else None for rid, h in zip(ids, pipe.execute(), strict=True)}
+
     def id_for_token(self, token_sha256: str) -> str | None:
         return self.r.get(self.token_key(token_sha256))
 

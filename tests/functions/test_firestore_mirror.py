@@ -130,3 +130,54 @@ def test_firestore_outage_blocks_nothing_and_the_mirror_catches_up(fn_apps: FnAp
         assert fs["mirror_version"] == services_now().queue.get(before).version
     finally:
         proxy.down()
+
+
+def test_the_catch_up_pass_mirrors_a_burst_in_batches(fn_apps: FnApps, mirror_env: str, buckets: Buckets,
+                                                      monkeypatch: pytest.MonkeyPatch, services_now) -> None:
+    """250 new requests: three batched writes (100 a batch), not a read and a write per record;
+    a batch that loses a race (here: one document written in between) falls back to one sync per
+    record, and a newer document is never overwritten."""
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    from functions.status_mirror import StatusMirror
+
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "0")
+    ids = [post_json(fn_apps.api, "/trigger-reconstruction",
+                     {"session_id": "burst", "input": f"gs://{buckets.uploads}/b/{i}.mp4"}).get_json()["request_id"]
+           for i in range(250)]
+    svc = services_now()
+    commits: list[int] = []
+    singles: list[str] = []
+    real_commit, real_sync = WriteBatch.commit, StatusMirror.sync
+
+    def counting_commit(self: WriteBatch, *a: object, **kw: object) -> object:
+        commits.append(len(self))
+        return real_commit(self, *a, **kw)
+
+    def counting_sync(self: StatusMirror, rid: str) -> bool:
+        singles.append(rid)
+        return real_sync(self, rid)
+
+    monkeypatch.setattr(WriteBatch, "commit", counting_commit)
+    monkeypatch.setattr(StatusMirror, "sync", counting_sync)
+    assert svc.mirror.reconcile(limit=1000, budget=60) == {"synced": 250, "pending": 0}
+    assert commits == [100, 100, 50] and singles == []
+    assert all(_doc(i)["state"] == "QUEUED" for i in (ids[0], ids[149], ids[249]))
+
+    # Two records change (in the queue alone: left to the catch-up pass), and one document is
+    # written by someone else after the pass read it.
+    for rid in ids[:2]:
+        svc.queue.update(rid, {"state": "CANCELLED"}, 60)
+    ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(ids[0])
+    real_get_all = type(ref._client).get_all
+
+    def racing_get_all(self: object, *a: object, **kw: object) -> object:
+        snaps = list(real_get_all(self, *a, **kw))
+        ref.update({"mirror_version": 999, "state": "FROM-THE-FUTURE"})
+        return snaps
+
+    monkeypatch.setattr(type(ref._client), "get_all", racing_get_all)
+    singles.clear()
+    assert svc.mirror.reconcile(limit=1000, budget=60) == {"synced": 2, "pending": 0}
+    assert sorted(singles) == sorted(ids[:2])  # the batch failed its precondition: one by one
+    assert _doc(ids[0])["state"] == "FROM-THE-FUTURE" and _doc(ids[1])["state"] == "CANCELLED"
