@@ -4,7 +4,10 @@ A POST to `DISPATCH_URL` (with a Google ID token for that audience when it is ht
 dispatch function is IAM-only), sent from a background thread: calling the poke only marks it
 due and returns at once, so no request ever waits on dispatch. Pokes coalesce: one is in flight
 at a time, and however many enqueues arrive meanwhile, one more follows it (a dispatch pass
-starts everything admissible, so one pass per burst is enough). Each poke has a sub-second
+starts everything admissible, so one pass per burst is enough), and they start at least
+`MIN_INTERVAL` apart: under a burst of triggers, dispatch then runs a few passes a second, each
+starting and mirroring many requests, rather than one pass after another (each pass costs its
+Redis and Firestore calls however little it finds to do). Each poke has a sub-second
 budget; dispatch keeps running after we stop waiting, and a lost poke costs at most one Cloud
 Scheduler tick (every minute), which calls dispatch anyway.
 
@@ -24,6 +27,7 @@ log = logging.getLogger("splatpipe.kick")
 
 CONNECT_TIMEOUT = 0.3
 READ_TIMEOUT = 0.5
+MIN_INTERVAL = 0.25  # s between the starts of two pokes: a request waits at most this much longer
 TOKEN_SECONDS = 45 * 60  # Google ID tokens live an hour
 
 
@@ -37,6 +41,7 @@ class DispatchKick:
         self._pending = False
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._last = float("-inf")  # when the last poke started (monotonic)
         self.sent = 0  # pokes that went out (for tests and logs)
 
     def _id_token(self) -> str:
@@ -77,8 +82,11 @@ class DispatchKick:
             with self._due:
                 while not self._pending:
                     self._due.wait()
-                self._pending = False
                 self._busy = True
+            time.sleep(max(0.0, self._last + MIN_INTERVAL - time.monotonic()))
+            with self._due:
+                self._pending = False  # what arrived while we waited goes out with this poke
+            self._last = time.monotonic()
             try:
                 self.send()
             finally:

@@ -251,6 +251,28 @@ def test_dispatch_function_starts_executions_on_the_local_engine(fn_apps: FnApps
     assert fn_apps.dispatch.get("/").get_json()["started"] == []  # GET works too
 
 
+def test_a_burst_of_pokes_is_a_few_spaced_pokes_and_the_last_follows_the_burst() -> None:
+    """200 enqueues in a second: a poke at most every MIN_INTERVAL, and one after the last."""
+    import itertools
+    import time
+
+    from functions import dispatch_kick
+
+    times: list[float] = []
+    with RecordingServer(lambda m, p, b: (times.append(time.monotonic()) or (200, {}))) as srv:
+        kick = dispatch_kick.DispatchKick(f"http://{srv.host}/")
+        t0 = time.monotonic()
+        for _ in range(200):
+            kick()
+            time.sleep(0.005)
+        last_enqueue = time.monotonic()
+        assert kick.idle(5)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert 2 <= len(times) <= (last_enqueue - t0) / dispatch_kick.MIN_INTERVAL + 2, times
+    assert all(g >= dispatch_kick.MIN_INTERVAL * 0.9 for g in gaps), gaps
+    assert times[-1] >= last_enqueue - 0.01  # the enqueues at the end of the burst were poked for
+
+
 def test_api_pokes_dispatch_after_an_enqueue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch,
                                              services_now) -> None:
     with RecordingServer(lambda m, p, b: (200, {"started": [], "requeued": [], "running": 0, "max": 2})) as srv:
