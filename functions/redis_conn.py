@@ -56,10 +56,3 @@ def client(settings: Settings) -> redis.Redis:
             _clients[key] = found
         return found
 
-
-def reset() -> None:
-    """Close every cached pool (tests that restart Redis on another port)."""
-    with _lock:
-        for c in _clients.values():
-            c.close()
-        _clients.clear()
