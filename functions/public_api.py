@@ -70,14 +70,23 @@ def accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: s
 def trigger(request: flask.Request, svc: Services) -> flask.Response:
     # The call is counted by the enqueue script itself (one round trip per accepted trigger); a
     # body refused before it is counted on its own, so bad input counts and over the limit a
-    # caller hears 429 first, as on every other route.
+    # caller hears 429 first, as on every other route. A body with a webhook is counted first:
+    # checking the webhook resolves its host (up to half a second), which a caller over the limit
+    # must not get to spend.
     caller = _caller(request, svc)
+    counted: Decision | None = None
     try:
         body = read_json_object(request)
+        if "webhook_url" in body:
+            counted = svc.limiter.hit(caller)
+            _limit_headers(svc, counted)
         req = validation.new_request(body, svc.settings.allowed_input_buckets, local=svc.settings.local_mode)
     except (ApiError, DomainError):
-        _limit_headers(svc, svc.limiter.hit(caller))
+        if counted is None:
+            _limit_headers(svc, svc.limiter.hit(caller))
         raise
+    if counted is not None:
+        return accepted_response(intake.accept(svc, req, source="api"), _limit_headers(svc, counted))
     try:
         acc = intake.accept(svc, req, source="api", caller=caller)
     except RateLimitedError as exc:

@@ -155,6 +155,26 @@ def test_an_accepted_trigger_is_one_redis_call_that_also_counts_the_rate_limit(
     assert_error(post_json(fn_apps.api, "/trigger-reconstruction", {"session_id": "x"}), 429, "rate_limited")
 
 
+def test_a_caller_over_the_limit_never_gets_its_webhook_resolved(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body with a webhook is counted before the webhook's host is looked up, once."""
+    from functions import webhook
+
+    looked_up: list[str] = []
+    real = webhook.acceptance_refusal
+    monkeypatch.setattr(webhook, "acceptance_refusal",
+                        lambda host, *a, **kw: looked_up.append(host) or real(host, *a, **kw))
+    monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "2")
+    hook = {"webhook_url": "https://hooks.example.com/x"}
+    ok = post_json(fn_apps.api, "/trigger-reconstruction", {**trigger_body(buckets, 1), **hook})
+    assert ok.status_code in (202, 422) and ok.headers.get("X-RateLimit-Remaining", "1") == "1"
+    assert looked_up == ["hooks.example.com"]
+    assert post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets, 2)).status_code == 202
+    over = post_json(fn_apps.api, "/trigger-reconstruction", {**trigger_body(buckets, 3), **hook})
+    assert_error(over, 429, "rate_limited")
+    assert looked_up == ["hooks.example.com"]  # not looked up again
+
+
 def test_forwarded_for_cannot_bypass_the_limit(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
                                                monkeypatch) -> None:
     # No trusted proxy: the header is ignored, the peer address counts.
