@@ -36,14 +36,19 @@ def _changed(svc: Services, request_id: str) -> None:
 
 def requeue_expired(svc: Services, executor: Executor) -> list[str]:
     requeued: list[str] = []
+    unknown: ExecutorError | None = None
     for request_id in svc.queue.expired_leases(limit=500):
         record = svc.queue.get(request_id)
         if record is not None and record.state == "PROCESSING" and record.execution:
+            if unknown is not None:  # Workflows could not say for one: the rest wait for a later pass
+                continue
             try:
                 state = executor.state(record.execution)
             except ExecutorError as exc:  # unknown is not "stopped": re-queueing could run it twice
                 log.warning("request %s: lease expired but the state of execution %s is unknown (%s); left "
-                            "PROCESSING", request_id, record.execution, exc)
+                            "PROCESSING, as is every other expired lease with an execution this pass",
+                            request_id, record.execution, exc)
+                unknown = exc
                 continue
             if state in ACTIVE_STATES and svc.queue.renew_expired(request_id, svc.settings.lease_seconds):
                 log.info("request %s: lease expired but execution %s is %s; renewed", request_id,
