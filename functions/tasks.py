@@ -258,7 +258,10 @@ def output_files(svc: Services, record: Record) -> list[OutputFile]:
                                                                              timeout=gcs.TIMEOUT_SECONDS)}
     files = []
     for name, uri in sorted(outputs.items()):
-        bucket, key = gcs.split_uri(uri)
+        try:
+            bucket, key = gcs.split_uri(uri)
+        except ValueError:  # an output a status update named oddly ("gs:///x"): no file of ours
+            continue
         blob = found.get(key) if bucket == ws_bucket else None
         if blob is None:
             continue

@@ -60,7 +60,7 @@ def fn_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, buckets: Buckets) ->
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    for k in ("DISPATCH_URL", "WORKFLOWS_EMULATOR_HOST", "AUTH_AUDIENCE", "K_SERVICE", "MAX_ATTEMPTS"):
+    for k in ("DISPATCH_URL", "WORKFLOWS_EMULATOR_HOST", "BATCH_EMULATOR_HOST", "AUTH_AUDIENCE", "K_SERVICE", "MAX_ATTEMPTS"):
         monkeypatch.delenv(k, raising=False)
     return env
 
