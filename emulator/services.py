@@ -74,8 +74,8 @@ def start_redis(run_dir: Path, port: int | None = None, *, aof: bool = True, nam
 # The gcloud emulators are JVMs. On a small machine they share the CPU with everything under test
 # (on Google Cloud the managed services never do): one serial GC thread and the quick C1 compiler
 # only keep the JVM's own background work (parallel GC, C2 compiles) from taking cores from the
-# functions in bursts. It also starts faster. `bench/api_load.py` measured p99 at 32 clients with
-# Firestore busy mirroring: 143-165 ms with the JVM's defaults, 62-93 ms with these.
+# functions in bursts. `bench/api_load.py` measured p99 at 32 clients with Firestore busy
+# mirroring: 143-165 ms with the JVM's defaults, 82-93 ms with these (README "Front door under load").
 JVM_FLAGS = ("-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
