@@ -28,14 +28,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from functions import jobrecord
 from functions.gcs import firestore_client
 from functions.request_queue import RequestQueue
 
 log = logging.getLogger("splatpipe.mirror")
+T = TypeVar("T")
 
 MIRROR_VERSION = "mirror_version"  # the field of the record version a document holds
 TIMEOUT_SECONDS = 1.0  # the deadline of every Firestore call (reads for the status overlay, writes)
@@ -106,6 +107,16 @@ class StatusMirror:
     def _fields(record: jobrecord.Record) -> list[tuple[tuple[str, ...], Any]]:
         return [*record.firestore_fields(), ((MIRROR_VERSION,), record.version)]
 
+    @staticmethod
+    def _holds(snap: Any, version: int) -> bool:
+        """The document already holds `version` or a newer one (writes never go back)."""
+        have = (snap.to_dict() or {}).get(MIRROR_VERSION)
+        return isinstance(have, int) and have >= version
+
+    def _forget(self, request_id: str) -> None:
+        """A record that is gone has nothing left to mirror: its outbox entry goes."""
+        self.queue.r.hdel(self.queue.k_outbox, request_id)
+
     def sync(self, request_id: str) -> bool:
         """Copy the record's current version to Firestore; True when it is (or already was) there.
 
@@ -114,8 +125,8 @@ class StatusMirror:
         from google.api_core import exceptions as gexc
 
         record = self.queue.get(request_id)
-        if record is None:  # nothing to mirror any more
-            self.queue.r.hdel(self.queue.k_outbox, request_id)
+        if record is None:
+            self._forget(request_id)
             return True
         version = record.version
         fields = self._fields(record)
@@ -124,8 +135,7 @@ class StatusMirror:
         for _ in range(4):  # a stage writing progress in between changes update_time: try again
             snap = ref.get(field_paths=[MIRROR_VERSION], retry=None, timeout=self.timeout)
             if snap.exists:
-                have = (snap.to_dict() or {}).get(MIRROR_VERSION)
-                if isinstance(have, int) and have >= version:
+                if self._holds(snap, version):
                     break
                 try:
                     ref.update(_flat(fields), option=client.write_option(
@@ -144,12 +154,12 @@ class StatusMirror:
         self.queue.outbox_ack(request_id, version)
         return True
 
-    def _guarded_sync(self, request_id: str) -> bool | None:
-        """sync() behind the breaker: True/False as sync, None when the breaker refused or it failed."""
+    def _guarded(self, work: Callable[[], T]) -> T | None:
+        """`work()` behind the breaker: its result, or None when the breaker refused or it failed."""
         if not self._admit():
             return None
         try:
-            done = self.sync(request_id)
+            done = work()
         except Exception as exc:
             self._failed(exc)
             return None
@@ -158,7 +168,7 @@ class StatusMirror:
 
     def after_change(self, request_id: str) -> None:
         """The in-request attempt: never raises, never waits on a Firestore known to be down."""
-        self._guarded_sync(request_id)
+        self._guarded(lambda: self.sync(request_id))
 
     def sync_many(self, request_ids: list[str]) -> int:
         """sync() for several records in two Firestore calls (one read of their versions, one
@@ -171,8 +181,8 @@ class StatusMirror:
         from google.api_core import exceptions as gexc
 
         records = self.queue.get_many(request_ids)
-        for rid in [rid for rid, rec in records.items() if rec is None]:  # nothing to mirror any more
-            self.queue.r.hdel(self.queue.k_outbox, rid)
+        for rid in [rid for rid, rec in records.items() if rec is None]:
+            self._forget(rid)
         live = {rid: rec for rid, rec in records.items() if rec is not None}
         if not live:
             return len(records)
@@ -187,8 +197,7 @@ class StatusMirror:
             if snap is None or not snap.exists:
                 batch.create(self._ref(rid), jobrecord.nested(fields))
                 continue
-            have = (snap.to_dict() or {}).get(MIRROR_VERSION)
-            if not (isinstance(have, int) and have >= rec.version):
+            if not self._holds(snap, rec.version):
                 batch.update(self._ref(rid), _flat(fields),
                              option=client.write_option(last_update_time=snap.update_time))
         try:
@@ -208,14 +217,12 @@ class StatusMirror:
         pending = list(self.queue.outbox(limit))
         deadline = time.monotonic() + budget
         for i in range(0, len(pending), max(1, chunk)):
-            if time.monotonic() > deadline or not self._admit():
+            if time.monotonic() > deadline:
                 break
-            try:
-                synced += self.sync_many(pending[i:i + chunk])
-            except Exception as exc:
-                self._failed(exc)
+            done = self._guarded(lambda part=pending[i:i + chunk]: self.sync_many(part))
+            if done is None:
                 break
-            self._succeeded()
+            synced += done
         left = int(self.queue.r.hlen(self.queue.k_outbox))
         return {"synced": synced, "pending": left}
 
