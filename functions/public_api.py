@@ -36,13 +36,19 @@ def _caller(request: flask.Request, svc: Services) -> str:
                       audience=s.auth_audience, verifier=svc.verifier)
 
 
+def _refusal(svc: Services, decision: Decision) -> ApiError:
+    """The 429 of a call over its caller's limit."""
+    limit = svc.settings.rate_limit_per_minute
+    retry = retry_after_seconds(decision.retry_after_ms)
+    return ApiError(429, "rate_limited", f"more than {limit} requests in a minute; retry in {retry} s",
+                    {"Retry-After": retry, "X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0"})
+
+
 def _limit_headers(svc: Services, decision: Decision | None) -> dict[str, str]:
     """The rate-limit headers of an allowed call; 429 with Retry-After for a refused one."""
     limit = svc.settings.rate_limit_per_minute
     if decision is not None and not decision.allowed:
-        retry = retry_after_seconds(decision.retry_after_ms)
-        raise ApiError(429, "rate_limited", f"more than {limit} requests in a minute; retry in {retry} s",
-                       {"Retry-After": retry, "X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": "0"})
+        raise _refusal(svc, decision)
     if decision is None or limit <= 0:
         return {}
     return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(decision.remaining)}
@@ -90,8 +96,7 @@ def trigger(request: flask.Request, svc: Services) -> flask.Response:
     try:
         acc = intake.accept(svc, req, source="api", caller=caller)
     except RateLimitedError as exc:
-        _limit_headers(svc, exc.decision)
-        raise
+        raise _refusal(svc, exc.decision) from None
     return accepted_response(acc, _limit_headers(svc, acc.decision))
 
 
