@@ -167,9 +167,11 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
     with _refused_by_queue():
         svc.queue.restart(rid, record.version, new_options)
     _changed(svc, rid)
-    svc.kick()
+    # Read before the poke: the answer is the state the restart made (QUEUED), not whatever the
+    # dispatch the poke starts has made of it meanwhile.
     fresh = svc.queue.get(rid)
     assert fresh is not None  # records are never removed
+    svc.kick()
     return fresh
 
 
