@@ -26,6 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here rather than in pyproject.toml (whose edits make `make setup` reinstall).
+    config.addinivalue_line("markers", "cuda: needs an NVIDIA GPU with CUDA and skips itself without one; "
+                                       "bench/gpu/run.sh runs them on a GPU machine (docs/gpu-check.md)")
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")

@@ -6,30 +6,13 @@ import numpy as np
 import pytest
 import torch
 from raster_dense import rasterize_dense
+from raster_parity import DIFF_KEYS, TILE, cover_radii, random_2d, rasterizer_parity, render_both
 
 from batch_jobs.gaussians import raster_cpu
 from batch_jobs.gaussians.projection import may_be_visible
 
-
-def _random_2d(n: int, width: int, height: int, seed: int = 0, scale: float = 3.0,
-               channels: int = 3) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    means = torch.rand(n, 2, generator=g) * torch.tensor([width * 1.2, height * 1.2]) - torch.tensor(
-        [width * 0.1, height * 0.1])
-    L = torch.randn(n, 2, 2, generator=g) * scale
-    cov = L @ L.transpose(1, 2) + 0.3 * torch.eye(2)
-    inv = torch.linalg.inv(cov)
-    return {
-        "means2d": means,
-        "conics": torch.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], dim=-1),
-        "colors": torch.rand(n, channels, generator=g),
-        "opacities": torch.rand(n, generator=g) * 0.95 + 0.04,
-        "depths": torch.rand(n, generator=g) * 10 + 0.5,
-        "background": torch.rand(channels, generator=g),
-    }
-
-
-DIFF_KEYS = ("means2d", "conics", "colors", "opacities", "background")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat's rasterizer")
+PARITY_REL = 1e-4  # the goal: our rasterizer within 1e-4 of gsplat's, relative to each tensor's scale
 
 
 def _both(inputs: dict[str, torch.Tensor], width: int, height: int, tile: int = 16):
@@ -51,7 +34,7 @@ def _both(inputs: dict[str, torch.Tensor], width: int, height: int, tile: int = 
 
 @pytest.mark.parametrize("channels", [3, 4])
 def test_forward_and_gradients_match_the_dense_oracle(channels: int) -> None:
-    inputs = _random_2d(400, 67, 45, seed=channels, channels=channels)
+    inputs = random_2d(400, 67, 45, seed=channels, channels=channels)
     (img, alpha, ours), (img_d, alpha_d, ref) = _both(inputs, 67, 45)
     assert img.shape == (45, 67, channels) and alpha.shape == (45, 67, 1)
     assert (img.double() - img_d).abs().max() < 1e-5
@@ -65,7 +48,7 @@ def test_forward_and_gradients_match_the_dense_oracle(channels: int) -> None:
 
 
 def test_tile_size_does_not_change_the_image() -> None:
-    inputs = _random_2d(300, 50, 40, seed=5)
+    inputs = random_2d(300, 50, 40, seed=5)
     args = (inputs["means2d"], inputs["conics"], inputs["colors"], inputs["opacities"], inputs["depths"], 50, 40,
             inputs["background"])
     a16, _ = raster_cpu.rasterize(*args, tile=16)
@@ -79,7 +62,7 @@ def test_empty_and_offscreen_inputs_give_the_background() -> None:
     img, alpha = raster_cpu.rasterize(torch.zeros(0, 2), torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0),
                                       torch.zeros(0), 20, 10, bg)
     assert torch.allclose(img, bg.expand(10, 20, 3)) and alpha.abs().max() == 0
-    inputs = _random_2d(50, 20, 10)
+    inputs = random_2d(50, 20, 10)
     far = inputs["means2d"] + 1000.0  # all far outside the image
     img, alpha = raster_cpu.rasterize(far, inputs["conics"], inputs["colors"], inputs["opacities"], inputs["depths"],
                                       20, 10, bg)
@@ -107,7 +90,7 @@ def test_front_to_back_order_follows_depth() -> None:
 def test_culling_keeps_work_proportional_to_coverage() -> None:
     """No pixel x Gaussian product: small Gaussians touch few tiles."""
     n, w, h = 20_000, 640, 480
-    inputs = _random_2d(n, w, h, seed=3, scale=1.0)
+    inputs = random_2d(n, w, h, seed=3, scale=1.0)
     m = inputs["means2d"]
     inside = ((m[:, 0] >= 0) & (m[:, 0] < w) & (m[:, 1] >= 0) & (m[:, 1] < h)).sum().item()
     n_isect = raster_cpu.intersections(m, inputs["conics"], inputs["opacities"], inputs["depths"], w, h)
@@ -139,36 +122,46 @@ def test_precull_keeps_every_gaussian_the_projection_keeps() -> None:
     assert len(cand) < 0.8 * n  # and it does cull
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for gsplat.rasterization")
+def test_gsplat_is_given_the_tiles_our_rasterizer_uses() -> None:
+    """The CUDA parity test's premise, checked here: the radii handed to gsplat's isect_tiles
+    reach every tile our rasterizer bins a Gaussian into (gsplat's tile range, as its
+    IntersectTile kernel computes it, holds ours), and cull only what ours culls."""
+    inputs = random_2d(2000, 101, 67, seed=4, scale=4.0)
+    m, c, o = inputs["means2d"], inputs["conics"], inputs["opacities"]
+    _, trect = raster_cpu._rects(*(np.ascontiguousarray(x.numpy(), np.float32) for x in (m, c, o)), 101, 67, TILE)
+    radii = cover_radii(m, c, o).numpy()
+    tiles_x, tiles_y = -(-101 // TILE), -(-67 // TILE)
+    ours = trect[:, 2] >= trect[:, 0]
+    assert ours.sum() > 1000
+    assert (radii[ours] > 0).all()
+    mx, my = m[:, 0].numpy()[ours], m[:, 1].numpy()[ours]
+    rx, ry = radii[ours, 0], radii[ours, 1]
+    lo_x = np.clip(np.floor(mx / TILE - rx / TILE), 0, tiles_x)
+    hi_x = np.clip(np.ceil(mx / TILE + rx / TILE), 0, tiles_x)  # exclusive
+    lo_y = np.clip(np.floor(my / TILE - ry / TILE), 0, tiles_y)
+    hi_y = np.clip(np.ceil(my / TILE + ry / TILE), 0, tiles_y)
+    t = trect[ours]
+    assert (lo_x <= t[:, 0]).all() and (t[:, 2] < hi_x).all()
+    assert (lo_y <= t[:, 1]).all() and (t[:, 3] < hi_y).all()
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("channels", [3, 4])
+def test_rasterizer_parity_with_gsplat_on_cuda(channels: int) -> None:  # pragma: no cover - no GPU in CI
+    """Our rasterizer alone against gsplat's (isect_tiles + rasterize_to_pixels) on the same 2D
+    Gaussians: images, alphas and every input's gradient within PARITY_REL of gsplat's scale."""
+    for n, w, h, seed in ((400, 67, 45, channels), (3000, 160, 120, 10 + channels)):
+        errors = rasterizer_parity(random_2d(n, w, h, seed=seed, channels=channels), w, h)
+        worst = max(errors, key=errors.get)
+        assert errors[worst] <= PARITY_REL, (n, w, h, errors)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_parity_with_gsplat_rasterization_on_cuda() -> None:  # pragma: no cover - no GPU in CI
     """The CPU path (reference projection + our rasterizer) against gsplat's CUDA renderer."""
-    from batch_jobs.gaussians.camera import View
-    from batch_jobs.gaussians.params import init_params
-    from batch_jobs.gaussians.render import render
-    from emulator.synthetic_scene import SyntheticScene, look_at
-
-    scene = SyntheticScene(7)
-    rng = np.random.default_rng(0)
-    pts = scene.sample_surface(4000, seed=1)
-    params = init_params(pts, rng.integers(0, 255, (len(pts), 3)), sh_degree=2, init_opacity=0.6)
-    with torch.no_grad():  # anisotropic, so rotations matter; some view dependence
-        params["shN"].normal_(0, 0.1)
-        params["scales"].add_(torch.randn(params["scales"].shape, generator=torch.Generator().manual_seed(1)) * 0.4)
-    R, t = look_at(np.array([3.0, -2.0, 1.5]), scene.target)
-    vm = torch.eye(4)
-    vm[:3, :3] = torch.tensor(R, dtype=torch.float32)
-    vm[:3, 3] = torch.tensor(t, dtype=torch.float32)
-    view = View("p", torch.tensor([[200.0, 0, 120], [0, 200, 90], [0, 0, 1]]), vm, 240, 180)
-    bg = torch.tensor([0.1, 0.2, 0.3])
-    gw = torch.randn(180, 240, 3)
-    grads = {}
-    outs = {}
-    for dev in ("cpu", "cuda"):
-        p = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone().to(dev)) for k, v in params.items()})
-        out = render(p, view, 2, with_depth=True, background=bg.to(dev), device=dev)
-        ((out.rgb * gw.to(dev)).sum() + out.alpha.sum()).backward()
-        outs[dev] = (out.rgb.detach().cpu(), out.alpha.detach().cpu(), out.depth.detach().cpu())
-        grads[dev] = {k: v.grad.detach().cpu() for k, v in p.items()}
+    outs, grads = render_both()
     for a, b in zip(outs["cpu"], outs["cuda"], strict=True):
         assert (a - b).abs().max() < 2e-3
     for k in grads["cpu"]:
