@@ -4,12 +4,19 @@ Input (request.json `input`): a video file (anything FFmpeg reads; the display r
 phone videos is applied) or a folder / `gs://` prefix of JPEG/PNG photos (EXIF orientation
 applied).
 
-Selection: the sequence (video time, or photo order by natural name sort) is cut into
-`target_frames` equal intervals and each interval keeps its sharpest well-exposed frame, so
-the kept frames spread evenly and a shaky moment costs one interval its blurred frames, not
-the reconstruction. A kept frame is then dropped when it is blurred against its neighbourhood,
-or a near-duplicate of the frame kept before it (the camera did not move). Kept frames are
-scaled down to `long_side`.
+Videos: the video's time is cut into `target_frames` equal intervals and each interval keeps
+its sharpest well-exposed frame, so the kept frames spread evenly and a shaky moment costs one
+interval its blurred frames, not the reconstruction. A kept frame is then dropped when it is
+blurred against its neighbourhood, or a near-duplicate of the frame kept before it (the camera
+did not move).
+
+Photos (in natural name order) are not frames: a user chose each one. Every photo is kept unless
+it is unusable: unreadable, a true duplicate of one kept before it, or with too few features
+for SfM (too dark, too bright or too blurred; frame_quality). A backdrop of one colour is fine.
+Where there are more usable photos than `target_frames`, an evenly spaced `target_frames` of
+them are kept.
+
+Kept frames are scaled down to `long_side`.
 
 Outputs (docs/contracts.md, "Stage outputs"): `frames/images/{index:06d}.jpg` for a video
 (`index` = the source frame number), `frames/images/{stem}.jpg` for photos;
@@ -23,6 +30,7 @@ TOO_FEW_FRAMES.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from batch_jobs import frame_quality as fq
-from batch_jobs import photo_files, storage, video_decode
+from batch_jobs import photo_files, sfm_pairs, storage, video_decode
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
 from functions import gcs
@@ -50,6 +58,7 @@ NOT_SHARPEST = "not_sharpest_in_interval"
 BLURRED = "blurred"
 DUPLICATE = "duplicate"
 UNREADABLE = "unreadable"
+OVER_TARGET = "over_target_count"  # photos: more usable than `target_frames`, this one not evenly placed
 
 
 @dataclass
@@ -70,6 +79,7 @@ class Seen:
     size: tuple[int, int] | None = None  # written (width, height)
     focal_px: float | None = None
     thumb: np.ndarray | None = field(default=None, repr=False)
+    small: np.ndarray | None = field(default=None, repr=False)  # photos: frame_quality.small_gray
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "position": round(self.position, 4),
@@ -110,7 +120,7 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-# -- the rules shared by videos and photos ---------------------------------------------------
+# -- the rules for video frames ---------------------------------------------------------------
 def reject_blurred(seen: list[Seen], radius: float, limits: fq.QualityLimits) -> None:
     """Drop kept frames blurred against the frames around them (`radius` in position units)."""
     scored = [s for s in seen if s.scores is not None]
@@ -252,11 +262,8 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
     n = len(photos)
     seen: list[Seen] = []
     cameras: set[str] = set()
-    best: dict[int, Seen] = {}
     for i, p in enumerate(photos):
-        rel = p.relative_to(folder).as_posix()
-        interval = i if n <= target else i * target // n
-        s = Seen(source=rel, position=float(i), interval=interval)
+        s = Seen(source=p.relative_to(folder).as_posix(), position=float(i), interval=i)
         seen.append(s)
         try:
             photo = photo_files.read_photo(p, fq.SCORE_LONG_SIDE)
@@ -264,26 +271,29 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
             s.reason, s.detail = UNREADABLE, f"{type(exc).__name__}: {exc}"[:200]
             continue
         cameras.add(photo.camera)
-        s.scores, thumb = fq.score(cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2GRAY))
-        problem = fq.exposure_problem(s.scores, limits)
-        if problem:
-            s.reason = problem
-        elif interval not in best or s.scores.sharpness > best[interval].scores.sharpness:
-            if interval in best:
-                best[interval].reason = NOT_SHARPEST
-                best[interval].thumb = None
-            s.thumb = thumb
-            best[interval] = s
-        else:
-            s.reason = NOT_SHARPEST
+        gray = cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2GRAY)
+        scores, s.thumb = fq.score(gray)
+        s.scores = dataclasses.replace(scores, features=fq.feature_count(gray))
+        s.small = fq.small_gray(fq.scoring_gray(gray))
         if ctx is not None:
             ctx.progress.update(0.5 * (i + 1) / n, f"scoring photos: {i + 1}/{n}")
-    if not any(s.scores is not None for s in seen):
+    scored = [s for s in seen if s.scores is not None]
+    if not scored:
         raise StageError(video_decode.NO_DECODABLE_FRAMES, f"none of the {n} photos could be read")
-    for s in best.values():
-        s.kept = True
-    reject_blurred(seen, math.inf, limits)  # photos of one set compare with the whole set
-    reject_duplicates(seen, limits, lookback=DUPLICATE_LOOKBACK)
+    median_features = float(np.median([s.scores.features for s in scored]))
+    median_sharpness = float(np.median([s.scores.sharpness for s in scored]))
+    usable: list[Seen] = []
+    for s in scored:
+        s.reason = fq.photo_problem(s.scores, median_features, median_sharpness, limits)
+        if s.reason is None:
+            s.relative_sharpness = s.scores.sharpness / median_sharpness if median_sharpness > 0 else None
+            s.reason, s.duplicate_of = _duplicate_of(s, usable, limits)
+        if s.reason is None:
+            usable.append(s)
+    chosen = {id(usable[k]) for k in sfm_pairs.evenly_spaced(len(usable), target)}
+    for s in usable:
+        s.kept = id(s) in chosen
+        s.reason = None if s.kept else OVER_TARGET
 
     taken: set[str] = set()
     kept = [s for s in seen if s.kept]
@@ -299,6 +309,16 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
             ctx.progress.update(0.5 + 0.45 * (j + 1) / len(kept), f"writing photos: {j + 1}/{len(kept)}")
     source = {"kind": "images", "files": n, "other_files": others, "cameras": sorted(c for c in cameras if c)}
     return seen, source
+
+
+def _duplicate_of(s: Seen, usable: list[Seen], limits: fq.QualityLimits) -> tuple[str | None, str | None]:
+    """(DUPLICATE, the photo it repeats) when `s` is a true duplicate of one of the last
+    DUPLICATE_LOOKBACK usable photos, else (None, None)."""
+    for prev in usable[-DUPLICATE_LOOKBACK:]:
+        if (fq.thumb_distance(s.thumb, prev.thumb) < limits.duplicate_distance
+                and fq.same_photo(s.small, prev.small, limits)):
+            return DUPLICATE, prev.source
+    return None, None
 
 
 # -- the stage --------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ class StageContext:
     work_root: Path  # local scratch for downloads of inputs
     progress: ProgressReporter
     timings: dict[str, float] = field(default_factory=dict)
+    # What went wrong without failing the stage ({code, message, stage}); in _SUCCESS.json, and the
+    # workflow adds them to the request's warnings (docs/contracts.md, "Stage markers").
+    warnings: list[dict[str, str]] = field(default_factory=list)
+
+    def warn(self, code: str, message: str) -> None:
+        self.warnings.append({"code": code, "message": message, "stage": self.stage})
 
     @property
     def request_id(self) -> str | None:
@@ -266,6 +272,7 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             "key_digest": _digest(key),
             "outputs": outputs,
             "metrics": metrics,
+            "warnings": ctx.warnings,
             "timings": {**ctx.timings, "total": round(time.perf_counter() - started, 3)},
             "started_at": started_at,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -6,20 +6,26 @@
 2. Matching chosen by the input (`matcher: auto`): a photo set of up to
    `exhaustive_max_images` is matched exhaustively; a video (or a larger set, in name order)
    sequentially, with loop closure to spaced keyframes (see `sfm_pairs`).
-3. GLOMAP global mapping (focal priors, or `calibrate_view_graph`), falling back to incremental
-   mapping when the global model is not sane (see `sfm_mapping`); the largest model is kept.
-4. Verification against the evidence (`sfm_verify`): every verified image pair's own relative
-   pose against the model's. A model that fails is not published: the stage retries with what
-   is more robust (incremental mapping on the same matches, then doubled, finer features with
-   every pair matched), and when nothing passes fails `sfm_unreliable` (exit 3), naming the
-   cameras the evidence contradicts and the figures.
+3. GLOMAP global mapping on known focal lengths (EXIF priors, else self-calibrated by
+   incremental mapping), falling back to incremental mapping when the global model is not sane
+   (see `sfm_mapping`); the largest model is kept.
+4. Verification against the evidence (`sfm_verify`): every verified image pair's inlier matches
+   against the epipolar geometry of the model's two cameras. A model that fails is not
+   published, nor one of too few images: the stage retries, cheapest first, with incremental
+   mapping on the same matches, then plain COLMAP's own configuration (a fresh database, its
+   default SIFT, every pair matched, incremental mapping: so a failure here is one COLMAP would
+   share), then doubled features. When no model of every photo verifies, a verified model of
+   the photos the evidence does not contradict is published (`partial`, at least
+   `min_registered_fraction` of them) with a `sfm_partial` warning naming the photos left out
+   and why. Only when nothing usable is left does the stage fail `sfm_unreliable` (exit 3),
+   naming the cameras the evidence contradicts, the figures, and what to capture differently.
 5. Undistortion: `sfm/images/*.jpg` and the PINHOLE model `sfm/sparse/0/*.bin` matching them
    (same image names as `frames/images`), `sfm/transforms.json`, `sfm/points.ply`,
    `sfm/report.json` (registered / total, reprojection error, points, mapper, verification,
    every solve tried, timings).
 
-Too few registered images is bad input (TOO_FEW_REGISTERED, exit 3): the frames do not see
-one scene with enough overlap.
+Too few registered images after every retry is bad input (TOO_FEW_REGISTERED, exit 3): the
+frames do not see one scene with enough overlap.
 """
 
 from __future__ import annotations
@@ -54,6 +60,12 @@ RETRY_MIN_FEATURES = 8192
 MAX_RETRY_FEATURES = 16384
 RETRY_EXHAUSTIVE_FACTOR = 2
 RETRY_UPSAMPLE_BELOW = 1600  # long side under which the retry's SIFT starts on the 2x upsampled image
+COLMAP_FIRST_OCTAVE = -1  # COLMAP's default SIFT starts on the 2x upsampled image
+SFM_PARTIAL = "sfm_partial"  # a warning: the published model leaves photos out
+# What the user can change when no camera solution can be trusted (the error's last sentence).
+CAPTURE_ADVICE = ("To capture it again: walk around the subject rather than turning on the spot, let "
+                  "neighbouring photos overlap by well over half, keep the scene still and in focus, and "
+                  "avoid plain, shiny or repeating surfaces filling the frame.")
 # The verification figures that become the stage's metrics (the rest stay in report.json).
 METRIC_FIGURES = frozenset(f"verify_{k}" for k in (
     "passed", "pairs_judged", "pairs_disagreeing", "disagree_fraction", "rotation_error_median_deg",
@@ -119,7 +131,7 @@ def choose_pairs(names: list[str], kind: str, params: dict[str, Any],
 class Solve:
     """One way of solving the cameras: its features, matching and mapper, and what it made."""
 
-    name: str  # "preset", "incremental", "more_features"
+    name: str  # "preset", "incremental", "colmap", "more_features", "partial"
     max_num_features: int
     first_octave: int
     matcher: str  # the matcher parameter (`auto`, `exhaustive`, `sequential`)
@@ -141,18 +153,45 @@ class Solve:
                 "attempts": [a.to_dict() for a in self.attempts]}
 
 
+def colmap_max_num_features() -> int:
+    """COLMAP's default SIFT feature count (pycolmap's own default, not a copy of it)."""
+    import pycolmap
+
+    return int(pycolmap.FeatureExtractionOptions().sift.max_num_features)
+
+
 def retries(first: Solve, n_images: int, long_side: int, params: dict[str, Any]) -> list[Solve]:
-    """What to try, in order, when the preset's solution fails verification: incremental mapping
-    on the same matches (when it did not run), then more and finer features with every pair
-    matched where that stays affordable, mapped globally and incrementally."""
+    """What to try, cheapest first, when the preset's solution fails verification or registers
+    too few images: incremental
+    mapping of every image on the same matches (when it did not run); plain COLMAP's
+    configuration (its default SIFT on a fresh database, every pair matched where affordable,
+    incremental mapping), when it differs from the preset's; more and finer features, mapped
+    globally and incrementally."""
     out = []
-    if "incremental" not in {a.mapper for a in first.attempts}:
+    if not any(a.mapper == "incremental" and a.images is None for a in first.attempts):
         out.append(Solve("incremental", first.max_num_features, first.first_octave, first.matcher, "incremental",
                          database=first.database))
     exhaustive_ok = n_images <= RETRY_EXHAUSTIVE_FACTOR * int(params["exhaustive_max_images"])
+    matcher = "exhaustive" if exhaustive_ok else first.matcher
+    colmap = Solve("colmap", colmap_max_num_features(), COLMAP_FIRST_OCTAVE, matcher, "incremental")
+    same_matches = (first.max_num_features, first.first_octave) == (colmap.max_num_features, colmap.first_octave) \
+        and first.matcher_used == ("exhaustive" if exhaustive_ok else first.matcher_used)
+    if not same_matches:
+        out.append(colmap)
     octave = -1 if long_side < RETRY_UPSAMPLE_BELOW else first.first_octave
     out.append(Solve("more_features", min(MAX_RETRY_FEATURES, max(RETRY_MIN_FEATURES, 2 * first.max_num_features)),
-                     octave, "exhaustive" if exhaustive_ok else first.matcher, "auto"))
+                     octave, matcher, "auto"))
+    return out
+
+
+def left_out(verification: sfm_verify.Verification) -> dict[str, str]:
+    """The registered photos a failed verification names, with why: contradicted by most of
+    their image pairs, or too little support to be judged."""
+    th = verification.thresholds
+    out = {n: "contradicted by most of its image pairs" for n in verification.suspect_images}
+    for n, d in verification.per_image.items():
+        if n not in out and (d["judged"] == 0 or d["observations"] < th.min_image_observations):
+            out[n] = "too little overlap with the other photos to be checked"
     return out
 
 
@@ -196,13 +235,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         progress = _phase(ctx, "mapping") if first else (lambda f, m: ctx.progress.update(
             PHASES["verify"][0], f"retry ({solve.name}): {m}"))
         with ctx.timed("mapping" if first else f"retry_{k}_mapping"):
-            _, solve.attempts = sfm_mapping.reconstruct(solve.database, image_dir, work / f"models-{k}", len(names),
+            _, solve.attempts = sfm_mapping.reconstruct(solve.database, image_dir, work / f"models-{k}", names,
                                                         solve.mapper, has_priors, progress,
                                                         refine_principal_point=refine_pp)
         found = None
-        # Preference as sfm_mapping.choose: sane models first, then the most registered.
-        made = sorted((a for a in solve.attempts if a.model is not None and a.check is not None),
-                      key=lambda a: (not a.check.sane, -a.check.registered, a.check.reprojection_error))
+        # Models of every image (not a self-calibration subset), in sfm_mapping's preference.
+        made = sorted((a for a in solve.attempts if a.model is not None and a.check is not None and a.images is None),
+                      key=sfm_mapping.preference)
         with ctx.timed("verify" if first else f"retry_{k}_verify"):
             for a in made:
                 if a.check.registered < min_registered:
@@ -219,13 +258,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
                   params.get("matcher", "auto"), params.get("mapper", "auto"))
     solves = [first]
     found = attempt(first, 0, True)
-    if found is None and any(a.verification is not None for a in first.attempts):  # made, but contradicted
+    if found is None:  # contradicted, or too few images registered: both may be the preset's features
+        why = ("did not verify" if any(a.verification is not None for a in first.attempts)
+               else "registered too few images")
         for k, solve in enumerate(retries(first, len(names), long_side, params), start=1):
             solves.append(solve)
-            ctx.progress.update(PHASES["verify"][0], f"the camera solution did not verify; retrying ({solve.name})")
+            ctx.progress.update(PHASES["verify"][0], f"the camera solution {why}; retrying ({solve.name})")
             found = attempt(solve, k, False)
             if found is not None:
                 break
+    dropped: dict[str, str] = {}
+    if found is None:
+        found, dropped = partial_solve(solves, names, image_dir, work, min_registered, ctx)
 
     report: dict[str, Any] = {
         "version": REPORT_VERSION, "total": len(names), "kind": kind, "matcher": first.matcher_used,
@@ -256,6 +300,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     registered = chosen.check.registered
     registered_names = sorted(im.name for im in model.images.values() if im.has_pose)
+    unregistered = sorted(set(names) - set(registered_names))
+    dropped.update({n: "could not be placed in the camera solution" for n in unregistered if n not in dropped})
+    if dropped:
+        what = "frames" if kind == "video" else "photos"
+        ctx.warn(SFM_PARTIAL, f"{len(dropped)} of {len(names)} {what} were left out of the camera solution: "
+                 + "; ".join(f"{n} ({why})" for n, why in sorted(dropped.items())))
     report.update({
         "mapper": chosen.mapper,
         "solve": solve.name,
@@ -263,7 +313,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "max_num_features": solve.max_num_features,
         "registered": registered,
         "registered_fraction": round(registered / len(names), 4),
-        "unregistered": sorted(set(names) - set(registered_names)),
+        "unregistered": unregistered,
+        "dropped": dict(sorted(dropped.items())),
         "points": int(model.num_points3D()),
         "mean_reprojection_error": round(float(model.compute_mean_reprojection_error()), 4),
         "mean_track_length": round(float(model.compute_mean_track_length()), 3),
@@ -281,6 +332,42 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "registered_images": registered, "registered_fraction": report["registered_fraction"],
             "mean_reprojection_error_px": report["mean_reprojection_error"],
             **{k: v for k, v in verification.metrics().items() if k in METRIC_FIGURES}}
+
+
+def partial_solve(solves: list[Solve], names: list[str], image_dir: Path, work: Path, min_registered: int,
+                  ctx: StageContext) -> tuple[tuple[sfm_mapping.Attempt, sfm_verify.Verification] | None,
+                                              dict[str, str]]:
+    """When no model of every photo verifies: incremental mapping of the photos that the model
+    the evidence contradicts least does not have contradicted, on that model's matches, verified
+    like any other. Appends its Solve to `solves`; returns (its attempt and verification, the
+    photos left out with why), or (None, {}) when it is not enough."""
+    tried = [(s, a) for s in solves for a in s.attempts if a.verification is not None and a.model is not None]
+    if not tried:
+        return None, {}
+    best, worst_model = min(tried, key=lambda sa: (sa[1].verification.figures["disagree_fraction"],
+                                                  len(sa[1].verification.suspect_images)))
+    drop = left_out(worst_model.verification)
+    placed = {im.name for im in worst_model.model.images.values() if im.has_pose}
+    keep = [n for n in names if n in placed and n not in drop]
+    if not drop or len(keep) < min_registered:
+        return None, {}
+    solve = Solve("partial", best.max_num_features, best.first_octave, best.matcher, "incremental",
+                  database=best.database, matcher_used=best.matcher_used, pairs=best.pairs,
+                  verified_pairs=best.verified_pairs)
+    solves.append(solve)
+    t0 = time.perf_counter()
+    ctx.progress.update(PHASES["verify"][0], f"mapping the {len(keep)} of {len(names)} photos the image pairs "
+                                             "do not contradict")
+    with ctx.timed("partial_mapping"):
+        a = sfm_mapping.run_incremental(best.database, image_dir, work / "models-partial", len(names), _quiet, keep)
+    solve.attempts = [a]
+    if a.model is not None and a.check is not None and a.check.registered >= min_registered:
+        with ctx.timed("partial_verify"):
+            a.verification = sfm_verify.verify(best.database, a.model)
+    solve.seconds = time.perf_counter() - t0
+    if a.verification is None or not a.verification.passed:
+        return None, {}
+    return (a, a.verification), drop
 
 
 def _quiet(fraction: float, message: str) -> None:
@@ -301,7 +388,8 @@ def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names:
                            for s in solves for a in s.attempts)
         raise StageError(TOO_FEW_REGISTERED,
                          f"only {best_registered} of {len(names)} images registered (at least {min_registered} "
-                         f"needed): the frames do not overlap enough to reconstruct one scene ({detail})")
+                         f"needed): the frames do not overlap enough to reconstruct one scene. {CAPTURE_ADVICE} "
+                         f"({detail})")
     # The model the evidence contradicts least, to name its cameras and figures.
     a, v = min(verified, key=lambda av: (av[1].figures["disagree_fraction"], len(av[1].suspect_images)))
     report.update({"error": SFM_UNRELIABLE, "verification": v.to_dict()})
@@ -309,7 +397,8 @@ def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names:
     tried = ", ".join(f"{s.name} ({'/'.join(x.mapper for x in s.attempts)})" for s in solves)
     raise StageError(SFM_UNRELIABLE,
                      f"no camera solution passed verification (tried: {tried}); the best, {a.mapper} with "
-                     f"{a.check.registered} of {len(names)} images: {'; '.join(v.problems)}; {v.summary()}")
+                     f"{a.check.registered} of {len(names)} images: {'; '.join(v.problems)}; {v.summary()}. "
+                     f"{CAPTURE_ADVICE}")
 
 
 def image_size(path: Path) -> tuple[int, int]:

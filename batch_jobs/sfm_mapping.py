@@ -1,10 +1,20 @@
-"""Mapping: GLOMAP global SfM first, incremental SfM when the global model is not good enough.
+"""Mapping: GLOMAP global SfM on known focal lengths, incremental SfM where the global model fails.
 
-Global mapping needs calibrated two-view geometries: from focal priors (EXIF) set before
-matching, else from `calibrate_view_graph`, which estimates the focal lengths from the
-fundamental matrices. Its global positioning is a non-linear problem over every track; it is
-solved on a subset of tracks (`track_required_tracks_per_view` per image, measured: the same
-poses at a fraction of the time), then bundle adjustment and retriangulation bring the rest.
+Global mapping needs calibrated two-view geometries, so it needs the focal lengths first:
+- from focal priors (EXIF) set before matching;
+- else from *self-calibration*: incremental mapping, which refines the focal length in bundle
+  adjustment from its 1.2 x long side initial guess, on at most SELF_CALIBRATION_IMAGES images
+  spread evenly over the set; its cameras become the priors. When it covers every image, its
+  model is a candidate of its own.
+- else (self-calibration made no sane model) from `calibrate_view_graph`, which estimates the
+  focal lengths from the fundamental matrices. That estimate is degenerate when the cameras'
+  optical axes meet, which is every capture that circles an object: measured on `fox` (a phone
+  orbit, no EXIF), it stayed at its initial guess, 1531 px against the true 917 px, and GLOMAP
+  built a model 86 % of the rig radius off from it that registered every image at 1.3 px; from
+  the self-calibrated 924 px it is 0.19 % off (docs/benchmarks.md, "SfM robustness").
+Its global positioning is a non-linear problem over every track; it is solved on a subset of
+tracks (`track_required_tracks_per_view` per image, measured: the same poses at a fraction of the
+time), then bundle adjustment and retriangulation bring the rest.
 
 For a photo set taken with one camera (a shared camera over at least
 REFINE_PRINCIPAL_MIN_IMAGES photos from spread viewpoints), the global bundle adjustment also
@@ -15,8 +25,9 @@ camera tilt (measured on the synthetic orbit: refining it moved it 5 px and turn
 camera by 0.6 degrees).
 
 A model is *sane* when it registers nearly every image, its reprojection error is small, and
-its focal lengths, principal points and distortion are plausible. An insane global model falls back to the
-incremental mapper; of the models made, the largest sane one is kept.
+its focal lengths, principal points and distortion are plausible. An insane global model falls
+back to incremental mapping of every image (unless the self-calibration already was one); of the
+models made, the largest sane one is kept, the global one first where they tie.
 """
 
 from __future__ import annotations
@@ -29,13 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from batch_jobs import sfm_features
+from batch_jobs import sfm_features, sfm_pairs
 
 Progress = Callable[[float, str], None]
 
 SEED = 0  # deterministic RANSAC and solvers: the same input gives the same model
 GLOBAL_TRACKS_PER_VIEW = 1000
 MIN_REGISTERED_FRACTION = 0.95  # a global model registering fewer images falls back
+SELF_CALIBRATION_IMAGES = 40  # incremental mapping on at most this many images finds the focal lengths
+# A self-calibration model that registers less than this share of its images gives no priors.
+SELF_CALIBRATION_MIN_FRACTION = 0.6
 MAX_REPROJECTION_ERROR_PX = 2.0
 FOCAL_RANGE = (0.25, 4.0)  # focal / long side
 MAX_RADIAL = 0.5  # |k| of SIMPLE_RADIAL
@@ -67,14 +81,15 @@ class Attempt:
     model: Any | None  # the largest pycolmap.Reconstruction made, None when none
     check: ModelCheck | None
     error: str | None = None
-    focal_source: str | None = None  # global: "prior" | "calibrate_view_graph"
+    focal_source: str | None = None  # global: "prior" | "self_calibration" | "calibrate_view_graph"
+    images: int | None = None  # the images it was asked to map, when not all (self-calibration)
     refined_principal_point: bool = False
     verification: Any | None = None  # sfm_verify.Verification, once the model was verified
 
     def to_dict(self) -> dict[str, Any]:
         v = self.verification
         return {"mapper": self.mapper, "seconds": round(self.seconds, 3), "error": self.error,
-                "focal_source": self.focal_source, "refined_principal_point": self.refined_principal_point,
+                "focal_source": self.focal_source, "images": self.images, "refined_principal_point": self.refined_principal_point,
                 **(self.check.to_dict() if self.check else {}),
                 "verification": None if v is None else {"passed": v.passed, "problems": v.problems,
                                                         "figures": v.figures}}
@@ -112,11 +127,13 @@ def _largest(recs: dict[int, Any]) -> Any | None:
 
 
 def run_global(database: Path, image_dir: Path, out: Path, total: int, has_priors: bool,
-               progress: Progress, refine_principal_point: bool = False) -> Attempt:
+               progress: Progress, refine_principal_point: bool = False, focal_source: str = "prior") -> Attempt:
+    """Global mapping; `has_priors`: every camera in the database has a focal length prior
+    (`focal_source` says where it came from), else `calibrate_view_graph` estimates them."""
     import pycolmap
 
     t0 = time.perf_counter()
-    focal_source = "prior" if has_priors else "calibrate_view_graph"
+    focal_source = focal_source if has_priors else "calibrate_view_graph"
     try:
         if not has_priors:
             progress(0.0, "calibrating the view graph (focal lengths from fundamental matrices)")
@@ -140,62 +157,133 @@ def run_global(database: Path, image_dir: Path, out: Path, total: int, has_prior
                        focal_source)
     rec = _largest(recs)
     return Attempt("global", time.perf_counter() - t0, rec, check_model(rec, total) if rec else None,
-                   None if rec else "no model", focal_source, refine_principal_point)
+                   None if rec else "no model", focal_source, refined_principal_point=refine_principal_point)
 
 
-def run_incremental(database: Path, image_dir: Path, out: Path, total: int, progress: Progress) -> Attempt:
+def run_incremental(database: Path, image_dir: Path, out: Path, total: int, progress: Progress,
+                    image_names: list[str] | None = None) -> Attempt:
+    """Incremental mapping of every image, or of `image_names` only."""
     import pycolmap
 
     t0 = time.perf_counter()
     opts = pycolmap.IncrementalPipelineOptions()
     opts.random_seed = SEED
     opts.ba_use_gpu = sfm_features.use_gpu()  # not merely a CUDA build: a device must be there
+    if image_names is not None:
+        opts.image_names = list(image_names)
+    asked = total if image_names is None else len(image_names)
     registered = [0]
 
     def next_image() -> None:
         registered[0] += 1
-        progress(min(1.0, registered[0] / max(1, total)),
-                 f"incremental mapping: {min(registered[0], total)}/{total} images registered")
+        progress(min(1.0, registered[0] / max(1, asked)),
+                 f"incremental mapping: {min(registered[0], asked)}/{asked} images registered")
 
     try:
         out.mkdir(parents=True, exist_ok=True)
         recs = pycolmap.incremental_mapping(str(database), str(image_dir), str(out), opts,
                                             next_image_callback=next_image)
     except Exception as exc:
-        return Attempt("incremental", time.perf_counter() - t0, None, None, f"{type(exc).__name__}: {exc}")
+        return Attempt("incremental", time.perf_counter() - t0, None, None, f"{type(exc).__name__}: {exc}",
+                       images=None if image_names is None else asked)
     rec = _largest(recs)
     return Attempt("incremental", time.perf_counter() - t0, rec, check_model(rec, total) if rec else None,
-                   None if rec else "no model")
+                   None if rec else "no model", images=None if image_names is None else asked)
+
+
+def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str],
+                   progress: Progress) -> tuple[Attempt, bool]:
+    """Incremental mapping of an even subset of `names` (all of them when few); when its model is
+    good enough, its cameras' focal lengths become the database's priors. Returns (the attempt,
+    whether every camera of the database got a prior)."""
+    subset = [names[i] for i in sfm_pairs.evenly_spaced(len(names), SELF_CALIBRATION_IMAGES)]
+    whole = len(subset) == len(names)
+    a = run_incremental(database, image_dir, out, len(names), progress, None if whole else subset)
+    if a.model is None or a.check is None:
+        return a, False
+    # A subset model is judged against its own images; a model of every image by the usual rules.
+    check = a.check if whole else check_model(a.model, len(subset))
+    enough = check.registered >= SELF_CALIBRATION_MIN_FRACTION * len(subset)
+    plausible = not [p for p in check.problems if "registered" not in p]
+    if not (enough and plausible):
+        return a, False
+    return a, set_focal_priors(database, a.model)
+
+
+def set_focal_priors(database: Path, model: Any) -> bool:
+    """Write the focal lengths of `model`'s cameras to the database's cameras of the same ids, as
+    priors; True when every camera of the database got one."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        cameras = db.read_all_cameras()
+        for cam in cameras:
+            if cam.camera_id not in model.cameras:
+                continue
+            solved = np.asarray(model.cameras[cam.camera_id].params, np.float64)
+            params = np.asarray(cam.params, np.float64).copy()
+            for i in cam.focal_length_idxs():
+                params[i] = solved[i]
+            cam.params = params
+            cam.has_prior_focal_length = True
+            db.update_camera(cam)
+        return all(c.camera_id in model.cameras for c in cameras)
+    finally:
+        db.close()
 
 
 def choose(attempts: list[Attempt]) -> Attempt | None:
-    """The largest sane model; with none sane, the largest (ties: lower reprojection error)."""
+    """The largest sane model of every image; with none sane, the largest (ties: the global
+    model, then the lower reprojection error)."""
     made = [a for a in attempts if a.model is not None and a.check is not None]
     if not made:
         return None
-    sane = [a for a in made if a.check.sane] or made
-    return max(sane, key=lambda a: (a.check.registered, -a.check.reprojection_error))
+    return min(made, key=preference)
 
 
-def reconstruct(database: Path, image_dir: Path, work: Path, total: int, mapper: str, has_priors: bool,
+def preference(a: Attempt) -> tuple[bool, bool, int, bool, float]:
+    """Sort key, best first: sane, of every image (not a self-calibration subset), most
+    registered, global (it refines the principal point; measured more accurate), lowest error."""
+    assert a.check is not None
+    return (not a.check.sane, a.images is not None, -a.check.registered, a.mapper != "global",
+            a.check.reprojection_error)
+
+
+def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], mapper: str, has_priors: bool,
                 progress: Progress, refine_principal_point: bool = False) -> tuple[Attempt | None, list[Attempt]]:
-    """Run the mappers `mapper` asks for (`auto`, `global`, `incremental`); returns (chosen, all).
+    """Run the mappers `mapper` asks for (`auto`, `global`, `incremental`) on the images `names`;
+    returns (chosen, all).
 
-    `refine_principal_point`: the caller's judgement that the input observes it (a photo set of
-    one camera); applied to the global mapper when there are enough images."""
+    `has_priors`: every image's camera has an EXIF focal prior in the database. Without, `auto`
+    and `global` self-calibrate first (module docstring). `refine_principal_point`: the caller's
+    judgement that the input observes it (a photo set of one camera); applied to the global
+    mapper when there are enough images."""
     import pycolmap
 
     pycolmap.set_random_seed(SEED)
+    total = len(names)
     attempts: list[Attempt] = []
     if mapper in ("auto", "global"):
+        focal_source = "prior"
+        if not has_priors:
+            progress(0.0, "self-calibration: incremental mapping for the focal length")
+            cal, has_priors = self_calibrate(database, image_dir, work / "calibration", names,
+                                             lambda f, m: progress(0.4 * f, m))
+            attempts.append(cal)
+            focal_source = "self_calibration"
         g = run_global(database, image_dir, work / "global", total, has_priors,
-                       lambda f, m: progress(0.6 * f, m),
-                       refine_principal_point=refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES)
+                       lambda f, m: progress(0.4 + 0.4 * f, m),
+                       refine_principal_point=refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES,
+                       focal_source=focal_source)
         attempts.append(g)
-        if mapper == "global" or (g.check is not None and g.check.sane):
+        whole = [a for a in attempts if a.images is None]
+        if mapper == "global" or any(a.check is not None and a.check.sane for a in whole):
+            return choose(attempts), attempts
+        if any(a.mapper == "incremental" for a in whole):  # the self-calibration mapped every image
             return choose(attempts), attempts
         why = g.error or "; ".join(g.check.problems if g.check else [])
-        progress(0.6, f"global model not good enough ({why}); incremental mapping")
+        progress(0.8, f"global model not good enough ({why}); incremental mapping")
     attempts.append(run_incremental(database, image_dir, work / "incremental", total,
-                                    lambda f, m: progress(0.6 + 0.4 * f if mapper == "auto" else f, m)))
+                                    lambda f, m: progress(0.8 + 0.2 * f if mapper != "incremental" else f, m)))
     return choose(attempts), attempts

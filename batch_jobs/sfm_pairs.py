@@ -23,6 +23,15 @@ Pair = tuple[int, int]  # positions in the ordered image list, i < j
 EXHAUSTIVE_KEYFRAMES = 40  # up to this many keyframes, every far keyframe pair is matched
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """At most `k` of the positions 0..n-1, evenly spaced, the first and the last among them."""
+    if n <= k:
+        return list(range(n))
+    if k <= 1:
+        return [0][:k]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
 def exhaustive_pairs(n: int) -> list[Pair]:
     return [(i, j) for i in range(n) for j in range(i + 1, n)]
 

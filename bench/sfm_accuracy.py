@@ -7,12 +7,13 @@ README), in one run, scene by scene:
   `match_exhaustive`, `incremental_mapping`, the largest model; time = those three calls;
 - ours, once per preset (`--presets`, default preview and standard): the real stages through
   the runner, `frames` then `sfm`, on the image folder (the preset's frame selection and
-  resizing, then SIFT, matching, GLOMAP / fallback, verification, undistortion and the outputs);
-  time = both stages, wall clock, also shown per stage.
+  resizing, then SIFT, matching, self-calibration, GLOMAP / fallback, verification, retries,
+  undistortion and the outputs); time = both stages, wall clock, also shown per stage.
 
 With ground truth (cameras.json), both are scored the same way (`tests/batch_jobs/pose_accuracy.py`):
 camera centres aligned to the truth by a similarity (Umeyama), then the RMSE and median of the
-centre errors (metres) and the mean rotation error (degrees); ratios are ours / baseline (lower
+centre errors (metres; and as a percentage of the rig's radius, for reference poses without
+units such as `fox`) and the mean rotation error (degrees); ratios are ours / baseline (lower
 is better). Without it, ours is compared with the baseline's camera centres (the same alignment;
 the RMSE as a percentage of the cameras' spread). The verification figures are shown for all.
 
@@ -66,7 +67,8 @@ def run_ours(scene: Path, work: Path, preset: str) -> dict:
             "registered": report["registered"], "total": len(list((scene / "images").iterdir())),
             "mapper": report["mapper"], "solve": report["solve"], "points": report["points"],
             "long_side": max(report["cameras"]["1"]["width"], report["cameras"]["1"]["height"]),
-            "verification": report["verification"], "poses": poses,
+            "verification": report["verification"], "poses": poses, "dropped": report.get("dropped", {}),
+            "rig_radius": pa.rig_radius(pa.load_truth(truth)) if truth.is_file() else None,
             "errors": pa.pose_errors(poses, pa.load_truth(truth)) if truth.is_file() else None}
 
 
@@ -88,7 +90,8 @@ def run_baseline(scene: Path, work: Path) -> dict:
     poses = pa.poses_from_reconstruction(rec)
     truth = scene / "cameras.json"
     return {"seconds": seconds, "registered": rec.num_reg_images(), "total": total, "points": rec.num_points3D(),
-            "poses": poses, "errors": pa.pose_errors(poses, pa.load_truth(truth)) if truth.is_file() else None}
+            "poses": poses, "rig_radius": pa.rig_radius(pa.load_truth(truth)) if truth.is_file() else None,
+            "errors": pa.pose_errors(poses, pa.load_truth(truth)) if truth.is_file() else None}
 
 
 def agreement(ours: dict, base: dict) -> str:
@@ -104,8 +107,8 @@ def _fmt(r: dict) -> str:
     if r.get("error"):
         return f"FAILED {r['error']['code']}: {r['error']['message'][:120]}"
     e = r["errors"]
-    acc = (f"rmse {e.center_rmse:.4f} m  median {e.center_median:.4f} m  rot {e.rotation_mean_deg:.3f} deg  "
-           if e is not None else "")
+    acc = (f"rmse {e.center_rmse:.4f} m ({100 * e.center_rmse / r['rig_radius']:.2f} % of the rig radius)  "
+           f"median {e.center_median:.4f} m  rot {e.rotation_mean_deg:.3f} deg  " if e is not None else "")
     return f"{r['registered']:>3}/{r['total']:<3} {acc}{r['seconds']:6.1f} s"
 
 

@@ -124,6 +124,13 @@ def pose_errors(estimated: dict[str, Pose], truth: dict[str, Pose]) -> PoseError
     return PoseErrors(names, center_err, rot_err, missing, sim)
 
 
+def rig_radius(poses: dict[str, Pose]) -> float:
+    """The mean distance of the camera centres from their centroid: the scale of a capture whose
+    poses have no units (reference poses), against which a centre error is judged."""
+    c = np.stack([p.center for p in poses.values()])
+    return float(np.linalg.norm(c - c.mean(axis=0), axis=1).mean())
+
+
 def _stem(name: str) -> str:
     return Path(name).stem
 

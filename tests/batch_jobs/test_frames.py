@@ -18,6 +18,7 @@ from batch_jobs.progress import ProgressReporter
 from emulator.synthetic_scene import motion_blur, write_video
 
 REPO = Path(__file__).resolve().parents[2]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
 def _decode(video: Path, n: int | None = None) -> list[np.ndarray]:
@@ -231,6 +232,70 @@ def test_photo_folder_names_exif_and_rejections(synthetic_images: dict[str, Path
     assert upright.shape == rgb[7].shape and np.abs(upright.astype(float) - rgb[7]).mean() < 6
     entry = next(f for f in rep["frames"] if f.get("name") == "IMG_0009")
     assert entry["focal_px"] == pytest.approx(28 / 43.2666 * np.hypot(640, 480), rel=1e-3)
+
+
+def _dark_surround(rgb: np.ndarray, keep: float) -> np.ndarray:
+    """`rgb` with everything outside a centred ellipse covering `keep` of the frame set to black."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.sqrt(keep / np.pi)  # an ellipse of semi-axes r*w, r*h covers pi r^2 of the frame
+    inside = ((xx - w / 2) / (r * w)) ** 2 + ((yy - h / 2) / (r * h)) ** 2 <= 1.0
+    out = np.zeros_like(rgb)
+    out[inside] = rgb[inside]
+    return out
+
+
+def _keeps_every_photo(tmp_path: Path, photos: list[np.ndarray]) -> dict[str, Any]:
+    import cv2
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, rgb in enumerate(photos):
+        cv2.imwrite(str(folder / f"view_{i:02d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    ws = _workspace(tmp_path, folder, {"preset": "preview"})
+    proc = run_cli("frames", ws)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    rep = _report(ws)
+    assert rep["kept"] == rep["seen"] == len(photos), rep["rejected"]
+    return rep
+
+
+def test_an_object_on_a_black_backdrop_keeps_every_photo(synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    """A photo set is what the user chose: mostly-black photos of a lit object are not underexposed."""
+    import cv2
+
+    pngs = sorted(synthetic_images["images"].glob("*.png"))
+    photos = [_dark_surround(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), keep=0.25) for p in pngs]
+    rep = _keeps_every_photo(tmp_path, photos)
+    dark = [f["dark_fraction"] for f in rep["frames"]]
+    assert min(dark) > frames.fq.QualityLimits().max_dark_fraction  # what the histogram rule rejected
+    assert all(f["features"] >= frames.fq.QualityLimits().min_features for f in rep["frames"])
+
+
+@pytest.mark.skipif(not (SHARED_DATASETS / "kermit").is_dir(), reason="shared datasets absent")
+def test_real_photos_on_a_dark_surround_keep_every_photo(tmp_path: Path) -> None:
+    """Real photos (a toy on a table) with all but the central quarter blacked out, as a turntable
+    capture on a black backdrop looks: every photo is kept and reaches the sfm stage."""
+    import cv2
+
+    paths = sorted((SHARED_DATASETS / "kermit" / "images").glob("*.jpg"))
+    photos = [_dark_surround(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), keep=0.25) for p in paths]
+    rep = _keeps_every_photo(tmp_path, photos)
+    assert rep["kept"] == len(paths) == 11
+
+
+def test_photos_over_the_target_are_chosen_evenly(synthetic_images: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(synthetic_images["images"].glob("*.png")):
+        (folder / p.name).write_bytes(p.read_bytes())
+    ws = _workspace(tmp_path, folder, {"preset": "preview", "max_frames": 5})
+    proc = run_cli("frames", ws)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    rep = _report(ws)
+    kept = [i for i, f in enumerate(rep["frames"]) if f["kept"]]
+    assert kept == [0, 3, 6, 8, 11]  # 12 photos: the first, the last and three evenly between
+    assert {f["reason"] for f in rep["frames"] if not f["kept"]} == {frames.OVER_TARGET}
 
 
 # -- bad input ----------------------------------------------------------------------------------

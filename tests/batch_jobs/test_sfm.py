@@ -46,7 +46,9 @@ def test_video_poses_match_the_truth(video_ws: Path, synthetic_video: dict[str, 
     report = json.loads((video_ws / "sfm" / "report.json").read_text())
     kept = json.loads((video_ws / "frames" / "report.json").read_text())["images"]
     assert report["kind"] == "video" and report["matcher"] == "sequential+loop"
-    assert report["mapper"] == "global" and report["attempts"][0]["focal_source"] == "calibrate_view_graph"
+    # No focal prior: incremental mapping of every frame found it (self-calibration), then GLOMAP.
+    assert [a["mapper"] for a in report["attempts"]] == ["incremental", "global"]
+    assert report["mapper"] == "global" and report["attempts"][1]["focal_source"] == "self_calibration"
     assert report["registered"] == report["total"] == len(kept) >= 35
     assert report["mean_reprojection_error"] < 1.0
 
@@ -55,7 +57,7 @@ def test_video_poses_match_the_truth(video_ws: Path, synthetic_video: dict[str, 
     assert len(errors.names) == len(kept)  # names are the source frame indices
     assert errors.center_rmse < 0.006, errors.summary()
     assert errors.rotation_mean_deg < 0.3, errors.summary()
-    # The focal length was not given: the view graph calibration found it (true: 0.85 x 480).
+    # The focal length was not given: the self-calibration found it (true: 0.85 x 480).
     f = report["cameras"]["1"]["params"][0]
     assert f == pytest.approx(0.85 * 480, rel=0.02)
 
@@ -128,7 +130,8 @@ def test_real_photos_against_lidar_ground_truth(tmp_path: Path) -> None:
     errors = pa.pose_errors(pa.poses_from_model_dir(tmp_path / "ws" / "sfm" / "sparse" / "0"),
                             pa.load_truth(scene / "cameras.json"))
     assert errors.center_rmse < 0.015 and errors.rotation_mean_deg < 0.4, errors.summary()
-    assert report["attempts"][0]["refined_principal_point"]  # one camera, 8 photos
+    glob = next(a for a in report["attempts"] if a["mapper"] == "global")
+    assert glob["refined_principal_point"] and report["mapper"] == "global"  # one camera, 8 photos
 
 
 def test_insane_global_model_falls_back_to_incremental(synthetic_images: dict[str, Path], tmp_path: Path,
@@ -140,8 +143,10 @@ def test_insane_global_model_falls_back_to_incremental(synthetic_images: dict[st
     for p in sorted(synthetic_images["images"].glob("*.png"))[::2]:
         (images / p.name).write_bytes(p.read_bytes())
     report = _photo_run(tmp_path / "ws", images, {"preset": "preview"})
-    assert [a["mapper"] for a in report["attempts"]] == ["global", "incremental"]
-    assert "registered 6 of 6" in report["attempts"][0]["problems"][0]
+    # The self-calibration's incremental model of every image, then the global one: both "insane",
+    # and no second incremental run of the same images.
+    assert [a["mapper"] for a in report["attempts"]] == ["incremental", "global"]
+    assert all("registered 6 of 6" in a["problems"][0] for a in report["attempts"])
     assert report["registered"] == 6 and report["mapper"] in ("global", "incremental")
     truth = pa.load_truth(synthetic_images["cameras"])
     errors = pa.pose_errors(pa.poses_from_model_dir(tmp_path / "ws" / "sfm" / "sparse" / "0"), truth)

@@ -25,7 +25,7 @@ from batch_jobs import runner, sfm, sfm_features, sfm_mapping, sfm_verify
 from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
 
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-DATASETS = ("fountain-P11", "Herz-Jesus-P8", "sceaux-castle", "monstree")
+DATASETS = ("fountain-P11", "Herz-Jesus-P8", "sceaux-castle", "monstree", "fox")
 PRESETS = ("preview", "standard")
 BROKEN_DEG = 8.0  # the issue's wrong solve was off by 6 degrees on average
 
@@ -90,16 +90,18 @@ def dataset_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 def test_good_dataset_registers_everything_and_verifies(dataset_run: dict) -> None:
     report = dataset_run["report"]
     frames = json.loads((dataset_run["ws"] / "frames" / "report.json").read_text())
-    assert report["registered"] == report["total"] == frames["kept"] == frames["seen"], report["unregistered"]
+    # Every photo kept (up to the preset's count, evenly chosen), every kept photo registered.
+    assert frames["kept"] == min(frames["seen"], frames["params"]["target_frames"]), frames["rejected"]
+    assert report["registered"] == report["total"] == frames["kept"], report["unregistered"]
     v = report["verification"]
     assert v["passed"] and v["suspect_images"] == [] and v["problems"] == [], v
     assert report["solve"] == "preset"  # the preset's own solution verifies: no retry was needed
     f = v["figures"]
     assert f["pairs_judged"] >= report["total"], f
-    # Measured on these sets (bench/sfm_accuracy.py): at most 2 of 47 pairs disagree, the median
-    # pair agrees to 0.26 deg, the worst camera's median pair to 1.07 deg (sceaux-castle); a
-    # broken camera is off by its whole error, 8 deg in the tests below.
-    assert f["rotation_error_median_deg"] < 0.5 and f["image_rotation_error_max_deg"] < 2.0, f
+    # The median pair has all its matches explained by the model; a broken camera's pairs have
+    # next to none (the tests below). The pairs' own re-estimated poses are no judge on `fox`
+    # (median 1.3 deg off under a right model: pairs of near-planar matches), so are not asserted.
+    assert f["consistent_median"] >= 0.95 and f["disagree_fraction"] <= 0.1, f
 
 
 def test_metrics_carry_the_headline_figures(dataset_run: dict) -> None:
@@ -116,8 +118,15 @@ def test_ground_truth_sets_are_accurate(dataset_run: dict) -> None:
     truth_file = SHARED_DATASETS / dataset_run["scene"] / "cameras.json"
     if not truth_file.is_file():
         pytest.skip("no ground truth for this set")
-    errors = pa.pose_errors(pa.poses_from_model_dir(dataset_run["ws"] / "sfm" / "sparse" / "0"),
-                            pa.load_truth(truth_file))
+    truth = pa.load_truth(truth_file)
+    errors = pa.pose_errors(pa.poses_from_model_dir(dataset_run["ws"] / "sfm" / "sparse" / "0"), truth)
+    if dataset_run["scene"] == "fox":
+        # Reference poses in an arbitrary scale: judged against the rig's radius. Plain pycolmap
+        # incremental reproduces them to 0.25 % and 0.59 deg; before the self-calibration both our
+        # mappers' best model was 66 % off (docs/benchmarks.md, "SfM robustness").
+        assert 100 * errors.center_rmse / pa.rig_radius(truth) < 0.5, errors.summary()
+        assert errors.rotation_mean_deg < 0.6, errors.summary()
+        return
     # Plain pycolmap incremental on the full-size photos: 0.0093 m (fountain), 0.0154 m (Herz-Jesus),
     # measured by bench/sfm_accuracy.py; both presets must do at least as well.
     assert errors.center_rmse < 0.016 and errors.rotation_mean_deg < 0.2, errors.summary()
@@ -137,7 +146,7 @@ def herz_solution(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sfm_features.extract(db, images, names, setup, 4096, -1, lambda f, m: None)
     sfm_features.match_pairs(db, names, [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))],
                              ws, lambda f, m: None)
-    chosen, _ = sfm_mapping.reconstruct(db, images, ws / "models", len(names), "global", False, lambda f, m: None)
+    chosen, _ = sfm_mapping.reconstruct(db, images, ws / "models", names, "global", False, lambda f, m: None)
     model_dir = ws / "model"
     model_dir.mkdir()
     chosen.model.write_binary(str(model_dir))
@@ -172,12 +181,13 @@ def test_a_broken_model_looks_sane_and_the_verifier_rejects_it(herz_solution: di
 BROKEN_NAMES = ("0002.jpg", "0005.jpg")
 
 
-def _breaking(run: Any) -> Any:
-    """A mapper whose models have BROKEN_NAMES turned away (see break_model)."""
+def _breaking(run: Any, names: Sequence[str] = BROKEN_NAMES) -> Any:
+    """A mapper whose models have those of `names` they hold turned away (see break_model)."""
     def broken(database: Path, image_dir: Path, out: Path, total: int, *args: Any, **kwargs: Any) -> Any:
         attempt = run(database, image_dir, out, total, *args, **kwargs)
         if attempt.model is not None:
-            break_model(attempt.model, BROKEN_NAMES)
+            held = {im.name for im in attempt.model.images.values() if im.has_pose}
+            break_model(attempt.model, [n for n in names if n in held])
             attempt.check = sfm_mapping.check_model(attempt.model, total)
         return attempt
     return broken
@@ -196,11 +206,12 @@ def test_broken_global_mapper_is_caught_and_incremental_recovers(herz_frames: Pa
     res = _stage(herz_frames, "sfm")
     assert res.exit_code == EXIT_OK, res.error
     report = json.loads((herz_frames / "sfm" / "report.json").read_text())
-    first = report["solves"][0]["attempts"][0]
-    assert first["mapper"] == "global" and first["problems"] == []  # it looked sane
-    assert not first["verification"]["passed"]
-    assert any(", ".join(BROKEN_NAMES) in p for p in first["verification"]["problems"])
-    assert report["solve"] == "incremental" and report["mapper"] == "incremental"
+    glob = next(a for a in report["solves"][0]["attempts"] if a["mapper"] == "global")
+    assert glob["problems"] == [] and glob["focal_source"] == "self_calibration"  # it looked sane
+    assert not glob["verification"]["passed"]
+    assert any(", ".join(BROKEN_NAMES) in p for p in glob["verification"]["problems"])
+    # The self-calibration's incremental model of all 8 photos is the next candidate: no retry needed.
+    assert report["solve"] == "preset" and report["mapper"] == "incremental"
     assert report["verification"]["passed"] and report["registered"] == 8
     errors = pa.pose_errors(pa.poses_from_model_dir(herz_frames / "sfm" / "sparse" / "0"),
                             pa.load_truth(SHARED_DATASETS / "Herz-Jesus-P8" / "cameras.json"))
@@ -208,20 +219,48 @@ def test_broken_global_mapper_is_caught_and_incremental_recovers(herz_frames: Pa
     # the broken cameras were off by 8 deg.
     assert errors.center_rmse < 0.03 and errors.rotation_max_deg < 1.5, errors.summary()
     metrics = json.loads((herz_frames / "sfm" / "_SUCCESS.json").read_text())["metrics"]
-    assert metrics["solve"] == "incremental" and metrics["verify_passed"] is True
+    assert metrics["mapper"] == "incremental" and metrics["verify_passed"] is True
 
 
-def test_every_mapper_broken_fails_sfm_unreliable(herz_frames: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_mapper_broken_leaves_out_the_contradicted_photos(herz_frames: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model of every photo verifies: the photos the evidence does not contradict are mapped
+    on their own, verified, and published, with a warning naming the two left out."""
     monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global))
     monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental))
+    res = _stage(herz_frames, "sfm")
+    assert res.exit_code == EXIT_OK, res.error
+    report = json.loads((herz_frames / "sfm" / "report.json").read_text())
+    assert [s["name"] for s in report["solves"]] == ["preset", "colmap", "more_features", "partial"]
+    assert all(not a["verification"]["passed"] for s in report["solves"][:-1] for a in s["attempts"]
+               if a["verification"] is not None)
+    assert report["solve"] == "partial" and report["verification"]["passed"]
+    assert report["registered"] == 6 and sorted(report["dropped"]) == list(BROKEN_NAMES), report["dropped"]
+    assert all("contradicted" in why for why in report["dropped"].values())
+    success = json.loads((herz_frames / "sfm" / "_SUCCESS.json").read_text())
+    (warning,) = success["warnings"]
+    assert warning["code"] == sfm.SFM_PARTIAL == "sfm_partial" and warning["stage"] == "sfm"
+    assert all(n in warning["message"] for n in BROKEN_NAMES) and "2 of 8 photos" in warning["message"]
+    errors = pa.pose_errors(pa.poses_from_model_dir(herz_frames / "sfm" / "sparse" / "0"),
+                            pa.load_truth(SHARED_DATASETS / "Herz-Jesus-P8" / "cameras.json"))
+    assert len(errors.names) == 6 and errors.center_rmse < 0.03, errors.summary()
+
+
+def test_nothing_usable_left_fails_sfm_unreliable(herz_frames: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five of eight cameras broken by every mapper: the three left are fewer than the stage
+    needs, so it fails, publishing nothing, and says what to capture differently."""
+    broken = ("0001.jpg", "0002.jpg", "0004.jpg", "0005.jpg", "0006.jpg")
+    monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global, broken))
+    monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental, broken))
     res = _stage(herz_frames, "sfm")
     assert res.exit_code == EXIT_BAD_INPUT
     err = json.loads((herz_frames / "sfm" / "_ERROR.json").read_text())
     assert err["code"] == sfm.SFM_UNRELIABLE == "sfm_unreliable" and not err["retryable"]
-    assert ", ".join(BROKEN_NAMES) in err["message"] and "disagree" in err["message"], err["message"]
+    assert "disagree" in err["message"] and sfm.CAPTURE_ADVICE in err["message"], err["message"]
     assert not (herz_frames / "sfm" / "_SUCCESS.json").exists()
-    assert not (herz_frames / "sfm" / "sparse").exists()  # nothing of the broken model is published
+    assert not (herz_frames / "sfm" / "sparse").exists()  # nothing of a broken model is published
     report = json.loads((herz_frames / "sfm" / "report.json").read_text())
     assert report["error"] == "sfm_unreliable"
-    assert [s["name"] for s in report["solves"]] == ["preset", "incremental", "more_features"]
-    assert report["verification"]["suspect_images"] == list(BROKEN_NAMES)
+    assert [s["name"] for s in report["solves"]][:3] == ["preset", "colmap", "more_features"]
+    assert set(broken) <= set(report["verification"]["suspect_images"]) | set(
+        n for n, d in report["verification"]["per_image"].items() if d["judged"] == 0)

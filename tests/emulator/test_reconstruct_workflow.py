@@ -128,7 +128,7 @@ def test_a_stage_runs_as_a_batch_job_and_the_request_completes(
                        "execution": ex.name, "progress": {"frames": 0}}
     metrics = done.pop("metrics")
     assert done == {"stage": "frames", "stage_state": "SUCCEEDED", "batch_job": job["name"],
-                    "progress": {"frames": 1}}
+                    "progress": {"frames": 1}, "warnings": []}
     assert set(metrics) == {"frames"} and metrics["frames"]  # the stage's _SUCCESS.json metrics
     assert completed == {"state": "COMPLETED", "outputs": {"frames_report": report}}
     assert len(http_server.calls("POST", "/dispatch")) == 1
@@ -150,11 +150,16 @@ def test_a_rerun_reports_the_finished_stage_skipped(
     processing(http_server, workspace["request_id"])
     env = settings(http_server)
     assert result(run_reconstruct(engine, env, argument(workspace)))["state"] == "COMPLETED"
-    success = storage.read_bytes(f"{workspace['workspace']}/frames/_SUCCESS.json")
+    marker = f"{workspace['workspace']}/frames/_SUCCESS.json"
+    # A stage's warnings (what went wrong without failing it) travel in its _SUCCESS.json.
+    warning = {"code": "sfm_partial", "message": "1 of 8 photos were left out", "stage": "frames"}
+    storage.write_json(marker, {**json.loads(storage.read_bytes(marker)), "warnings": [warning]})
+    success = storage.read_bytes(marker)
     again = run_reconstruct(engine, env, argument(workspace))
-    assert result(again)["state"] == "COMPLETED"
-    assert puts(http_server, workspace["request_id"])[-2]["stage_state"] == "SKIPPED"
-    assert storage.read_bytes(f"{workspace['workspace']}/frames/_SUCCESS.json") == success
+    assert result(again)["state"] == "COMPLETED" and result(again)["warnings"] == [warning]
+    skipped = puts(http_server, workspace["request_id"])[-2]
+    assert skipped["stage_state"] == "SKIPPED" and skipped["warnings"] == [warning]
+    assert storage.read_bytes(marker) == success
 
 
 def test_the_poll_loop_keeps_waiting_after_its_delay_reaches_the_one_minute_cap(
