@@ -11,6 +11,8 @@ ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || need_apt+=(libusb-1.0-0) 
 ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1' || need_apt+=(libgomp1)
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)  # gcloud emulators
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the results page test (headless, software GL)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)  # splat-transform, below
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -53,5 +55,21 @@ fi
 "$venv/bin/python" -m pip download -q --no-deps -d .cache/image-wheels \
   $("$venv/bin/python" batch_jobs/image_requirements.py --gpu-wheels)
 # --- end job image wheels --------------------------------------------------------------------------
+
+# --- splat-transform (tests/batch_jobs/test_splat_interop.py) -----------------------------------------
+# A splat tool we did not write reads our PLY and SPZ outputs in the tests: npm's
+# @playcanvas/splat-transform, pinned, installed under .cache (never globally). It declares
+# node >= 22, but what the test runs (its PLY and SPZ readers, its CSV writer) works on Debian's
+# node (18 in bookworm, 20 in trixie; checked with 18.20.4 and 20.20.2). No install scripts: the
+# only one (webgpu's) does something on macOS alone, and its prebuilt Linux module ships in the
+# package.
+splat_transform_version=3.7.0
+splat_transform_prefix=.cache/splat-transform
+if [ "$(node -p "require('./$splat_transform_prefix/node_modules/@playcanvas/splat-transform/package.json').version" \
+      2>/dev/null)" != "$splat_transform_version" ]; then
+  npm install --prefix "$splat_transform_prefix" --save-exact --ignore-scripts --no-audit --no-fund \
+    --loglevel=error "@playcanvas/splat-transform@$splat_transform_version"
+fi
+# --- end splat-transform ------------------------------------------------------------------------------
 
 echo "bootstrap: ready ($venv)"
