@@ -64,11 +64,16 @@ PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 """0 is the highest priority."""
 
 # What a running stage writes to the Firestore document itself (batch_jobs.progress): `progress.{s}`,
-# `stages.{s}.message` and the two keys below (and `error` on failure), by dotted paths, so it and
+# `stages.{s}.message` and the keys below (and `error` on failure), by dotted paths, so it and
 # the control plane's mirror (`Record.firestore_fields`) never clobber each other's parts.
 STAGE_FIELDS = ("progress", "stages")
 STAGE_HEARTBEAT_KEY = "heartbeat_at"
 STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
+STAGE_LATEST_SPLAT_KEY = "latest_splat_at"  # when the stage last rewrote workspace.LATEST_SPLAT
+STAGE_LATEST_SPLAT_STEP_KEY = "latest_splat_step"  # the training step that snapshot holds
+LATEST_SPLAT_OUTPUT = "splat_latest"
+"""The status's name of the training's latest snapshot (`outputs.splat_latest`, functions.status_view):
+shown while the splat stage has noted one; not a record output (no manifest, zip or webhook)."""
 
 
 # Bounds on what a record keeps of `warnings` and `metrics` (the record stays small: it is read
@@ -191,8 +196,9 @@ class Record:
     def status(self, link: Callable[[str], str] = str) -> dict[str, Any]:
         """The status document (`GET /status`; `link` makes an output's URI a download link). Every
         requested stage appears, PENDING and 0 until it starts; a FAILED stage carries its error.
-        What a running stage writes itself (`message`, `heartbeat_at`, `live_preview_at`, its
-        progress) is left for functions.status_view to overlay."""
+        What a running stage writes itself (`message`, `heartbeat_at`, `live_preview_at`,
+        `latest_splat_at`, `latest_splat_step`, its progress, and with them `outputs.splat_latest`)
+        is left for functions.status_view to overlay."""
         return {
             "request_id": self.request_id, "state": self.state, "priority": self.priority,
             "session_id": self.session_id, "input": self.input, "options": self.options,
@@ -216,6 +222,7 @@ class Record:
         return {"state": st.get("state", StageState.PENDING.value), "started_at": iso(st.get("started_at")),
                 "finished_at": iso(st.get("finished_at")), "batch_job": st.get("batch_job"),
                 "message": None, "heartbeat_at": None, "live_preview_at": None,
+                "latest_splat_at": None, "latest_splat_step": None,
                 "error": self._stage_error(stage) if st.get("state") == StageState.FAILED else None}
 
     def _stage_error(self, stage: str) -> dict[str, str] | None:

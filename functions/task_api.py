@@ -8,6 +8,7 @@
   DELETE /requests/{id}                  outputs removed, the record kept as DELETED
   GET    /requests/{id}/download         a manifest of download URLs; `?format=zip`: one zip
   GET    /requests/{id}/live-preview     the splat training's latest preview render (PNG)
+  GET    /requests/{id}/splat-latest     the splat training's latest snapshot (SPZ)
 
 Every route is rate-limited per caller; those about a request need its callback token
 (`?callback_token=` or `X-Callback-Token`), and a wrong token answers like an unknown id.
@@ -120,3 +121,12 @@ def live_preview(request: flask.Request, svc: Services, request_id: str) -> flas
     headers = _rate_limit(request, svc)
     return flask.Response(tasks.live_preview(svc, authorized_record(request, svc, request_id)), status=200,
                           mimetype="image/png", headers={"Cache-Control": "no-store", **headers})
+
+
+@route("GET", "/requests/{request_id}/splat-latest")
+def splat_latest(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
+    """The training's latest snapshot of its Gaussians, an SPZ file (the status's
+    `stages.splat.latest_splat_step` says which step)."""
+    headers = _rate_limit(request, svc)
+    return flask.Response(tasks.latest_splat(svc, authorized_record(request, svc, request_id)), status=200,
+                          mimetype="application/octet-stream", headers={"Cache-Control": "no-store", **headers})

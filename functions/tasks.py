@@ -58,7 +58,8 @@ def lookup(svc: Services, request_id: str) -> Record:
 def status(svc: Services, record: Record, *, overlay: bool = True, internal: bool = False) -> dict[str, Any]:
     """The record's status document; `overlay`: with what its running stages wrote to the mirror."""
     fields = svc.mirror.stage_fields(record.request_id) if overlay and svc.mirror is not None else None
-    return status_view.render(record, fields, link=svc.links.link, internal=internal)
+    return status_view.render(record, fields, link=svc.links.link, internal=internal,
+                              workspace=svc.settings.workspace_uri(record.request_id))
 
 
 def authorized(svc: Services, request_id: str, token: str) -> Record:
@@ -371,4 +372,29 @@ def live_preview(svc: Services, record: Record) -> bytes:
         raise ConflictError("no live preview yet: the splat stage writes one while it trains")
     if (blob.size or 0) > MAX_LIVE_PREVIEW_BYTES:
         raise TooLargeError(f"the live preview is {blob.size} bytes")
+    return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))
+
+
+# --- the training's latest snapshot --------------------------------------------------------------
+
+MAX_LATEST_SPLAT_BYTES = ZIP_MAX_BYTES
+"""Largest snapshot served through the api (Cloud Run answers at most 32 MiB without streaming);
+a larger one is read through the status's `outputs.splat_latest` link (signed on Google Cloud)."""
+
+
+def latest_splat(svc: Services, record: Record) -> bytes:
+    """The splat training's latest snapshot (`workspace.LATEST_SPLAT`, an SPZ file); ConflictError
+    when there is none (not yet written, or the stage was restarted and has not written one again).
+    The status's `stages.splat.latest_splat_step` names its step: the stage writes the file first
+    and notes the step after, so the file served is of that step or a later one."""
+    if record.state == jobrecord.State.DELETED.value:
+        raise ConflictError("request is DELETED; its outputs are gone")
+    ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(record.request_id))
+    blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LATEST_SPLAT}",
+                                                                       timeout=gcs.TIMEOUT_SECONDS)
+    if blob is None:
+        raise ConflictError("no splat snapshot yet: the splat stage publishes one at each checkpoint while it trains")
+    if (blob.size or 0) > MAX_LATEST_SPLAT_BYTES:
+        raise TooLargeError(f"the snapshot is {blob.size} bytes; the api serves one up to {MAX_LATEST_SPLAT_BYTES} "
+                            "bytes: use the status's outputs.splat_latest")
     return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))

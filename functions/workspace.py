@@ -21,6 +21,9 @@ ERROR_FILE = "_ERROR.json"
 """A failed stage's `{code, message, stage, retryable}`, `{workspace}/{stage}/_ERROR.json`."""
 LIVE_PREVIEW = "splat/live_preview.png"
 """The splat stage's latest render while it trains (rewritten every few hundred steps; not an output)."""
+LATEST_SPLAT = "splat/latest.spz"
+"""The splat stage's current Gaussians as SPZ while it trains (rewritten at each checkpoint; not an
+output of the stage: the status's `stages.splat.latest_splat_step` says which step it holds)."""
 
 
 def _blob(settings: Settings, request_id: str) -> Any:

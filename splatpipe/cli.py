@@ -2,8 +2,11 @@
 
     splatpipe submit PATH|gs://… [--preset P] [--option KEY=VALUE]… [--priority N] [--webhook URL]
                      [--follow] [--out DIR]
-    splatpipe status ID [--follow] | cancel ID | restart ID [--from-stage S] [--option K=V]…
+    splatpipe status ID [--follow [--out DIR]] | cancel ID | restart ID [--from-stage S] [--option K=V]…
     splatpipe delete ID | download ID --out DIR | list [--session S] | options
+
+Following with `--out DIR` also keeps the splat training's latest snapshot in
+`DIR/splat_latest.spz` (replaced by each newer one, its step printed) until the outputs arrive.
 
 With no `--api` it talks to the local stack that is up; `--api URL` talks to a deployed `api`
 with a Google ID token. The callback token `submit` receives is kept in
@@ -21,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from splatpipe.client import Client, RequestHandle, SplatpipeError
+from splatpipe.client import LATEST_SPLAT_FILE, Client, RequestHandle, SplatpipeError, latest_splat_step
 
 STAGE_ORDER = ("frames", "sfm", "depth", "splat", "mesh")
 
@@ -131,14 +134,47 @@ class StageBars:
             bar.set_postfix_str("  ".join(parts), refresh=False)
             bar.refresh()
 
+    def write(self, line: str) -> None:
+        """A line above the bars."""
+        from tqdm import tqdm
+
+        tqdm.write(line, file=self.stream)
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
 
 
-def follow(handle: RequestHandle, quiet: bool = False) -> dict[str, Any]:
-    """Follow with progress bars until the request ends; Ctrl-C stops following only."""
+class SnapshotSaver:
+    """Keeps the splat training's latest snapshot in `out/splat_latest.spz` while a request is
+    followed: fetched when the status names a newer step, replaced whole."""
+
+    def __init__(self, handle: RequestHandle, out: Path) -> None:
+        self.handle = handle
+        self.target = out / LATEST_SPLAT_FILE
+        self.step: int | None = None
+
+    def update(self, status: Mapping[str, Any]) -> str | None:
+        """Save the snapshot if the status names a new one; the line to print about it, if any."""
+        step = latest_splat_step(status)
+        if step is None or step == self.step:
+            return None
+        try:
+            self.handle.save_latest_splat(self.target)
+        except SplatpipeError as exc:
+            if exc.status in (0, 409, 429, 502, 503, 504):  # gone meanwhile (a restart), busy: the next poll
+                return None
+            self.step = step  # refused (too large, say): following goes on, this step is not asked again
+            return f"splat_latest: step {step:,} not saved: {exc}"
+        self.step = step
+        return f"splat_latest: step {step:,} saved to {self.target} ({self.target.stat().st_size:,} bytes)"
+
+
+def follow(handle: RequestHandle, quiet: bool = False, out: Path | None = None) -> dict[str, Any]:
+    """Follow with progress bars until the request ends; Ctrl-C stops following only. With `out`,
+    the training's latest snapshot is kept in `out/splat_latest.spz` meanwhile."""
     bars: StageBars | None = None
+    saver = SnapshotSaver(handle, out) if out is not None else None
     last: dict[str, Any] = {}
     try:
         for snap in handle.follow():
@@ -147,6 +183,11 @@ def follow(handle: RequestHandle, quiet: bool = False) -> dict[str, Any]:
                 if bars is None:
                     bars = StageBars([s for s in STAGE_ORDER if s in snap.get("stages_requested", STAGE_ORDER)])
                 bars.update(snap)
+            said = saver.update(snap) if saver is not None else None
+            if said and bars is not None:
+                bars.write(said)
+            elif said:
+                print(said, file=sys.stderr)
     except KeyboardInterrupt:
         if bars is not None:
             bars.close()
@@ -220,14 +261,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.follow:
         print(f"follow it with: splatpipe status --follow {handle.request_id}")
         return 0
-    return _finish(handle, follow(handle), args.out)
+    return _finish(handle, follow(handle, out=args.out), args.out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     handle = client.handle(args.id, _token(args))
     if args.follow:
-        return _finish(handle, follow(handle), args.out)
+        return _finish(handle, follow(handle, out=args.out), args.out)
     _print(handle.status())
     return 0
 
@@ -243,7 +284,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     status = handle.restart(from_stage=args.from_stage, options=parse_options(args.option or []))
     print(f"request {args.id} is {status['state']} again")
     if args.follow:
-        return _finish(handle, follow(handle), args.out)
+        return _finish(handle, follow(handle, out=args.out), args.out)
     return 0
 
 
@@ -306,13 +347,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--webhook", help="an https URL told when the request ends (signed)")
     s.add_argument("--session", help="the session id (default: from the source's name)")
     s.add_argument("--follow", action="store_true", help="show progress until the request ends")
-    s.add_argument("--out", type=Path, help="download the outputs here when it completes (with --follow)")
+    s.add_argument("--out", type=Path, help="with --follow: keep the training's latest snapshot in "
+                   f"DIR/{LATEST_SPLAT_FILE}, and download the outputs here when it completes")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("status", help="a request's status")
     with_id(s)
-    s.add_argument("--follow", action="store_true")
-    s.add_argument("--out", type=Path)
+    s.add_argument("--follow", action="store_true", help="show progress until the request ends")
+    s.add_argument("--out", type=Path, help="with --follow: keep the training's latest snapshot in "
+                   f"DIR/{LATEST_SPLAT_FILE}, and download the outputs here when it completes")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("cancel", help="cancel a QUEUED or PROCESSING request")

@@ -6,6 +6,8 @@
     req = client.submit("photos/", preset="preview")  # a folder of photos, a video file, or gs://…
     for status in req.follow():                    # a status snapshot about every second
         print(status["state"], status["stage"], status["progress"])
+        if latest_splat_step(status) is not None:  # the splat training's latest snapshot (SPZ)
+            req.save_latest_splat("out/splat_latest.spz")
     if status["state"] == "COMPLETED":
         req.download("out/")                       # {stage}/{file} for every output
     print(client.options()["presets"])             # what --preset and --option take
@@ -40,6 +42,14 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", "
 CHUNK_BYTES = 8 * 1024 * 1024  # resumable chunks must be multiples of 256 KiB (except the last)
 STACK_DIR = stack.DEFAULT_RUN_DIR.relative_to(stack.REPO)
 TOKEN_HEADER = "X-Callback-Token"
+LATEST_SPLAT_FILE = "splat_latest.spz"
+"""Where `splatpipe … --follow --out DIR` keeps the training's latest snapshot (`DIR/splat_latest.spz`)."""
+
+
+def latest_splat_step(status: Mapping[str, Any]) -> int | None:
+    """The training step of the splat stage's latest snapshot a status names (None: none yet)."""
+    step = ((status.get("stages") or {}).get("splat") or {}).get("latest_splat_step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 class SplatpipeError(Exception):
@@ -149,6 +159,12 @@ class RequestHandle:
 
     def download(self, dest: str | Path) -> list[Path]:
         return self.client.download(self.request_id, self.token, dest)
+
+    def latest_splat(self) -> bytes:
+        return self.client.latest_splat(self.request_id, self.token)
+
+    def save_latest_splat(self, target: str | Path) -> Path:
+        return self.client.save_latest_splat(self.request_id, self.token, target)
 
 
 class Client:
@@ -329,6 +345,21 @@ class Client:
                 tmp.replace(target)
             written.append(target)
         return written
+
+    def latest_splat(self, request_id: str, token: str) -> bytes:
+        """The splat training's latest snapshot (SPZ bytes; the status's `latest_splat_step` names
+        its step). SplatpipeError 409 `wrong_state` while there is none."""
+        return bytes(self._call("GET", f"/requests/{request_id}/splat-latest", token=token, expect_json=False).content)
+
+    def save_latest_splat(self, request_id: str, token: str, target: str | Path) -> Path:
+        """The latest snapshot written to `target` (replaced whole: a reader never sees half a file)."""
+        path = Path(target)
+        data = self.latest_splat(request_id, token)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
 
     # --- the api -------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 // The results page: live stage progress (polling the status), then the preview image, the splat
-// in Spark's WebGL renderer, the mesh (GLB) and the metrics. The callback token comes from the
-// page's own URL (?token=) and goes to the api in the X-Callback-Token header only.
+// in Spark's WebGL renderer, the mesh (GLB) and the metrics. While the splat trains, the viewer
+// shows the training's latest snapshot and swaps in each newer one, then the final splat. The
+// callback token comes from the page's own URL (?token=) and goes to the api in the
+// X-Callback-Token header only (and in the live preview image's URL).
 import { GLTFLoader, OrbitControls, SparkRenderer, SplatMesh, THREE } from "./viewer.bundle.js";
 
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "DELETED"]);
@@ -10,7 +12,10 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token") || params.get("callback_token") || "";
 const api = new URL("../", location.href); // the api's root, whatever path it is served under
 const $ = (id) => document.getElementById(id);
-const state = { viewer: "loading", splats: 0, mesh: false, status: null };
+// For tests and the curious: `latestSplats` counts the training snapshots loaded, `shown` says
+// which splat is on show ("latest" or "final"), `latestSplatStep` the step of the snapshot.
+const state = { viewer: "loading", splats: 0, mesh: false, status: null, livePreviews: 0, latestSplats: 0,
+  latestSplatStep: null, shown: null };
 window.splatpipe = state;
 
 function setViewer(value, note) {
@@ -87,7 +92,7 @@ function renderLivePreview(st) {
   $("preview").hidden = false;
   $("no-preview").textContent = `live: the training at ${new Date(at).toLocaleTimeString()}`;
   $("no-preview").hidden = false;
-  state.livePreviews = (state.livePreviews || 0) + 1;
+  state.livePreviews += 1;
 }
 
 function fmt(v) {
@@ -148,7 +153,7 @@ scene.add(new THREE.HemisphereLight(0xffffff, 0x404040, 2.0));
 const sun = new THREE.DirectionalLight(0xffffff, 1.5);
 sun.position.set(1, 2, 3);
 scene.add(sun);
-let splat = null;
+let splat = null; // the splat on show: a training snapshot, then the final one
 let mesh = null;
 let frames = 0;
 
@@ -216,20 +221,94 @@ async function bytes(url) {
   return new Uint8Array(await resp.arrayBuffer());
 }
 
+// Put a decoded splat on show in place of the one there (disposed). A training snapshot is
+// dropped if the final splat came first; the view is framed for the first splat shown and for the
+// final one (whose training cameras may set it), and left where the user put it for snapshots.
+async function putSplat(next, storedYUp, final, transforms) {
+  await next.initialized;
+  if (!final && state.shown === "final") {
+    next.dispose();
+    return false;
+  }
+  const first = splat === null;
+  if (final) inSfmWorld = Boolean(transforms && (transforms.frames || []).length);
+  place(next, storedYUp);
+  if (splat) {
+    scene.remove(splat);
+    splat.dispose();
+  }
+  splat = next;
+  splat.visible = !$("show-mesh").classList.contains("on");
+  scene.add(splat);
+  splat.updateMatrixWorld(true);
+  state.shown = final ? "final" : "latest";
+  state.splats = splat.packedSplats ? splat.packedSplats.numSplats : 0;
+  if (first || final) {
+    const box = splat.getBoundingBox(true).applyMatrix4(splat.matrixWorld);
+    if (!final || !transforms || !fromTransforms(transforms, box)) frame(box);
+  }
+  return true;
+}
+
 async function showSplat(file, transforms) {
   setViewer("loading", `loading the splat (${(file.size / 1e6).toFixed(1)} MB) …`);
   const fileType = file.path.endsWith(".spz") ? "spz" : "ply";
-  splat = new SplatMesh({ fileBytes: await bytes(file.url), fileType, fileName: file.path });
-  await splat.initialized;
-  inSfmWorld = Boolean(transforms && (transforms.frames || []).length);
-  place(splat, fileType === "spz");
-  scene.add(splat);
-  splat.updateMatrixWorld(true);
-  const box = splat.getBoundingBox(true).applyMatrix4(splat.matrixWorld);
-  if (!transforms || !fromTransforms(transforms, box)) frame(box);
-  state.splats = splat.packedSplats ? splat.packedSplats.numSplats : 0;
+  const next = new SplatMesh({ fileBytes: await bytes(file.url), fileType, fileName: file.path });
+  await putSplat(next, fileType === "spz", true, transforms);
   $("viewer-note").textContent = `${fmt(state.splats)} Gaussians · drag to orbit, scroll to zoom`;
+  frames = 0;
   setViewer("rendering");
+}
+
+// While the splat trains, each checkpoint publishes a small SPZ of the current Gaussians (the
+// status's stages.splat.latest_splat_step; GET requests/{id}/splat-latest): when the step changes
+// the viewer loads it in place of the last one, until the final splat replaces it. A snapshot
+// that does not load (rewritten meanwhile, the stage restarted) is tried again at the next poll.
+let latestStep = null;
+let latestLoad = null; // the snapshot load in flight
+function renderLatestSplat(st) {
+  const step = (st.stages.splat || {}).latest_splat_step;
+  if (step === null || step === undefined || step === latestStep || latestLoad || state.shown === "final") {
+    return latestLoad || Promise.resolve();
+  }
+  latestLoad = loadLatestSplat(step).finally(() => { latestLoad = null; });
+  return latestLoad;
+}
+
+async function loadLatestSplat(step) {
+  try {
+    const resp = await fetch(new URL(`requests/${requestId}/splat-latest`, api),
+      { headers: { "X-Callback-Token": token }, cache: "no-store" });
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    const data = new Uint8Array(await resp.arrayBuffer());
+    if (!splat) setViewer("loading", `loading the training's splat at step ${fmt(step)} …`);
+    const next = new SplatMesh({ fileBytes: data, fileType: "spz", fileName: "latest.spz" });
+    if (await putSplat(next, true, false, null)) {
+      latestStep = step;
+      state.latestSplatStep = step;
+      state.latestSplats += 1;
+      $("viewer-note").textContent = `training: the splat at step ${fmt(step)} · ${fmt(state.splats)} Gaussians`
+        + " · drag to orbit, scroll to zoom";
+      if (!TERMINAL.has((state.status || {}).state)) setViewer("snapshot");
+    }
+  } catch (err) {
+    $("viewer-note").textContent = `the training's snapshot at step ${fmt(step)} did not load (${err.message}); retrying`;
+  }
+}
+
+// A request that ended without outputs (failed or cancelled while it trained): its last snapshot.
+async function showLastSnapshot(st) {
+  if (st.state !== "DELETED") {
+    await renderLatestSplat(st); // the load in flight, if any
+    await renderLatestSplat(st); // then the last step, if that one was older
+  }
+  if (state.shown !== "latest") {
+    setViewer("none", `the request is ${st.state}`);
+    return;
+  }
+  setViewer("snapshot");
+  $("viewer-note").textContent = `the request is ${st.state}: the training's last snapshot, step `
+    + `${fmt(state.latestSplatStep)} · drag to orbit, scroll to zoom`;
 }
 
 async function loadMesh(file) {
@@ -301,11 +380,14 @@ async function poll() {
     state.status = st;
     renderStatus(st);
     if (TERMINAL.has(st.state)) {
-      if (st.state === "COMPLETED" || Object.keys(st.outputs || {}).length) await showOutputs();
-      else setViewer("none", `the request is ${st.state}`);
+      // outputs.splat_latest is the training's snapshot, not one of the request's outputs.
+      const outputs = Object.keys(st.outputs || {}).filter((name) => name !== "splat_latest");
+      if (st.state === "COMPLETED" || outputs.length) await showOutputs();
+      else await showLastSnapshot(st);
       return;
     }
-    setViewer("waiting", `${st.state.toLowerCase()} · ${st.stage || "queued"} …`);
+    if (state.shown !== "latest") setViewer("waiting", `${st.state.toLowerCase()} · ${st.stage || "queued"} …`);
+    renderLatestSplat(st); // not awaited: the status keeps coming while a snapshot loads
   } catch (err) {
     setViewer("waiting", `status unavailable (${err.message}); retrying`);
   }

@@ -193,6 +193,58 @@ def test_cli_follow_ends_with_the_outputs_in_out(local_stack_env: Path, buckets:
     assert (tmp_path / "out" / "frames" / "report.json").read_bytes() == b"{}"
 
 
+def test_cli_follow_keeps_the_latest_snapshot_in_out(local_stack_env: Path, buckets: Buckets, fn_apps: FnApps,
+                                                     firestore_host: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --follow --out DIR` while the splat trains: each newer snapshot replaces
+    DIR/splat_latest.spz and its step is printed; the outputs come when the request completes."""
+    import threading
+    import time
+
+    from splat_snapshots import publish_snapshot, small_spz
+
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    code, out, _ = _run(capsys, "submit", f"gs://{buckets.uploads}/front-snap/v.mp4", "--session", "front-snap")
+    rid = out.split()[1]
+    ws = f"gs://{buckets.data}/jobs/{rid}"
+    target = tmp_path / "out" / "splat_latest.spz"
+    snapshots = [(100, small_spz(30, seed=1)), (250, small_spz(60, seed=2))]
+    problems: list[BaseException] = []
+
+    def saved(data: bytes) -> None:
+        deadline = time.monotonic() + 30
+        while not (target.exists() and target.read_bytes() == data):
+            assert time.monotonic() < deadline, f"{target} never held the snapshot"
+            time.sleep(0.1)
+
+    def train() -> None:
+        try:
+            assert fn_apps.queue.get("/next").status_code == 200
+            put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING"})
+            for step, data in snapshots:
+                publish_snapshot(ws, rid, step, data)
+                saved(data)
+            scene = f"jobs/{rid}/splat/scene.spz"
+            gcs.client("splatpipe-local").bucket(buckets.data).blob(scene).upload_from_string(b"final")
+            put_json(fn_apps.queue, f"/status/{rid}", {"state": "COMPLETED", "outputs": {
+                "splat_spz": f"gs://{buckets.data}/{scene}"}})
+        except BaseException as exc:  # end the request so that the follow ends too
+            problems.append(exc)
+            put_json(fn_apps.queue, f"/status/{rid}", {"state": "CANCELLED"})
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    code, out, err = _run(capsys, "status", rid, "--follow", "--out", str(tmp_path / "out"))
+    worker.join()
+    assert not problems, problems
+    assert code == 0, err
+    assert f"splat_latest: step 100 saved to {target}" in err and f"splat_latest: step 250 saved to {target}" in err
+    assert target.read_bytes() == snapshots[1][1]
+    assert (tmp_path / "out" / "splat" / "scene.spz").read_bytes() == b"final"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["splat", "splat_latest.spz"]  # no .part left
+
+
 def test_ctrl_c_while_following_leaves_the_request_running(local_stack_env: Path, buckets: Buckets,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:

@@ -267,6 +267,65 @@ def test_live_preview_route_and_its_time_in_the_status(fn_apps: FnApps, buckets:
     assert st["stages"]["frames"]["live_preview_at"] is None
 
 
+def test_splat_latest_route_its_step_and_output_in_the_status(fn_apps: FnApps, buckets: Buckets, fn_env: dict,
+                                                              firestore_host: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each checkpoint of the training publishes `splat/latest.spz` and notes its step (through the
+    stage's own writers); the status names it as `outputs.splat_latest` with the step, the route
+    serves it, and it never becomes one of the request's outputs (manifest, zip)."""
+    import gzip
+
+    from splat_snapshots import publish_snapshot, small_spz
+
+    from batch_jobs.gaussians.spz import decode_spz
+    from functions import tasks
+
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    rid, token = _trigger(fn_apps, buckets)
+    fn_apps.queue.get("/next")
+    put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING"})
+    route = f"/requests/{rid}/splat-latest"
+    err = assert_error(fn_apps.api.get(route, headers={TOKEN: token}), 409, "wrong_state")
+    assert "no splat snapshot yet" in err["message"]
+    st = fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json()
+    assert "splat_latest" not in st["outputs"]
+    assert st["stages"]["splat"]["latest_splat_step"] is None and st["stages"]["splat"]["latest_splat_at"] is None
+
+    ws = f"gs://{buckets.data}/jobs/{rid}"
+    for step, n in ((100, 40), (200, 90)):
+        data = small_spz(n, seed=step)
+        publish_snapshot(ws, rid, step, data)
+        resp = fn_apps.api.get(f"{route}?callback_token={token}")
+        assert resp.status_code == 200 and resp.mimetype == "application/octet-stream" and resp.data == data
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert len(decode_spz(gzip.decompress(resp.data))["means"]) == n
+        for view in (fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json(),
+                     fn_apps.queue.get(f"/status/{rid}").get_json()):
+            splat = view["stages"]["splat"]
+            assert splat["latest_splat_step"] == step and splat["latest_splat_at"].startswith("20")
+            assert view["stages"]["frames"]["latest_splat_step"] is None
+            assert view["outputs"]["splat_latest"] == f"{ws}/splat/latest.spz"
+    assert_error(fn_apps.api.get(f"{route}?callback_token=nope"), 404, "not_found")
+    with monkeypatch.context() as m:
+        m.setattr(tasks, "MAX_LATEST_SPLAT_BYTES", 16)
+        assert_error(fn_apps.api.get(route, headers={TOKEN: token}), 413, "result_too_large")
+
+    scene = _put(buckets, f"jobs/{rid}/splat/scene.spz", small_spz(120, seed=1))
+    assert put_json(fn_apps.queue, f"/status/{rid}", {"state": "COMPLETED", "outputs": {"splat_spz": scene}}
+                    ).status_code == 200
+    manifest = fn_apps.api.get(f"/requests/{rid}/download", headers={TOKEN: token}).get_json()
+    assert [f["name"] for f in manifest["files"]] == ["splat_spz"]
+    with zipfile.ZipFile(io.BytesIO(fn_apps.api.get(f"/requests/{rid}/download?format=zip",
+                                                    headers={TOKEN: token}).data)) as zf:
+        assert zf.namelist() == ["splat/scene.spz"]
+    st = fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json()
+    assert set(st["outputs"]) == {"splat_spz", "splat_latest"}  # the last snapshot stays readable
+    assert fn_apps.api.delete(f"/requests/{rid}", headers={TOKEN: token}).get_json()["state"] == "DELETED"
+    st = fn_apps.api.get(f"/status/{rid}", headers={TOKEN: token}).get_json()
+    assert "splat_latest" not in st["outputs"]
+    assert_error(fn_apps.api.get(route, headers={TOKEN: token}), 409, "wrong_state")
+
+
 def test_preview_png_is_small() -> None:
     import cv2
     import numpy as np

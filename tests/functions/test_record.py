@@ -47,7 +47,8 @@ def test_status() -> None:
     view = Record.from_redis(_hash()).status(link=lambda uri: uri.replace("gs://", "https://dl/"))
     assert view["stages"]["frames"] == {
         "state": "SUCCEEDED", "started_at": "2023-11-14T22:13:20.000Z", "finished_at": "2023-11-14T22:13:21.000Z",
-        "batch_job": "jobs/f", "message": None, "heartbeat_at": None, "live_preview_at": None, "error": None}
+        "batch_job": "jobs/f", "message": None, "heartbeat_at": None, "live_preview_at": None,
+        "latest_splat_at": None, "latest_splat_step": None, "error": None}
     # A failed stage carries the request's error, or the warning it left when best-effort.
     assert view["stages"]["sfm"]["error"] == {"code": "sfm_failed", "message": "too few images"}
     assert view["stages"]["mesh"]["error"] == {"code": "no_mesh", "message": "mesh skipped"}
