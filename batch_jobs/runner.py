@@ -50,7 +50,7 @@ from batch_jobs.progress import ProgressReporter, default_sinks
 from functions import jobrecord, stages
 from functions.batch_job import GPUS_ENV
 from functions.options import OptionsError, normalize_options
-from functions.workspace import ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
+from functions.workspace import CHECKPOINTS, ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
 
 log = logging.getLogger("batch_jobs.runner")
 
@@ -68,6 +68,7 @@ class StageContext:
     work_root: Path  # local scratch for downloads of inputs
     progress: ProgressReporter
     timings: dict[str, float] = field(default_factory=dict)
+    key_digest: str = ""  # the stage's inputs and parameters (docs/contracts.md, "Stage markers")
     # What went wrong without failing the stage ({code, message, stage}); in _SUCCESS.json, and the
     # workflow adds them to the request's warnings (docs/contracts.md, "Stage markers").
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -85,6 +86,10 @@ class StageContext:
 
     def stage_uri(self, stage: str, *parts: str) -> str:
         return storage.join(self.workspace, stage, *parts)
+
+    def checkpoint_uri(self) -> str:
+        """Where this stage keeps its resumable state while it runs (functions.workspace.CHECKPOINTS)."""
+        return storage.join(self.workspace, CHECKPOINTS, self.stage)
 
     def write_report(self, report: Mapping[str, Any], *, failed: bool = False) -> None:
         """`{stage}/report.json`, the one writer of every stage's report: with the outputs, or
@@ -251,7 +256,7 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             out_dir.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(stage=stage, workspace=workspace, request=request,
                                options=request["options"], params=params, out_dir=out_dir,
-                               work_root=work_root, progress=reporter)
+                               work_root=work_root, progress=reporter, key_digest=_digest(key))
             with reporter:
                 metrics = module.run(ctx) or {}
                 reporter.update(1.0, "writing outputs", force=True)
@@ -279,6 +284,8 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             "device": os.environ.get("SPLATPIPE_DEVICE", ""),
         }
         storage.write_json(storage.join(stage_uri, SUCCESS_FILE), success)
+        # The stage's resumable state is spent once it has succeeded (batch_jobs.gaussians.checkpoint).
+        storage.delete_tree(storage.join(workspace, CHECKPOINTS, stage))
         reporter.update(1.0, "done", force=True)
         return StageResult(stage, "succeeded", EXIT_OK, success=success)
     except StageError as exc:

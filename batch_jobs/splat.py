@@ -9,6 +9,14 @@ view's render beside its photo, at most 480 px high) every LIVE_PREVIEWS-th of t
 notes the time in the stage's status (`stages.splat.live_preview_at`), so the status and the
 results page show the training as it goes.
 
+Checkpoints (batch_jobs.gaussians.checkpoint): every `checkpoint_steps` steps or
+`checkpoint_seconds` seconds, whichever comes first, the whole training state is saved under
+`{workspace}/checkpoints/splat/`; a stage that starts (a Batch retry after a Spot preemption)
+resumes from the one made from the same inputs and parameters. Each checkpoint also publishes
+the current Gaussians as `splat/latest.spz` (functions.workspace.LATEST_SPLAT: SH degree 0, at
+most LATEST_MAX_GAUSSIANS of the most opaque), noted as `stages.splat.latest_splat_step` and
+`latest_splat_at`, so a user sees a real 3D splat within minutes.
+
 On CUDA the renderer is `gsplat.rasterization`; on CPU gsplat's PyTorch reference projection
 plus our tiled rasterizer (batch_jobs.gaussians). Every 8th view (by name) is held out of
 training and used only for evaluation.
@@ -30,7 +38,7 @@ from batch_jobs.runner import StageContext
 from batch_jobs.sparse_model import held_out, read_sparse_model
 from functions import jobrecord
 from functions.stages import REPORT_FILE
-from functions.workspace import LIVE_PREVIEW
+from functions.workspace import LATEST_SPLAT, LIVE_PREVIEW
 
 VERSION = 1
 
@@ -39,6 +47,7 @@ HOLDOUT_EVERY = 8
 LIVE_PREVIEWS = 10  # live previews per training run
 LIVE_PREVIEW_MIN_STEPS = 50  # never more often than this
 LIVE_PREVIEW_MAX_HEIGHT = 480
+LATEST_MAX_GAUSSIANS = 200_000  # the snapshot stays a few MB: the most opaque ones, SH degree 0
 log = logging.getLogger("batch_jobs.splat")
 
 
@@ -74,17 +83,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from batch_jobs.gaussians import ply, spz
     from batch_jobs.gaussians.camera import load_views
+    from batch_jobs.gaussians.checkpoint import CheckpointStore, Saved
     from batch_jobs.gaussians.evaluate import evaluate
     from batch_jobs.gaussians.params import init_params, to_arrays
     from batch_jobs.gaussians.render import render
-    from batch_jobs.gaussians.trainer import TrainConfig, train
+    from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer
 
     p = ctx.params
     device = ctx.device
     steps = int(p["steps"])
     sh_degree = int(p["sh_degree"])
     strategy = str(p.get("strategy", "default"))
-    seed = int(p.get("seed", 0))
+    seed = int(p["seed"])
     torch.manual_seed(seed)
 
     sfm_dir = ctx.input_dir("sfm")
@@ -113,8 +123,35 @@ def run(ctx: StageContext) -> dict[str, Any]:
     params = init_params(model.points, model.colors, sh_degree, seed=seed, device=device,
                          init_opacity=0.5 if mcmc else 0.1, init_scale=0.1 if mcmc else 1.0)
     cfg = TrainConfig(steps=steps, sh_degree=sh_degree, strategy=strategy, depth_loss=depth_loss,
-                      cap_max=int(p.get("cap_max", 1_000_000)), seed=seed)
-    ctx.progress.update(0.02, f"training {len(params['means'])} Gaussians on {len(train_views)} views ({device})")
+                      cap_max=int(p["cap_max"]), seed=seed)
+    trainer = Trainer(params, train_views, cfg, scene_scale)
+    store = CheckpointStore(ctx.checkpoint_uri(), ctx.key_digest)
+    saves: list[Saved] = []
+
+    def publish_latest(step: int) -> None:
+        try:
+            data = spz.snapshot(to_arrays(params), LATEST_MAX_GAUSSIANS)
+            storage.write_bytes(storage.join(ctx.workspace, LATEST_SPLAT), data, "application/octet-stream")
+            ctx.progress.note(jobrecord.STAGE_LATEST_SPLAT_STEP_KEY, step)
+            ctx.progress.note(jobrecord.STAGE_LATEST_SPLAT_KEY, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        except Exception as exc:  # a snapshot is a courtesy: it never fails the training
+            log.warning("latest splat not written: %s", exc)
+
+    def save(step: int, state: dict[str, Any]) -> None:
+        with ctx.timed("checkpoint"):
+            saves.append(store.save(step, state))
+        publish_latest(step)
+
+    with ctx.timed("resume"):
+        loaded = store.load()
+    resumed_from = 0
+    if loaded is not None:
+        trainer.load_state_dict(loaded.state)
+        resumed_from = loaded.step
+        publish_latest(loaded.step)
+        ctx.progress.update(0.02 + 0.88 * loaded.step / steps, f"resumed from the checkpoint at step {loaded.step}")
+    else:
+        ctx.progress.update(0.02, f"training {len(params['means'])} Gaussians on {len(train_views)} views ({device})")
 
     live_view = train_views[len(train_views) // 2]
     live_every = max(LIVE_PREVIEW_MIN_STEPS, steps // LIVE_PREVIEWS)
@@ -138,7 +175,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             live_preview()
 
     with ctx.timed("train"):
-        stats = train(params, train_views, cfg, scene_scale, on_step)
+        stats = trainer.run(on_step, Checkpointing(int(p["checkpoint_steps"]), float(p["checkpoint_seconds"]), save))
 
     ctx.progress.update(0.9, f"evaluating on {len(test)} held-out views")
     background = torch.tensor(stats.background, dtype=torch.float32, device=params["means"].device)
@@ -170,6 +207,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "renderer": "gsplat.rasterization (CUDA)" if device == "cuda" else "cpu tiled rasterizer (numba)",
         "n_train_views": len(train_views),
         "n_test_views": len(test),
+        "resumed_from_step": resumed_from,
+        "checkpoints": len(saves),
+        "checkpoint_mb": round(saves[-1].bytes / 1e6, 3) if saves else 0.0,
+        "checkpoint_seconds": round(sum(s.seconds for s in saves), 3),
     }
     report = {
         **metrics,

@@ -216,6 +216,18 @@ def upload_tree(src: Path, prefix: str, parallelism: int = DEFAULT_PARALLELISM,
     return names
 
 
+def delete(uri: str) -> None:
+    """Delete one file (already gone is not an error)."""
+    if is_gcs(uri):
+        try:
+            _blob(uri).delete(retry=_retry())
+        except Exception as exc:
+            if type(exc).__name__ != "NotFound":
+                raise
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
 def delete_tree(prefix: str) -> None:
     """Delete every file under the folder / prefix `prefix` (nothing there is not an error)."""
     if is_gcs(prefix):

@@ -116,7 +116,8 @@ def _verification(r: dict) -> str:
     v = r["verification"]
     f = v["figures"]
     return (f"verification {'passed' if v['passed'] else 'FAILED'}: {f['pairs_disagreeing']}/{f['pairs_judged']} "
-            f"pairs disagree, pair rotation median {f['rotation_error_median_deg']:.3f} / p95 "
+            f"pairs disagree ({100 * f['disagree_fraction']:.1f} % of their matches), pair rotation median "
+            f"{f['rotation_error_median_deg']:.3f} / p95 "
             f"{f['rotation_error_p95_deg']:.2f} deg, worst camera {f['image_rotation_error_max_deg']:.2f} deg, "
             f"{f['min_image_observations']} obs min")
 

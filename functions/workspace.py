@@ -24,6 +24,9 @@ LIVE_PREVIEW = "splat/live_preview.png"
 LATEST_SPLAT = "splat/latest.spz"
 """The splat stage's current Gaussians as SPZ while it trains (rewritten at each checkpoint; not an
 output of the stage: the status's `stages.splat.latest_splat_step` says which step it holds)."""
+CHECKPOINTS = "checkpoints"
+"""`{workspace}/checkpoints/{stage}/`: a stage's resumable state while it runs (outside `{stage}/`,
+which the runner clears when the stage starts); deleted when the stage succeeds."""
 
 
 def _blob(settings: Settings, request_id: str) -> Any:

@@ -148,6 +148,18 @@ def write_spz(path: Path, arrays: dict[str, np.ndarray], version: int = 3) -> No
     Path(path).write_bytes(gzip.compress(encode_spz(arrays, version), compresslevel=9))
 
 
+def snapshot(arrays: dict[str, np.ndarray], max_gaussians: int) -> bytes:
+    """A small SPZ file's bytes of Gaussians in stored form: SH degree 0 and at most
+    `max_gaussians` of them, the most opaque (what a viewer shows while training goes on)."""
+    n = len(arrays["means"])
+    keep = np.arange(n)
+    if n > max_gaussians:
+        keep = np.sort(np.argpartition(-np.asarray(arrays["opacities"]).reshape(n), max_gaussians - 1)[:max_gaussians])
+    small = {k: np.asarray(arrays[k])[keep] for k in ("means", "scales", "quats", "opacities", "sh0")}
+    small["shN"] = np.zeros((len(keep), 0, 3), np.float32)
+    return gzip.compress(encode_spz(small, 3), compresslevel=6)
+
+
 def decode_spz(data: bytes) -> dict[str, np.ndarray]:
     """Stored-form arrays (RDF, quats w x y z) from an uncompressed payload; raises ValueError if malformed."""
     if len(data) < HEADER.size:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -74,34 +75,105 @@ def make_optimizers(params: torch.nn.ParameterDict, scene_scale: float, cfg: Tra
             for name in params}
 
 
-def train(params: torch.nn.ParameterDict, views: Sequence[View], cfg: TrainConfig, scene_scale: float,
-          progress: Callable[[int, int, str], None] | None = None) -> TrainStats:
-    """Optimise `params` in place (the dict's tensors are replaced as Gaussians are added/removed)."""
-    if not views:
-        raise ValueError("no training views")
-    optimizers = make_optimizers(params, scene_scale, cfg)
-    means_sched = torch.optim.lr_scheduler.ExponentialLR(optimizers["means"],
-                                                         gamma=cfg.lr_means_final ** (1.0 / max(1, cfg.steps)))
-    strategy, state = make_strategy(cfg.strategy, cfg.steps, scene_scale, cfg.cap_max)
-    strategy.check_sanity(params, optimizers)
-    dev = params["means"].device
-    # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.
-    init_bg = torch.stack([v.image.reshape(-1, 3).mean(dim=0) for v in views]).mean(dim=0)
-    background = init_bg.to(dev).requires_grad_(cfg.learn_background)
-    bg_opt = torch.optim.Adam([background], lr=cfg.lr_background, eps=1e-15) if cfg.learn_background else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    stats = TrainStats()
-    t0 = time.perf_counter()
-    running = 0.0
-    for step in range(cfg.steps):
-        if not order:
-            order = torch.randperm(len(views), generator=gen).tolist()
-        view = views[order.pop()]
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save the whole training state every `every_steps` steps or `every_seconds` seconds,
+    whichever comes first (`save(step, state)`; checkpoint.CheckpointStore.save)."""
+
+    every_steps: int
+    every_seconds: float
+    save: Callable[[int, dict[str, Any]], Any]
+
+
+class Trainer:
+    """One training run, resumable: everything that decides its next step is in `state_dict`.
+
+    Stopped after step k and resumed from its state, a run on the CPU ends with the same
+    parameters as one never stopped (tests/batch_jobs/test_splat_training.py holds it)."""
+
+    def __init__(self, params: torch.nn.ParameterDict, views: Sequence[View], cfg: TrainConfig,
+                 scene_scale: float) -> None:
+        if not views:
+            raise ValueError("no training views")
+        self.params, self.views, self.cfg, self.scene_scale = params, views, cfg, scene_scale
+        self.optimizers = make_optimizers(params, scene_scale, cfg)
+        self.means_sched = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizers["means"], gamma=cfg.lr_means_final ** (1.0 / max(1, cfg.steps)))
+        self.strategy, self.strategy_state = make_strategy(cfg.strategy, cfg.steps, scene_scale, cfg.cap_max)
+        self.strategy.check_sanity(params, self.optimizers)
+        dev = params["means"].device
+        # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.
+        init_bg = torch.stack([v.image.reshape(-1, 3).mean(dim=0) for v in views]).mean(dim=0)
+        self.background = init_bg.to(dev).requires_grad_(cfg.learn_background)
+        self.bg_opt = (torch.optim.Adam([self.background], lr=cfg.lr_background, eps=1e-15)
+                       if cfg.learn_background else None)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.order: list[int] = []
+        self.step = 0
+        self.running = 0.0
+        self.stats = TrainStats()
+
+    # -- the state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on, as tensors and plain values (torch.save-able)."""
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {
+            "step": self.step,
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "means_sched": self.means_sched.state_dict(),
+            "strategy_state": dict(self.strategy_state),
+            "background": self.background.detach().clone(),
+            "bg_opt": self.bg_opt.state_dict() if self.bg_opt is not None else None,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda_rng,
+            "order": list(self.order),
+            "running": self.running,
+            "stats": {"seconds": self.stats.seconds, "peak_gaussians": self.stats.peak_gaussians,
+                      "loss_history": [list(x) for x in self.stats.loss_history]},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = self.params["means"].device
+        for k, v in state["params"].items():  # the strategies replace tensors: shapes may have grown
+            self.params[k] = torch.nn.Parameter(v.to(dev))
+        self.optimizers = make_optimizers(self.params, self.scene_scale, self.cfg)
+        self.means_sched = torch.optim.lr_scheduler.ExponentialLR(
+            self.optimizers["means"], gamma=self.cfg.lr_means_final ** (1.0 / max(1, self.cfg.steps)))
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])  # the learning rates too
+        self.means_sched.load_state_dict(state["means_sched"])
+        self.strategy_state.clear()
+        self.strategy_state.update({k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                                    for k, v in state["strategy_state"].items()})
+        with torch.no_grad():
+            self.background.copy_(state["background"].to(dev))
+        if self.bg_opt is not None and state["bg_opt"] is not None:
+            self.bg_opt.load_state_dict(state["bg_opt"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.order = list(state["order"])
+        self.step = int(state["step"])
+        self.running = float(state["running"])
+        st = state["stats"]
+        self.stats = TrainStats(seconds=float(st["seconds"]), peak_gaussians=int(st["peak_gaussians"]),
+                                loss_history=[(int(a), float(b)) for a, b in st["loss_history"]])
+
+    # -- training -------------------------------------------------------------------------------
+    def one_step(self) -> float:
+        """Train step `self.step` on the next view; returns its loss."""
+        cfg, params, optimizers, step = self.cfg, self.params, self.optimizers, self.step
+        if not self.order:
+            self.order = torch.randperm(len(self.views), generator=self.gen).tolist()
+        view = self.views[self.order.pop()]
+        dev = params["means"].device
         image = view.image.to(dev)
         use_depth = cfg.depth_loss and view.depth is not None
-        out = render(params, view, cfg.sh_degree_at(step), with_depth=use_depth, background=background)
-        strategy.step_pre_backward(params, optimizers, state, step, out.info)
+        out = render(params, view, cfg.sh_degree_at(step), with_depth=use_depth, background=self.background)
+        self.strategy.step_pre_backward(params, optimizers, self.strategy_state, step, out.info)
         loss = losses.photometric(out.rgb, image, cfg.ssim_lambda)
         if use_depth:
             loss = loss + cfg.depth_lambda * losses.depth_loss(out.depth, out.alpha, view.depth.to(image.device))
@@ -112,26 +184,52 @@ def train(params: torch.nn.ParameterDict, views: Sequence[View], cfg: TrainConfi
         for opt in optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
-        if bg_opt is not None:
-            bg_opt.step()
-            bg_opt.zero_grad(set_to_none=True)
+        if self.bg_opt is not None:
+            self.bg_opt.step()
+            self.bg_opt.zero_grad(set_to_none=True)
             with torch.no_grad():
-                background.clamp_(0.0, 1.0)
-        means_sched.step()
+                self.background.clamp_(0.0, 1.0)
+        self.means_sched.step()
         if cfg.strategy == "mcmc":
-            strategy.step_post_backward(params, optimizers, state, step, out.info, lr=means_sched.get_last_lr()[0])
+            self.strategy.step_post_backward(params, optimizers, self.strategy_state, step, out.info,
+                                             lr=self.means_sched.get_last_lr()[0])
         else:
-            strategy.step_post_backward(params, optimizers, state, step, out.info, packed=False)
-
-        running = 0.9 * running + 0.1 * loss.item() if step else loss.item()
+            self.strategy.step_post_backward(params, optimizers, self.strategy_state, step, out.info, packed=False)
+        value = float(loss.item())
+        self.running = 0.9 * self.running + 0.1 * value if step else value
         n = len(params["means"])
-        stats.peak_gaussians = max(stats.peak_gaussians, n)
+        self.stats.peak_gaussians = max(self.stats.peak_gaussians, n)
         if step % 50 == 0 or step == cfg.steps - 1:
-            stats.loss_history.append((step, round(running, 5)))
-        if progress is not None:
-            progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps}, loss {running:.4f}, {n} Gaussians")
-    stats.steps = cfg.steps
-    stats.seconds = time.perf_counter() - t0
-    stats.n_gaussians = len(params["means"])
-    stats.background = [round(float(x), 5) for x in background.detach().cpu()]
-    return stats
+            self.stats.loss_history.append((step, round(self.running, 5)))
+        self.step += 1
+        return value
+
+    def run(self, progress: Callable[[int, int, str], None] | None = None,
+            checkpointing: Checkpointing | None = None, stop_after: int | None = None) -> TrainStats:
+        """Train from `self.step` to the end (or through step `stop_after`, for tests)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        seconds_before = self.stats.seconds
+        last_saved, last_saved_at = self.step, time.monotonic()
+        end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        while self.step < end:
+            self.one_step()
+            self.stats.seconds = seconds_before + time.perf_counter() - t0
+            if progress is not None:
+                progress(self.step, cfg.steps, f"step {self.step}/{cfg.steps}, loss {self.running:.4f}, "
+                                               f"{len(self.params['means'])} Gaussians")
+            if checkpointing is not None and self.step < cfg.steps and (
+                    self.step - last_saved >= checkpointing.every_steps
+                    or time.monotonic() - last_saved_at >= checkpointing.every_seconds):
+                checkpointing.save(self.step, self.state_dict())
+                last_saved, last_saved_at = self.step, time.monotonic()
+        self.stats.steps = self.step
+        self.stats.n_gaussians = len(self.params["means"])
+        self.stats.background = [round(float(x), 5) for x in self.background.detach().cpu()]
+        return self.stats
+
+
+def train(params: torch.nn.ParameterDict, views: Sequence[View], cfg: TrainConfig, scene_scale: float,
+          progress: Callable[[int, int, str], None] | None = None) -> TrainStats:
+    """Optimise `params` in place (the dict's tensors are replaced as Gaussians are added/removed)."""
+    return Trainer(params, views, cfg, scene_scale).run(progress)

@@ -2,7 +2,9 @@
 
 Batch (`https://batch.googleapis.com` paths), at `BATCH_EMULATOR_HOST`:
   POST /v1/projects/{p}/locations/{l}/jobs?job_id=ID   GET …/jobs   GET|DELETE …/jobs/{id}
-Local only: GET /healthz, GET /emulator/batch/processes (running task attempts with PIDs).
+Local only: GET /healthz, GET /emulator/batch/processes (running task attempts with PIDs),
+POST /emulator/batch/{job name}:preempt (a Spot preemption of the job's running tasks: exit 50001,
+then Batch's own task retry), GET /emulator/batch/{job name}/attempts (every task attempt).
 Errors are Google API errors: `{"error": {"code", "message", "status"}}`. The Executions API is
 gRPC only (grpc_api.py), as google-cloud-workflows' client speaks it.
 """
@@ -23,6 +25,7 @@ log = logging.getLogger("emulator.workflows.rest")
 
 _JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/jobs$")
 _JOB = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/jobs/[^/:]+)$")
+_LOCAL_JOB = re.compile(r"^/emulator/batch/(projects/[^/]+/locations/[^/]+/jobs/[^/:]+)(:preempt|/attempts)$")
 MAX_BODY = 1 << 20
 
 
@@ -91,6 +94,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/emulator/batch/processes" and method == "GET":
             self._send(200, {"processes": self.batch.processes()})
+            return
+        m = _LOCAL_JOB.match(path)
+        if m and m.group(2) == ":preempt" and method == "POST":
+            self._send(200, {"preempted": self.batch.preempt(m.group(1))})
+            return
+        if m and m.group(2) == "/attempts" and method == "GET":
+            self._send(200, {"attempts": self.batch.attempts(m.group(1))})
             return
         m = _JOBS.match(path)
         if m and method == "POST":

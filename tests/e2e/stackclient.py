@@ -127,6 +127,17 @@ class StackClient:
         r = self.http.get(f"{self.batch_url}/emulator/batch/processes", timeout=30)
         return list(r.json()["processes"])
 
+    def preempt(self, job_name: str) -> int:
+        """A Spot preemption of the job's running tasks (the local Batch runner: exit 50001)."""
+        r = self.http.post(f"{self.batch_url}/emulator/batch/{job_name}:preempt", timeout=30)
+        r.raise_for_status()
+        return int(r.json()["preempted"])
+
+    def batch_attempts(self, job_name: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"{self.batch_url}/emulator/batch/{job_name}/attempts", timeout=30)
+        r.raise_for_status()
+        return list(r.json()["attempts"])
+
     def batch_job(self, name: str) -> dict[str, Any]:
         r = self.http.get(f"{self.batch_url}/v1/{name}", timeout=30)
         return dict(r.json())
