@@ -363,15 +363,23 @@ MAX_LIVE_PREVIEW_BYTES = 4 * 1024 * 1024
 
 def live_preview(svc: Services, record: Record) -> bytes:
     """The training's latest preview render (a small PNG); ConflictError when there is none."""
+    return _running_file(svc, record, workspace.LIVE_PREVIEW, MAX_LIVE_PREVIEW_BYTES,
+                         "no live preview yet: the splat stage writes one while it trains",
+                         "the live preview is {size} bytes")
+
+
+def _running_file(svc: Services, record: Record, name: str, max_bytes: int, missing: str, too_large: str) -> bytes:
+    """A file a running stage rewrites in the request's workspace (not an output): ConflictError
+    when it is not there or the request is DELETED, TooLargeError past `max_bytes`."""
     if record.state == jobrecord.State.DELETED.value:
         raise ConflictError("request is DELETED; its outputs are gone")
     ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(record.request_id))
-    blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LIVE_PREVIEW}",
+    blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{name}",
                                                                        timeout=gcs.TIMEOUT_SECONDS)
     if blob is None:
-        raise ConflictError("no live preview yet: the splat stage writes one while it trains")
-    if (blob.size or 0) > MAX_LIVE_PREVIEW_BYTES:
-        raise TooLargeError(f"the live preview is {blob.size} bytes")
+        raise ConflictError(missing)
+    if (blob.size or 0) > max_bytes:
+        raise TooLargeError(too_large.format(size=blob.size))
     return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))
 
 
@@ -387,14 +395,7 @@ def latest_splat(svc: Services, record: Record) -> bytes:
     when there is none (not yet written, or the stage was restarted and has not written one again).
     The status's `stages.splat.latest_splat_step` names its step: the stage writes the file first
     and notes the step after, so the file served is of that step or a later one."""
-    if record.state == jobrecord.State.DELETED.value:
-        raise ConflictError("request is DELETED; its outputs are gone")
-    ws_bucket, ws_prefix = gcs.split_uri(svc.settings.workspace_uri(record.request_id))
-    blob = gcs.client(svc.settings.project).bucket(ws_bucket).get_blob(f"{ws_prefix}/{workspace.LATEST_SPLAT}",
-                                                                       timeout=gcs.TIMEOUT_SECONDS)
-    if blob is None:
-        raise ConflictError("no splat snapshot yet: the splat stage publishes one at each checkpoint while it trains")
-    if (blob.size or 0) > MAX_LATEST_SPLAT_BYTES:
-        raise TooLargeError(f"the snapshot is {blob.size} bytes; the api serves one up to {MAX_LATEST_SPLAT_BYTES} "
-                            "bytes: use the status's outputs.splat_latest")
-    return bytes(blob.download_as_bytes(timeout=gcs.TIMEOUT_SECONDS))
+    return _running_file(svc, record, workspace.LATEST_SPLAT, MAX_LATEST_SPLAT_BYTES,
+                         "no splat snapshot yet: the splat stage publishes one at each checkpoint while it trains",
+                         f"the snapshot is {{size}} bytes; the api serves one up to {MAX_LATEST_SPLAT_BYTES} bytes: "
+                         "use the status's outputs.splat_latest")

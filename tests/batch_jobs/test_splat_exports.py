@@ -8,23 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gaussian_data import random_gaussians
 
 from batch_jobs.gaussians import ply, spz
-from batch_jobs.gaussians.params import SH_C0
-
-
-def _gaussians(n: int = 500, degree: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
-    """Realistic ranges: colours in 0..1, small log scales, SH rest within +-1."""
-    rng = np.random.default_rng(seed)
-    k = (degree + 1) ** 2 - 1
-    return {
-        "means": (rng.normal(size=(n, 3)) * 3).astype(np.float32),
-        "scales": rng.uniform(-6, 0, (n, 3)).astype(np.float32),
-        "quats": rng.normal(size=(n, 4)).astype(np.float32),
-        "opacities": rng.normal(size=n).astype(np.float32) * 3,
-        "sh0": ((rng.uniform(0, 1, (n, 1, 3)) - 0.5) / SH_C0).astype(np.float32),
-        "shN": rng.uniform(-0.5, 0.5, (n, k, 3)).astype(np.float32),
-    }
 
 
 def _rot_err(q0: np.ndarray, q1: np.ndarray) -> float:
@@ -35,7 +21,7 @@ def _rot_err(q0: np.ndarray, q1: np.ndarray) -> float:
 
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_ply_round_trip_and_standard_layout(tmp_path: Path, degree: int) -> None:
-    g = _gaussians(degree=degree)
+    g = random_gaussians(degree=degree)
     path = tmp_path / "point_cloud.ply"
     ply.write_ply(path, g)
     header = path.read_bytes().split(b"end_header\n", 1)[0].decode().splitlines()
@@ -59,7 +45,7 @@ def test_ply_round_trip_and_standard_layout(tmp_path: Path, degree: int) -> None
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_spz_round_trip(tmp_path: Path, version: int) -> None:
-    g = _gaussians(n=2000, degree=3, seed=version)
+    g = random_gaussians(n=2000, degree=3, seed=version)
     path = tmp_path / "scene.spz"
     spz.write_spz(path, g, version=version)
     raw = gzip.decompress(path.read_bytes())
@@ -80,7 +66,7 @@ def test_spz_round_trip(tmp_path: Path, version: int) -> None:
 
 def test_spz_stores_rub_coordinates(tmp_path: Path) -> None:
     """As the reference tools do: PLY's RDF frame becomes RUB in the file (y and z negated)."""
-    g = _gaussians(n=1, degree=1)
+    g = random_gaussians(n=1, degree=1)
     g["means"] = np.array([[1.0, 2.0, 3.0]], np.float32)
     g["shN"][:] = 0
     g["shN"][0, 0, 0] = 0.5  # the y-odd band-1 coefficient: its sign flips with y
@@ -96,7 +82,7 @@ def test_spz_stores_rub_coordinates(tmp_path: Path) -> None:
 
 
 def test_spz_is_much_smaller_than_ply(tmp_path: Path) -> None:
-    g = _gaussians(n=5000, degree=3)
+    g = random_gaussians(n=5000, degree=3)
     ply.write_ply(tmp_path / "a.ply", g)
     spz.write_spz(tmp_path / "a.spz", g)
     assert (tmp_path / "a.spz").stat().st_size * 4 < (tmp_path / "a.ply").stat().st_size
@@ -105,6 +91,6 @@ def test_spz_is_much_smaller_than_ply(tmp_path: Path) -> None:
 def test_spz_reader_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="magic"):
         spz.decode_spz(b"\0" * 64)
-    payload = spz.encode_spz(_gaussians(n=3, degree=1))
+    payload = spz.encode_spz(random_gaussians(n=3, degree=1))
     with pytest.raises(ValueError, match="size"):
         spz.decode_spz(payload[:-1])

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gaussian_data import random_gaussians
 
 from batch_jobs.gaussians import ply, spz
-from batch_jobs.gaussians.params import SH_C0
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = REPO / ".cache" / "splat-transform"
@@ -76,21 +76,6 @@ def stack(cols: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
 
 def rest_names(k: int) -> list[str]:
     return [f"f_rest_{i}" for i in range(3 * k)]
-
-
-def gaussians(n: int, degree: int, seed: int) -> dict[str, np.ndarray]:
-    """Stored-form parameters (params.to_arrays): positions over a few metres, log scales,
-    unnormalised quaternions (w x y z), opacity logits, SH DC from colours in 0..1, SH rest."""
-    rng = np.random.default_rng(seed)
-    k = (degree + 1) ** 2 - 1
-    return {
-        "means": (rng.normal(size=(n, 3)) * 3).astype(np.float32),
-        "scales": rng.uniform(-6, 0, (n, 3)).astype(np.float32),
-        "quats": rng.normal(size=(n, 4)).astype(np.float32),
-        "opacities": (rng.normal(size=n) * 3).astype(np.float32),
-        "sh0": ((rng.uniform(0, 1, (n, 1, 3)) - 0.5) / SH_C0).astype(np.float32),
-        "shN": rng.uniform(-0.5, 0.5, (n, k, 3)).astype(np.float32),
-    }
 
 
 def trained_gaussians() -> dict[str, np.ndarray]:
@@ -186,14 +171,14 @@ def check_spz(cli: list[str], g: dict[str, np.ndarray], tmp_path: Path, version:
 
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_splat_transform_reads_our_ply(splat_transform: list[str], tmp_path: Path, degree: int) -> None:
-    check_ply(splat_transform, gaussians(3000, degree, seed=degree), tmp_path)
+    check_ply(splat_transform, random_gaussians(3000, degree, seed=degree), tmp_path)
 
 
 @pytest.mark.parametrize(("degree", "version"), [(0, 3), (1, 3), (3, 3), (3, 2)])
 def test_splat_transform_reads_our_spz(splat_transform: list[str], tmp_path: Path, degree: int,
                                        version: int) -> None:
     """Degree 0, version 3 is the snapshot's form (`splat_latest`); degree 1..3, version 3 the final scene.spz."""
-    check_spz(splat_transform, gaussians(3000, degree, seed=10 + degree), tmp_path, version)
+    check_spz(splat_transform, random_gaussians(3000, degree, seed=10 + degree), tmp_path, version)
 
 
 def test_splat_transform_reads_a_trained_output(splat_transform: list[str], tmp_path: Path) -> None:

@@ -17,6 +17,17 @@ from functions.executor import executions_client
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """The first truthy value `predicate` returns within `timeout` seconds; AssertionError after."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not {what} after {timeout:.0f}s")
+
+
 class StackClient:
     def __init__(self, info: StackInfo) -> None:
         self.info = info

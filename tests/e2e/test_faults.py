@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stackclient import StackClient
+from stackclient import StackClient, wait_for
 
 from emulator.processes import pid_alive
 from emulator.stack import Stack, StackConfig
@@ -67,16 +67,6 @@ def _kill(pid: int) -> None:
 
 def _enqueue(client: StackClient, video: str, session: str) -> str:
     return client.enqueue({"session_id": session, "input": video, "options": FRAMES_ONLY, "stages": ["frames"]})
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"not {what} after {timeout:.0f}s")
 
 
 def _frames_running(client: StackClient, rid: str) -> bool:
@@ -133,7 +123,7 @@ def test_a_killed_batch_task_is_retried_and_the_stage_reruns_cleanly(fault_stack
                                                                      video: str) -> None:
     _, client = fault_stack
     rid = _enqueue(client, video, "kill-task")
-    task = _wait_for(lambda: _task_of(client, rid), 120, "a running frames task")
+    task = wait_for(lambda: _task_of(client, rid), 120, "a running frames task")
     _kill(int(task["pid"]))
     status = client.wait([rid], timeout=180)[rid]
     assert status["state"] == "COMPLETED", status.get("error")
@@ -145,7 +135,7 @@ def test_storage_stopped_during_a_stage_retries_or_fails_clearly(fault_stack: tu
                                                                  video: str) -> None:
     stack, client = fault_stack
     rid = _enqueue(client, video, "storage-down")
-    _wait_for(lambda: _frames_running(client, rid), 120, "frames RUNNING")
+    wait_for(lambda: _frames_running(client, rid), 120, "frames RUNNING")
     _kill(_pid(stack, "gcs"))
     time.sleep(3)
     stack.restart("gcs")
@@ -167,7 +157,7 @@ def test_a_killed_workflows_engine_means_a_requeue_and_one_completion(fault_stac
     stack, client = fault_stack
     completed_before = client.queue_stats()["counts"]["COMPLETED"]
     rid = _enqueue(client, video, "kill-engine")
-    _wait_for(lambda: _frames_running(client, rid), 120, "frames RUNNING")
+    wait_for(lambda: _frames_running(client, rid), 120, "frames RUNNING")
     first = client.status(rid)["execution"]
     _kill(_pid(stack, "workflows"))
     time.sleep(LEASE_SECONDS + 1)  # the lease expires while the engine is down
