@@ -89,6 +89,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from batch_jobs.gaussians.render import render
     from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer
 
+    started = time.perf_counter()
     p = ctx.params
     device = ctx.device
     steps = int(p["steps"])
@@ -127,6 +128,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     trainer = Trainer(params, train_views, cfg, scene_scale)
     store = CheckpointStore(ctx.checkpoint_uri(), ctx.key_digest)
     saves: list[Saved] = []
+    first_snapshot: list[float] = []  # seconds from the stage's start to its first published snapshot
 
     def publish_latest(step: int) -> None:
         try:
@@ -134,6 +136,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             storage.write_bytes(storage.join(ctx.workspace, LATEST_SPLAT), data, "application/octet-stream")
             ctx.progress.note(jobrecord.STAGE_LATEST_SPLAT_STEP_KEY, step)
             ctx.progress.note(jobrecord.STAGE_LATEST_SPLAT_KEY, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if not first_snapshot:
+                first_snapshot.append(time.perf_counter() - started)
         except Exception as exc:  # a snapshot is a courtesy: it never fails the training
             log.warning("latest splat not written: %s", exc)
 
@@ -211,6 +215,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "checkpoints": len(saves),
         "checkpoint_mb": round(saves[-1].bytes / 1e6, 3) if saves else 0.0,
         "checkpoint_seconds": round(sum(s.seconds for s in saves), 3),
+        "first_snapshot_s": round(first_snapshot[0], 2) if first_snapshot else None,
     }
     report = {
         **metrics,

@@ -21,11 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO)  # bench/queue.py would shadow the standard library's queue
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from batch_jobs.gaussians.checkpoint import CheckpointStore  # noqa: E402
-from batch_jobs.gaussians.params import init_params  # noqa: E402
+from batch_jobs.gaussians.params import init_params, num_sh_bases  # noqa: E402
 from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer  # noqa: E402
 from functions import stages  # noqa: E402
 
@@ -35,10 +34,7 @@ def sizes() -> None:
     for preset in ("preview", "standard"):
         p = splat.presets[preset]
         n, degree = int(p["cap_max"]), int(p["sh_degree"])
-        rng = np.random.default_rng(0)
-        params = init_params(rng.normal(size=(n, 3)).astype(np.float32), rng.random((n, 3)).astype(np.float32),
-                             degree, seed=0)
-        trainer_state = _filled_state(params)
+        trainer_state = _filled_state(_random_params(n, degree))
         with tempfile.TemporaryDirectory() as tmp:
             store = CheckpointStore(tmp, digest="bench")
             saved = store.save(1, trainer_state)
@@ -48,6 +44,16 @@ def sizes() -> None:
         assert loaded is not None
         print(f"{preset:9s} {n:>9,} Gaussians, SH {degree}: checkpoint {saved.bytes / 1e6:8.1f} MB, "
               f"save {saved.seconds:6.2f} s, load {load_s:6.2f} s")
+
+
+def _random_params(n: int, degree: int) -> torch.nn.ParameterDict:
+    """Parameters of `n` Gaussians at SH `degree`, shaped as params.init_params makes them (whose
+    nearest-neighbour scale init would need tens of GB at 1.5 million points)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3)}
+    if degree > 0:
+        shapes["shN"] = (n, num_sh_bases(degree) - 1, 3)
+    return torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(v, generator=g)) for k, v in shapes.items()})
 
 
 def _filled_state(params: torch.nn.ParameterDict) -> dict:
@@ -71,7 +77,8 @@ def slowdown(steps: int, every: int) -> None:
     gt = cached_gt_workspace(SMALL)
     model = read_sparse_model(gt.workspace / "sfm" / "sparse" / "0")
     views = load_views(model, gt.workspace / "sfm" / "images", 240)
-    times = {}
+    times: dict[str, list[float]] = {}
+    saves: list = []
     for label in ("none", "every", "none", "every"):  # interleaved: both see the same machine
         torch.manual_seed(0)
         params = init_params(model.points, model.colors, sh_degree=1, seed=0)
@@ -79,13 +86,15 @@ def slowdown(steps: int, every: int) -> None:
                           model.scene_extent()[1])
         with tempfile.TemporaryDirectory() as tmp:
             store = CheckpointStore(tmp, digest="bench")
-            ck = Checkpointing(every, 1e9, store.save) if label == "every" else None
+            ck = Checkpointing(every, 1e9, lambda step, state, st=store: saves.append(st.save(step, state))) \
+                if label == "every" else None
             t0 = time.perf_counter()
             trainer.run(checkpointing=ck)
             times.setdefault(label, []).append(time.perf_counter() - t0)
     a, b = min(times["none"]), min(times["every"])
     print(f"training {steps} steps on {len(views)} views at 240 px: no checkpoints {a:.1f} s, a checkpoint every "
-          f"{every} steps {b:.1f} s: ratio {b / a:.3f} (best of 2 each)")
+          f"{every} steps {b:.1f} s: ratio {b / a:.3f} (best of 2 each); {len(saves)} saves of "
+          f"{saves[-1].bytes / 1e6:.1f} MB took {sum(x.seconds for x in saves) / len(saves):.3f} s each")
 
 
 def main() -> int:
