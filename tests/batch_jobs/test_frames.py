@@ -234,13 +234,14 @@ def test_photo_folder_names_exif_and_rejections(synthetic_images: dict[str, Path
     assert entry["focal_px"] == pytest.approx(28 / 43.2666 * np.hypot(640, 480), rel=1e-3)
 
 
-def _dark_surround(rgb: np.ndarray, keep: float) -> np.ndarray:
-    """`rgb` with everything outside a centred ellipse covering `keep` of the frame set to black."""
+def _dark_surround(rgb: np.ndarray, keep: float, backdrop: int = 0) -> np.ndarray:
+    """`rgb` with everything outside a centred ellipse covering `keep` of the frame set to
+    `backdrop` (0: black, 255: white)."""
     h, w = rgb.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
     r = np.sqrt(keep / np.pi)  # an ellipse of semi-axes r*w, r*h covers pi r^2 of the frame
     inside = ((xx - w / 2) / (r * w)) ** 2 + ((yy - h / 2) / (r * h)) ** 2 <= 1.0
-    out = np.zeros_like(rgb)
+    out = np.full_like(rgb, backdrop)
     out[inside] = rgb[inside]
     return out
 
@@ -260,15 +261,21 @@ def _keeps_every_photo(tmp_path: Path, photos: list[np.ndarray]) -> dict[str, An
     return rep
 
 
-def test_an_object_on_a_black_backdrop_keeps_every_photo(synthetic_images: dict[str, Path], tmp_path: Path) -> None:
-    """A photo set is what the user chose: mostly-black photos of a lit object are not underexposed."""
+@pytest.mark.parametrize("backdrop", [0, 255], ids=["black", "white"])
+def test_an_object_on_a_plain_backdrop_keeps_every_photo(synthetic_images: dict[str, Path], tmp_path: Path,
+                                                         backdrop: int) -> None:
+    """A photo set is what the user chose: mostly-black photos of a lit object are not
+    underexposed, mostly-white ones not overexposed."""
     import cv2
 
     pngs = sorted(synthetic_images["images"].glob("*.png"))
-    photos = [_dark_surround(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), keep=0.25) for p in pngs]
+    photos = [_dark_surround(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), keep=0.25, backdrop=backdrop)
+              for p in pngs]
     rep = _keeps_every_photo(tmp_path, photos)
-    dark = [f["dark_fraction"] for f in rep["frames"]]
-    assert min(dark) > frames.fq.QualityLimits().max_dark_fraction  # what the histogram rule rejected
+    limits = frames.fq.QualityLimits()
+    key, limit = (("dark_fraction", limits.max_dark_fraction) if backdrop == 0
+                  else ("bright_fraction", limits.max_bright_fraction))
+    assert min(f[key] for f in rep["frames"]) > limit  # what the histogram rule rejected
     assert all(f["features"] >= frames.fq.QualityLimits().min_features for f in rep["frames"])
 
 
