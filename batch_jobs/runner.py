@@ -284,8 +284,12 @@ def run_stage(stage: str, workspace: str, request_id: str | None = None,
             "device": os.environ.get("SPLATPIPE_DEVICE", ""),
         }
         storage.write_json(storage.join(stage_uri, SUCCESS_FILE), success)
-        # The stage's resumable state is spent once it has succeeded (batch_jobs.gaussians.checkpoint).
-        storage.delete_tree(storage.join(workspace, CHECKPOINTS, stage))
+        # The stage's resumable state is spent once it has succeeded (batch_jobs.gaussians.checkpoint);
+        # failing to delete it does not undo the success.
+        try:
+            storage.delete_tree(storage.join(workspace, CHECKPOINTS, stage))
+        except Exception as exc:
+            log.warning("%s succeeded; its checkpoints were not deleted: %s", stage, exc)
         reporter.update(1.0, "done", force=True)
         return StageResult(stage, "succeeded", EXIT_OK, success=success)
     except StageError as exc:

@@ -170,7 +170,8 @@ def retries(first: Solve, n_images: int, long_side: int, params: dict[str, Any])
     out = []
     if not any(a.mapper == "incremental" and a.images is None for a in first.attempts):
         out.append(Solve("incremental", first.max_num_features, first.first_octave, first.matcher, "incremental",
-                         database=first.database))
+                         database=first.database, matcher_used=first.matcher_used, pairs=first.pairs,
+                         verified_pairs=first.verified_pairs, priors=first.priors))
     exhaustive_ok = n_images <= RETRY_EXHAUSTIVE_FACTOR * int(params["exhaustive_max_images"])
     matcher = "exhaustive" if exhaustive_ok else first.matcher
     colmap = Solve("colmap", colmap_max_num_features(), COLMAP_FIRST_OCTAVE, matcher, "incremental")
@@ -235,9 +236,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         progress = _phase(ctx, "mapping") if first else (lambda f, m: ctx.progress.update(
             PHASES["verify"][0], f"retry ({solve.name}): {m}"))
         with ctx.timed("mapping" if first else f"retry_{k}_mapping"):
+            # Sequential matching pairs only near neighbours: the self-calibration's images stay that close.
+            spacing = None if solve.matcher_used == "exhaustive" else int(params["sequential_overlap"])
             _, solve.attempts = sfm_mapping.reconstruct(solve.database, image_dir, work / f"models-{k}", names,
                                                         solve.mapper, has_priors, progress,
-                                                        refine_principal_point=refine_pp)
+                                                        refine_principal_point=refine_pp, max_spacing=spacing)
         found = None
         # Models of every image (not a self-calibration subset), in sfm_mapping's preference.
         made = sorted((a for a in solve.attempts if a.model is not None and a.check is not None and a.images is None),

@@ -12,6 +12,11 @@ Global mapping needs calibrated two-view geometries, so it needs the focal lengt
   orbit, no EXIF), it stayed at its initial guess, 1531 px against the true 917 px, and GLOMAP
   built a model 86 % of the rig radius off from it that registered every image at 1.3 px; from
   the self-calibrated 924 px it is 0.19 % off (docs/benchmarks.md, "SfM robustness").
+Both mark their estimates as priors in the database for GLOMAP; after it they are unmarked (the
+values stay as starting points), so an incremental mapping of the same database (the fallback, a
+retry) estimates the focal length again rather than taking it as known. On a sequence matched
+sequentially the self-calibration's images are at most `sequential_overlap` apart (a block from
+the middle of a long one), so that they were matched to each other.
 Its global positioning is a non-linear problem over every track; it is solved on a subset of
 tracks (`track_required_tracks_per_view` per image, measured: the same poses at a fraction of the
 time), then bundle adjustment and retriangulation bring the rest.
@@ -191,35 +196,45 @@ def run_incremental(database: Path, image_dir: Path, out: Path, total: int, prog
                    None if rec else "no model", images=None if image_names is None else asked)
 
 
-def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str],
-                   progress: Progress) -> tuple[Attempt, bool]:
+def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str], progress: Progress,
+                   max_spacing: int | None = None) -> tuple[Attempt, bool, set[int]]:
     """Incremental mapping of an even subset of `names` (all of them when few); when its model is
-    good enough, its cameras' focal lengths become the database's priors. Returns (the attempt,
-    whether every camera of the database got a prior)."""
-    subset = [names[i] for i in sfm_pairs.evenly_spaced(len(names), SELF_CALIBRATION_IMAGES)]
-    whole = len(subset) == len(names)
-    a = run_incremental(database, image_dir, out, len(names), progress, None if whole else subset)
+    good enough, its cameras' focal lengths become the database's priors. `max_spacing`: the
+    widest gap between chosen images that were matched to each other (sequential matching), so
+    a long sequence gives a contiguous, evenly spaced block from its middle. Returns (the
+    attempt, whether every camera of the database has a prior now, the cameras it marked)."""
+    n, k = len(names), SELF_CALIBRATION_IMAGES
+    idx = sfm_pairs.evenly_spaced(n, k)
+    if max_spacing and n > k and (n - 1) / (k - 1) > max_spacing:
+        start = (n - 1 - max_spacing * (k - 1)) // 2
+        idx = [start + i * max_spacing for i in range(k)]
+    subset = [names[i] for i in idx]
+    whole = len(subset) == n
+    a = run_incremental(database, image_dir, out, n, progress, None if whole else subset)
     if a.model is None or a.check is None:
-        return a, False
+        return a, False, set()
     # A subset model is judged against its own images; a model of every image by the usual rules.
     check = a.check if whole else check_model(a.model, len(subset))
     enough = check.registered >= SELF_CALIBRATION_MIN_FRACTION * len(subset)
     plausible = not [p for p in check.problems if "registered" not in p]
     if not (enough and plausible):
-        return a, False
-    return a, set_focal_priors(database, a.model)
+        return a, False, set()
+    covered, marked = set_focal_priors(database, a.model)
+    return a, covered, marked
 
 
-def set_focal_priors(database: Path, model: Any) -> bool:
-    """Write the focal lengths of `model`'s cameras to the database's cameras of the same ids, as
-    priors; True when every camera of the database got one."""
+def set_focal_priors(database: Path, model: Any) -> tuple[bool, set[int]]:
+    """Write the focal lengths of `model`'s cameras to the database's cameras of the same ids that
+    have no prior yet (EXIF priors stay), marked as priors. Returns (whether every camera of the
+    database has a prior now, the ids marked)."""
     import pycolmap
 
     db = pycolmap.Database.open(str(database))
     try:
         cameras = db.read_all_cameras()
+        marked = set()
         for cam in cameras:
-            if cam.camera_id not in model.cameras:
+            if cam.has_prior_focal_length or cam.camera_id not in model.cameras:
                 continue
             solved = np.asarray(model.cameras[cam.camera_id].params, np.float64)
             params = np.asarray(cam.params, np.float64).copy()
@@ -228,7 +243,36 @@ def set_focal_priors(database: Path, model: Any) -> bool:
             cam.params = params
             cam.has_prior_focal_length = True
             db.update_camera(cam)
-        return all(c.camera_id in model.cameras for c in cameras)
+            marked.add(int(cam.camera_id))
+        return all(c.has_prior_focal_length or c.camera_id in marked for c in cameras), marked
+    finally:
+        db.close()
+
+
+def prior_cameras(database: Path) -> set[int]:
+    """The database's cameras with a focal length prior."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        return {int(c.camera_id) for c in db.read_all_cameras() if c.has_prior_focal_length}
+    finally:
+        db.close()
+
+
+def release_focal_priors(database: Path, keep: set[int]) -> None:
+    """Unmark every focal prior but those of `keep` (EXIF's); the values stay as starting points.
+    Self-calibration and `calibrate_view_graph` mark their estimates as priors for GLOMAP, and an
+    incremental mapper treats a prior as known and would not estimate it again: a later mapping
+    of the same database (the fallback, a retry) must not inherit that."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        for cam in db.read_all_cameras():
+            if cam.has_prior_focal_length and cam.camera_id not in keep:
+                cam.has_prior_focal_length = False
+                db.update_camera(cam)
     finally:
         db.close()
 
@@ -251,14 +295,15 @@ def preference(a: Attempt) -> tuple[bool, bool, int, bool, float]:
 
 
 def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], mapper: str, has_priors: bool,
-                progress: Progress, refine_principal_point: bool = False) -> tuple[Attempt | None, list[Attempt]]:
+                progress: Progress, refine_principal_point: bool = False,
+                max_spacing: int | None = None) -> tuple[Attempt | None, list[Attempt]]:
     """Run the mappers `mapper` asks for (`auto`, `global`, `incremental`) on the images `names`;
     returns (chosen, all).
 
     `has_priors`: every image's camera has an EXIF focal prior in the database. Without, `auto`
     and `global` self-calibrate first (module docstring). `refine_principal_point`: the caller's
     judgement that the input observes it (a photo set of one camera); applied to the global
-    mapper when there are enough images."""
+    mapper when there are enough images. `max_spacing`: see self_calibrate."""
     import pycolmap
 
     pycolmap.set_random_seed(SEED)
@@ -266,10 +311,11 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
     attempts: list[Attempt] = []
     if mapper in ("auto", "global"):
         focal_source = "prior"
+        exif = prior_cameras(database)
         if not has_priors:
             progress(0.0, "self-calibration: incremental mapping for the focal length")
-            cal, has_priors = self_calibrate(database, image_dir, work / "calibration", names,
-                                             lambda f, m: progress(0.4 * f, m))
+            cal, has_priors, _ = self_calibrate(database, image_dir, work / "calibration", names,
+                                                     lambda f, m: progress(0.4 * f, m), max_spacing)
             attempts.append(cal)
             focal_source = "self_calibration"
         g = run_global(database, image_dir, work / "global", total, has_priors,
@@ -277,6 +323,7 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
                        refine_principal_point=refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES,
                        focal_source=focal_source)
         attempts.append(g)
+        release_focal_priors(database, exif)
         whole = [a for a in attempts if a.images is None]
         if mapper == "global" or any(a.check is not None and a.check.sane for a in whole):
             return choose(attempts), attempts

@@ -69,7 +69,9 @@ class CheckpointStore:
         storage.write_json(storage.join(self.prefix, POINTER), {
             "format": FORMAT, "step": step, "file": name, "sha256": hashlib.sha256(data).hexdigest(),
             "digest": self.digest, "bytes": len(data), "written_at": dt.datetime.now(dt.UTC).isoformat()})
-        for old in self._files()[:-KEEP]:
+        # Only older files go: whatever else is here is never the one just published.
+        older = [f for f in self._files() if int(_FILE.fullmatch(f).group(1)) < step]  # type: ignore[union-attr]
+        for old in older[:max(0, len(older) - (KEEP - 1))]:
             storage.delete(storage.join(self.prefix, old))
         return Saved(step, len(data), time.perf_counter() - t0)
 
@@ -84,12 +86,12 @@ class CheckpointStore:
             pointer = storage.read_json(pointer_uri)
         except Exception as exc:  # an unreadable pointer: start afresh, the run is still right
             log.warning("checkpoint pointer %s unreadable (%s); starting from step 0", pointer_uri, exc)
-            return None
+            return self._discard()
         if pointer.get("digest") != self.digest or pointer.get("format") != FORMAT:
             log.warning("checkpoint at step %s ignored: it was made from other inputs or parameters "
                         "(digest %s, this run's %s); starting from step 0", pointer.get("step"),
                         str(pointer.get("digest"))[:12], self.digest[:12])
-            return None
+            return self._discard()
         try:
             data = storage.read_bytes(storage.join(self.prefix, str(pointer["file"])))
             if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
@@ -97,15 +99,20 @@ class CheckpointStore:
             doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             log.warning("checkpoint %s unusable (%s); starting from step 0", pointer.get("file"), exc)
-            return None
+            return self._discard()
         if doc.get("digest") != self.digest:
             log.warning("checkpoint %s holds another run's digest; starting from step 0", pointer["file"])
-            return None
+            return self._discard()
         log.info("resuming from the checkpoint at step %d", doc["step"])
         return Loaded(int(doc["step"]), doc["state"])
 
     def clear(self) -> None:
         storage.delete_tree(self.prefix)
+
+    def _discard(self) -> None:
+        """Remove what cannot be resumed from, so its files never crowd out this run's."""
+        self.clear()
+        return None
 
     def _files(self) -> list[str]:
         """Checkpoint files, oldest first."""

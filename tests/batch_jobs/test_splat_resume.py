@@ -90,8 +90,6 @@ def test_the_store_publishes_through_a_checked_pointer_and_keeps_two(tmp_path: P
     loaded = store.load()
     assert loaded is not None and loaded.step == 30 and torch.equal(loaded.state["x"], torch.full((4,), 30.0))
 
-    # Other inputs or parameters: ignored, and said so.
-    assert CheckpointStore(str(tmp_path), digest="other").load() is None
     # A file that does not match its pointer (half written, or replaced) is never read.
     (tmp_path / "step-00000030.pt").write_bytes(b"half a checkpoint")
     assert store.load() is None
@@ -102,6 +100,22 @@ def test_the_store_publishes_through_a_checked_pointer_and_keeps_two(tmp_path: P
     assert pointer["step"] == 40 and store.load().step == 40  # type: ignore[union-attr]
     store.clear()
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_another_runs_checkpoints_are_ignored_and_never_crowd_out_this_ones(tmp_path: Path) -> None:
+    old = CheckpointStore(str(tmp_path), digest="other inputs")
+    for step in (20000, 25000):
+        old.save(step, {"x": torch.ones(1)})
+    new = CheckpointStore(str(tmp_path), digest="this run")
+    # Saved before any load (later steps of another run lie about): only older files are pruned.
+    new.save(1000, {"x": torch.zeros(1)})
+    assert new.load() is not None and new.load().step == 1000  # type: ignore[union-attr]
+    # A pointer of another run is ignored, and its files go with it.
+    old.save(30000, {"x": torch.ones(1)})
+    assert new.load() is None
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    new.save(2000, {"x": torch.zeros(1)})
+    assert new.load().step == 2000  # type: ignore[union-attr]
 
 
 def _stage_cmd(ws: Path) -> list[str]:
@@ -129,14 +143,14 @@ def test_the_stage_killed_after_a_checkpoint_resumes_and_ends_as_an_unbroken_run
                             stderr=subprocess.PIPE, text=True)
     pointer = wss["killed"] / CHECKPOINTS / "splat" / checkpoint.POINTER
     deadline = time.monotonic() + 300
-    while not pointer.exists() and proc.poll() is None and time.monotonic() < deadline:
+    latest = wss["killed"] / LATEST_SPLAT  # published right after the checkpoint
+    while not (pointer.exists() and latest.is_file()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert pointer.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 300 s"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     first = json.loads(pointer.read_text())["step"]
     assert 0 < first < steps  # every 200 steps, or sooner by the 60 s clock on a slow machine
-    assert (wss["killed"] / LATEST_SPLAT).is_file()  # the splat so far, published with it
     assert not (wss["killed"] / "splat" / "_SUCCESS.json").exists()
 
     again = subprocess.run(_stage_cmd(wss["killed"]), cwd=REPO, env=env, capture_output=True, text=True,
