@@ -92,7 +92,7 @@ def score(gray: np.ndarray) -> tuple[Scores, np.ndarray]:
 
 
 def feature_count(gray: np.ndarray) -> int:
-    """SIFT keypoints on the scoring copy of a grayscale image (HxW uint8)."""
+    """SIFT keypoints on the scoring copy of a grayscale image (HxW, or that copy itself)."""
     import cv2
 
     g = np.clip(scoring_gray(gray), 0, 255).astype(np.uint8)

@@ -271,10 +271,10 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
             s.reason, s.detail = UNREADABLE, f"{type(exc).__name__}: {exc}"[:200]
             continue
         cameras.add(photo.camera)
-        gray = cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2GRAY)
+        gray = fq.scoring_gray(cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2GRAY))  # scaled once, for every score
         scores, s.thumb = fq.score(gray)
         s.scores = dataclasses.replace(scores, features=fq.feature_count(gray))
-        s.small = fq.small_gray(fq.scoring_gray(gray))
+        s.small = fq.small_gray(gray)
         if ctx is not None:
             ctx.progress.update(0.5 * (i + 1) / n, f"scoring photos: {i + 1}/{n}")
     scored = [s for s in seen if s.scores is not None]

@@ -175,9 +175,9 @@ def retries(first: Solve, n_images: int, long_side: int, params: dict[str, Any])
     exhaustive_ok = n_images <= RETRY_EXHAUSTIVE_FACTOR * int(params["exhaustive_max_images"])
     matcher = "exhaustive" if exhaustive_ok else first.matcher
     colmap = Solve("colmap", colmap_max_num_features(), COLMAP_FIRST_OCTAVE, matcher, "incremental")
-    same_matches = (first.max_num_features, first.first_octave) == (colmap.max_num_features, colmap.first_octave) \
-        and first.matcher_used == ("exhaustive" if exhaustive_ok else first.matcher_used)
-    if not same_matches:
+    same_features = (first.max_num_features, first.first_octave) == (colmap.max_num_features, colmap.first_octave)
+    same_pairs = first.matcher_used == "exhaustive" or not exhaustive_ok
+    if not (same_features and same_pairs):
         out.append(colmap)
     octave = -1 if long_side < RETRY_UPSAMPLE_BELOW else first.first_octave
     out.append(Solve("more_features", min(MAX_RETRY_FEATURES, max(RETRY_MIN_FEATURES, 2 * first.max_num_features)),
@@ -347,26 +347,27 @@ def partial_solve(solves: list[Solve], names: list[str], image_dir: Path, work: 
     tried = [(s, a) for s in solves for a in s.attempts if a.verification is not None and a.model is not None]
     if not tried:
         return None, {}
-    best, worst_model = min(tried, key=lambda sa: (sa[1].verification.figures["disagree_fraction"],
-                                                  len(sa[1].verification.suspect_images)))
-    drop = left_out(worst_model.verification)
-    placed = {im.name for im in worst_model.model.images.values() if im.has_pose}
+    source, least = min(tried, key=lambda sa: (sa[1].verification.figures["disagree_fraction"],
+                                               len(sa[1].verification.suspect_images)))
+    drop = left_out(least.verification)
+    placed = {im.name for im in least.model.images.values() if im.has_pose}
     keep = [n for n in names if n in placed and n not in drop]
     if not drop or len(keep) < min_registered:
         return None, {}
-    solve = Solve("partial", best.max_num_features, best.first_octave, best.matcher, "incremental",
-                  database=best.database, matcher_used=best.matcher_used, pairs=best.pairs,
-                  verified_pairs=best.verified_pairs)
+    solve = Solve("partial", source.max_num_features, source.first_octave, source.matcher, "incremental",
+                  database=source.database, matcher_used=source.matcher_used, pairs=source.pairs,
+                  verified_pairs=source.verified_pairs)
     solves.append(solve)
     t0 = time.perf_counter()
     ctx.progress.update(PHASES["verify"][0], f"mapping the {len(keep)} of {len(names)} photos the image pairs "
                                              "do not contradict")
     with ctx.timed("partial_mapping"):
-        a = sfm_mapping.run_incremental(best.database, image_dir, work / "models-partial", len(names), _quiet, keep)
+        a = sfm_mapping.run_incremental(source.database, image_dir, work / "models-partial", len(names), _quiet,
+                                        keep)
     solve.attempts = [a]
     if a.model is not None and a.check is not None and a.check.registered >= min_registered:
         with ctx.timed("partial_verify"):
-            a.verification = sfm_verify.verify(best.database, a.model)
+            a.verification = sfm_verify.verify(source.database, a.model)
     solve.seconds = time.perf_counter() - t0
     if a.verification is None or not a.verification.passed:
         return None, {}

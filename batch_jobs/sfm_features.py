@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,17 +119,23 @@ def apply_focal_priors(database: Path, setup: CameraSetup) -> int:
         for im in db.read_all_images():
             if im.name in setup.focal_px:
                 by_camera.setdefault(im.camera_id, []).append(setup.focal_px[im.name])
-        for cid, focals in by_camera.items():
-            cam = cameras[cid]
-            params = np.asarray(cam.params, np.float64).copy()
-            for i in cam.focal_length_idxs():
-                params[i] = float(np.median(focals))
-            cam.params = params
-            cam.has_prior_focal_length = True
-            db.update_camera(cam)
+        write_focal_priors(db, [cameras[cid] for cid in by_camera],
+                           {cid: itertools.repeat(float(np.median(f))) for cid, f in by_camera.items()})
         return len(by_camera)
     finally:
         db.close()
+
+
+def write_focal_priors(db: Any, cameras: Iterable[Any], focals: Mapping[int, Iterable[float]]) -> None:
+    """Set the focal length parameters of `cameras` (of the open database `db`) to `focals[camera_id]`
+    (one value per focal parameter, in `focal_length_idxs` order) and mark them as priors."""
+    for cam in cameras:
+        params = np.asarray(cam.params, np.float64).copy()
+        for i, value in zip(cam.focal_length_idxs(), focals[cam.camera_id], strict=False):
+            params[i] = value
+        cam.params = params
+        cam.has_prior_focal_length = True
+        db.update_camera(cam)
 
 
 def image_ids(database: Path) -> dict[str, int]:

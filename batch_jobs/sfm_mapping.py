@@ -197,12 +197,12 @@ def run_incremental(database: Path, image_dir: Path, out: Path, total: int, prog
 
 
 def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str], progress: Progress,
-                   max_spacing: int | None = None) -> tuple[Attempt, bool, set[int]]:
+                   max_spacing: int | None = None) -> tuple[Attempt, bool]:
     """Incremental mapping of an even subset of `names` (all of them when few); when its model is
     good enough, its cameras' focal lengths become the database's priors. `max_spacing`: the
     widest gap between chosen images that were matched to each other (sequential matching), so
     a long sequence gives a contiguous, evenly spaced block from its middle. Returns (the
-    attempt, whether every camera of the database has a prior now, the cameras it marked)."""
+    attempt, whether every camera of the database has a prior now)."""
     n, k = len(names), SELF_CALIBRATION_IMAGES
     idx = sfm_pairs.evenly_spaced(n, k)
     if max_spacing and n > k and (n - 1) / (k - 1) > max_spacing:
@@ -212,39 +212,30 @@ def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str],
     whole = len(subset) == n
     a = run_incremental(database, image_dir, out, n, progress, None if whole else subset)
     if a.model is None or a.check is None:
-        return a, False, set()
+        return a, False
     # A subset model is judged against its own images; a model of every image by the usual rules.
     check = a.check if whole else check_model(a.model, len(subset))
     enough = check.registered >= SELF_CALIBRATION_MIN_FRACTION * len(subset)
     plausible = not [p for p in check.problems if "registered" not in p]
     if not (enough and plausible):
-        return a, False, set()
-    covered, marked = set_focal_priors(database, a.model)
-    return a, covered, marked
+        return a, False
+    return a, set_focal_priors(database, a.model)
 
 
-def set_focal_priors(database: Path, model: Any) -> tuple[bool, set[int]]:
+def set_focal_priors(database: Path, model: Any) -> bool:
     """Write the focal lengths of `model`'s cameras to the database's cameras of the same ids that
-    have no prior yet (EXIF priors stay), marked as priors. Returns (whether every camera of the
-    database has a prior now, the ids marked)."""
+    have no prior yet (EXIF priors stay), marked as priors; True when every camera of the
+    database has a prior now."""
     import pycolmap
 
     db = pycolmap.Database.open(str(database))
     try:
         cameras = db.read_all_cameras()
-        marked = set()
-        for cam in cameras:
-            if cam.has_prior_focal_length or cam.camera_id not in model.cameras:
-                continue
-            solved = np.asarray(model.cameras[cam.camera_id].params, np.float64)
-            params = np.asarray(cam.params, np.float64).copy()
-            for i in cam.focal_length_idxs():
-                params[i] = solved[i]
-            cam.params = params
-            cam.has_prior_focal_length = True
-            db.update_camera(cam)
-            marked.add(int(cam.camera_id))
-        return all(c.has_prior_focal_length or c.camera_id in marked for c in cameras), marked
+        solved = [c for c in cameras if not c.has_prior_focal_length and c.camera_id in model.cameras]
+        sfm_features.write_focal_priors(db, solved, {
+            c.camera_id: [float(model.cameras[c.camera_id].params[i]) for i in c.focal_length_idxs()] for c in solved})
+        ids = {c.camera_id for c in solved}
+        return all(c.has_prior_focal_length or c.camera_id in ids for c in cameras)
     finally:
         db.close()
 
@@ -314,7 +305,7 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
         exif = prior_cameras(database)
         if not has_priors:
             progress(0.0, "self-calibration: incremental mapping for the focal length")
-            cal, has_priors, _ = self_calibrate(database, image_dir, work / "calibration", names,
+            cal, has_priors = self_calibrate(database, image_dir, work / "calibration", names,
                                                      lambda f, m: progress(0.4 * f, m), max_spacing)
             attempts.append(cal)
             focal_source = "self_calibration"
