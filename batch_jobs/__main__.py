@@ -7,8 +7,8 @@ import json
 import logging
 import sys
 
-from batch_jobs.errors import EXIT_BAD_INPUT
-from functions.jobrecord import STAGES
+from core.batch_task import EXIT_BAD_INPUT
+from core.record import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:

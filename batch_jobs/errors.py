@@ -4,15 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions import batch_job
-
-# Exit codes of `python -m batch_jobs run`. The Batch job body (functions.batch_job) fails the
-# task without a retry on EXIT_BAD_INPUT (a lifecycle policy on the exit code): a retry cannot
-# fix bad input.
-EXIT_OK = 0
-EXIT_RETRYABLE = 1
-EXIT_BAD_INPUT = batch_job.EXIT_BAD_INPUT
-
 
 class StageError(Exception):
     """A failure the stage understands. `retryable=False` for bad input."""

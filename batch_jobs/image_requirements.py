@@ -8,7 +8,7 @@ constraints.txt, so the image never drifts from the package and its tested pins:
   from source against it).
 
 open3d stays the CPU build the tests use: the TSDF fusion runs on the CPU device
-(batch_jobs/tsdf.py).
+(batch_jobs/mesh/tsdf.py).
 
 `python batch_jobs/image_requirements.py` prints the requirement lines; `--gpu-wheels` prints
 only the swapped-in GPU builds (tests/image downloads them to check their libraries).

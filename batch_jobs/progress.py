@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Any, Protocol
 
-from functions import gcs, jobrecord
+from core import gcs
+from core import record as jobrecord
 
 log = logging.getLogger("batch_jobs.progress")
 

@@ -5,7 +5,7 @@
 For a stage it: reads `{workspace}/request.json`, resolves the options into the stage's
 parameters, fingerprints its inputs (the request's input for `frames`, the `_SUCCESS.json` of
 the stages it reads otherwise: `upstream` and, when they ran, `optional_upstream` in the stage
-registry, functions.stages), skips the stage when `{stage}/_SUCCESS.json` matches, else checks
+registry, core.stages), skips the stage when `{stage}/_SUCCESS.json` matches, else checks
 that a stage given a GPU can use it, clears `{workspace}/{stage}/`, runs the stage module with a
 progress reporter, uploads what it wrote, and writes `_SUCCESS.json` last. A failure writes
 `{stage}/_ERROR.json` and the error to the status store, and exits non-zero (EXIT_BAD_INPUT when
@@ -35,22 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from batch_jobs import storage
-from batch_jobs.errors import (
-    BAD_REQUEST,
-    EXIT_BAD_INPUT,
-    EXIT_OK,
-    EXIT_RETRYABLE,
-    INPUT_NOT_FOUND,
-    INTERNAL,
-    MISSING_INPUT,
-    NO_CUDA,
-    StageError,
-)
+from batch_jobs.errors import BAD_REQUEST, INPUT_NOT_FOUND, INTERNAL, MISSING_INPUT, NO_CUDA, StageError
 from batch_jobs.progress import ProgressReporter, default_sinks
-from functions import jobrecord, stages
-from functions.batch_job import GPUS_ENV
-from functions.options import OptionsError, normalize_options
-from functions.workspace import CHECKPOINTS, ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
+from core import record as jobrecord
+from core import stages
+from core.batch_task import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, GPUS_ENV
+from core.options import OptionsError, normalize_options
+from core.workspace import CHECKPOINTS, ERROR_FILE, REQUEST_FILE, SUCCESS_FILE
 
 log = logging.getLogger("batch_jobs.runner")
 
@@ -88,7 +79,7 @@ class StageContext:
         return storage.join(self.workspace, stage, *parts)
 
     def checkpoint_uri(self) -> str:
-        """Where this stage keeps its resumable state while it runs (functions.workspace.CHECKPOINTS)."""
+        """Where this stage keeps its resumable state while it runs (core.workspace.CHECKPOINTS)."""
         return storage.join(self.workspace, CHECKPOINTS, self.stage)
 
     def write_report(self, report: Mapping[str, Any], *, failed: bool = False) -> None:
@@ -145,7 +136,7 @@ def _digest(obj: Any) -> str:
 def load_stage_module(stage: str) -> Any:
     if stage not in jobrecord.STAGES:
         raise StageError(BAD_REQUEST, f"unknown stage {stage!r}; stages are {', '.join(jobrecord.STAGES)}")
-    return importlib.import_module(f"batch_jobs.{stage}")
+    return importlib.import_module(f"batch_jobs.{stage}.stage")
 
 
 def read_request(workspace: str, request_id: str | None, cli_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -194,7 +185,7 @@ def input_fingerprints(stage: str, workspace: str, request: dict[str, Any]) -> d
 
 
 def require_gpus() -> None:
-    """A stage whose Batch job was given GPUs (GPUS_ENV, set by functions.batch_job) fails at
+    """A stage whose Batch job was given GPUs (GPUS_ENV, set by functions.dispatch.batch_job) fails at
     once when CUDA cannot see them: a silent CPU run would bill GPU hours until it timed out."""
     raw = os.environ.get(GPUS_ENV, "").strip()
     wanted = int(raw) if raw.isdigit() else 0

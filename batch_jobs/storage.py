@@ -6,7 +6,7 @@ uploads go as resumable uploads in chunks, downloads are written as they arrive 
 against the stored checksum), every call retries transient failures (429, 5xx, dropped
 connections) with exponential backoff up to a deadline, and many files move in parallel.
 
-The Cloud Storage client and the parsing of `gs://` URIs are functions.gcs's, shared with the
+The Cloud Storage client and the parsing of `gs://` URIs are core.gcs's, shared with the
 functions. A missing object raises `FileNotFoundError` for `gs://` URIs as for local paths.
 Files written here (downloads, local writes) appear atomically: a reader never sees half a file.
 """
@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from functions import gcs
+from core import gcs
 
 DEFAULT_PARALLELISM = 8
 RETRY_DEADLINE_S = 300.0  # a transfer that keeps failing this long is a real failure

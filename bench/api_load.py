@@ -114,10 +114,11 @@ def _redis_caller(info: StackInfo, bucket: str, run_tag: str) -> tuple[Callable,
     """What an accept costs in Redis alone: the same token, dedup keys and enqueue script (which
     counts the rate limit too)."""
     os.environ.update(info.env)
-    from functions import callback_token, intake
     from functions.config import Settings
     from functions.context import services
-    from functions.validation import new_request
+    from functions.intake import accept as intake
+    from functions.intake import callback_token
+    from functions.intake.validation import new_request
 
     svc = services(Settings.from_env())
 

@@ -69,7 +69,7 @@ def child(what: str, video: str, ws: str) -> None:
     """Runs in its own process; prints its seconds, frames and peak RSS as JSON."""
     t0 = time.perf_counter()
     if what == "decode":
-        from batch_jobs import video_decode
+        from batch_jobs.frames import video_decode
 
         stats = video_decode.DecodeStats()
         for _ in video_decode.iter_frames(Path(video), stats):

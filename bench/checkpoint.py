@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from batch_jobs.gaussians.checkpoint import CheckpointStore  # noqa: E402
 from batch_jobs.gaussians.params import init_params, num_sh_bases  # noqa: E402
 from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer  # noqa: E402
-from functions import stages  # noqa: E402
+from core import stages  # noqa: E402
 
 
 def sizes() -> None:
@@ -82,7 +82,7 @@ def slowdown(steps: int, every: int) -> None:
     for label in ("none", "every", "none", "every"):  # interleaved: both see the same machine
         torch.manual_seed(0)
         params = init_params(model.points, model.colors, sh_degree=1, seed=0)
-        trainer = Trainer(params, views, TrainConfig(steps=steps, sh_degree=1, cap_max=40_000),
+        trainer = Trainer(params, views, TrainConfig(steps=steps, sh_degree=1, strategy="default", depth_loss=False, seed=0, cap_max=40_000),
                           model.scene_extent()[1])
         with tempfile.TemporaryDirectory() as tmp:
             store = CheckpointStore(tmp, digest="bench")

@@ -36,11 +36,13 @@ from pathlib import Path
 
 import redis
 
+from core.stages import ORDER
 from emulator import services
-from functions import callback_token, dedup, redis_conn
 from functions.config import Settings
-from functions.request_queue import RequestQueue
-from functions.validation import NewRequest
+from functions.intake import callback_token, dedup
+from functions.intake.validation import NewRequest
+from functions.queue_store import connection as redis_conn
+from functions.queue_store.store import RequestQueue
 
 
 @dataclass
@@ -107,7 +109,7 @@ def main() -> int:
             rq_client = redis.Redis.from_url(url)  # rq wants bytes
             q = RequestQueue(ours_client)
             options = {"preset": "standard"}
-            stages = ("frames", "sfm", "depth", "splat", "mesh")
+            stages = ORDER
 
             def enqueue(i: int) -> None:
                 req = NewRequest(session_id="bench", input=f"gs://splatpipe-uploads/bench/{i}.mp4",

@@ -22,12 +22,13 @@ from typing import Any
 
 import requests
 
+from core.stages import ORDER
 from emulator.stack import REPO, Stack, StackConfig, StackInfo, _env, running
 
 SAMPLE_DIR = REPO / ".cache" / "demo" / "video-90-480x360-v1"
 DEFAULT_OUT = REPO / "demo-output"
 DEMO_OPTIONS = {"preset": "preview"}
-STAGES = ("frames", "sfm", "depth", "splat", "mesh")
+STAGES = ORDER
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 

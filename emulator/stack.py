@@ -31,6 +31,7 @@ from typing import Any
 
 import requests
 
+from core.local_stack import DEFAULT_RUN_DIR, REPO, STATE_FILE, running_state
 from emulator import services
 from emulator.processes import (
     HOST,
@@ -45,11 +46,8 @@ from emulator.processes import (
 )
 from functions.config import Settings
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_RUN_DIR = REPO / ".splatpipe" / "stack"
 WORKFLOW_YAML = REPO / "workflows" / "reconstruct.yaml"
 UNTRAINED_DEPTH_DIR = REPO / ".cache" / "demo" / "depth-untrained-v1"
-STATE_FILE = "stack.json"
 TOPIC = "gcs-events"
 SUBSCRIPTION = "eventarc-on-upload"
 FUNCTIONS = (("queue", "http"), ("dispatch", "http"), ("api", "http"), ("on_upload", "cloudevent"))
@@ -114,11 +112,11 @@ def _env(overrides: Mapping[str, str]) -> Iterator[None]:
 
 def running(run_dir: Path = DEFAULT_RUN_DIR) -> StackInfo | None:
     """The stack described by `run_dir/stack.json` when all its processes are alive."""
+    state = running_state(run_dir)
     try:
-        info = StackInfo.from_json(json.loads((Path(run_dir) / STATE_FILE).read_text()))
-    except (OSError, ValueError, KeyError):
+        return StackInfo.from_json(state) if state is not None else None
+    except (ValueError, KeyError, TypeError):
         return None
-    return info if info.alive() else None
 
 
 def resolve_depth_model(configured: str | None) -> tuple[str, bool]:
@@ -128,7 +126,7 @@ def resolve_depth_model(configured: str | None) -> tuple[str, bool]:
         return spec, (Path(spec) / "splatpipe_untrained.json").exists()
     if not (UNTRAINED_DEPTH_DIR / "splatpipe_untrained.json").exists():
         # No weights can be downloaded here: a tiny random Depth-Anything model stands in.
-        from batch_jobs.depth_model import build_untrained_model
+        from batch_jobs.depth.model import build_untrained_model
 
         tmp = UNTRAINED_DEPTH_DIR.with_name(UNTRAINED_DEPTH_DIR.name + f".tmp{os.getpid()}")
         build_untrained_model(tmp)
@@ -246,7 +244,7 @@ class Stack:
             "DEPTH_MODEL": depth_model,
             **c.extra_env,
         }
-        # What the workflow reads; the Batch settings are dispatch's (functions/batch_job.py).
+        # What the workflow reads; the Batch settings are dispatch's (functions/dispatch/batch_job.py).
         workflow_env = {"QUEUE_URL": urls["queue"], "DISPATCH_URL": urls["dispatch"]}
         env_file = self.run_dir / "workflow-env.json"
         env_file.write_text(json.dumps(workflow_env, indent=2))

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import gcs, stages
+
 # A setting is read from its name in capitals, except these; FIRESTORE_EMULATOR_HOST also turns the
 # mirror's default on.
 _RENAMED = {"project": "GOOGLE_CLOUD_PROJECT", "on_gcp": "K_SERVICE"}
@@ -39,7 +41,7 @@ def _parse(kind: str, raw: str | None, name: str, default: Any) -> Any:
 class Settings:
     """Every setting the functions read. Build with :meth:`from_env`; tests pass values directly."""
 
-    project: str = "splatpipe-local"
+    project: str = gcs.LOCAL_PROJECT
     region: str = "us-central1"
     redis_url: str = "redis://127.0.0.1:6379/0"
     uploads_bucket: str = "splatpipe-uploads"
@@ -50,7 +52,7 @@ class Settings:
     dedup_window_seconds: int = 3600
     lease_seconds: int = 6 * 3600
     job_image: str = ""
-    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    depth_model: str = stages.DEFAULT_DEPTH_MODEL
     # Extra buckets a request's `input` may name besides the uploads bucket.
     extra_input_buckets: tuple[str, ...] = field(default_factory=tuple)
     # Memorystore with in-transit encryption: REDIS_URL is rediss://:AUTH@host:port and this is the

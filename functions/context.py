@@ -5,15 +5,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from functions import redis_conn
-from functions.caller import IdTokenVerifier
 from functions.config import Settings
-from functions.dispatch_kick import DispatchKick
-from functions.executor import Executor
-from functions.output_links import OutputLinker
-from functions.rate_limit import SlidingWindowLimiter
-from functions.request_queue import RequestQueue
-from functions.status_mirror import StatusMirror
+from functions.dispatch.executions import Executor
+from functions.dispatch.kick import DispatchKick
+from functions.edge.caller import IdTokenVerifier
+from functions.queue_store import connection as redis_conn
+from functions.queue_store.rate_limit import SlidingWindowLimiter
+from functions.queue_store.store import RequestQueue
+from functions.status.mirror import StatusMirror
+from functions.status.output_links import OutputLinker
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What the domain modules refuse with: a stable machine code and a message safe to show the caller.
 
-They say what went wrong, never how HTTP answers it: functions.http_json.http_error gives each
+They say what went wrong, never how HTTP answers it: functions.edge.json_api.http_error gives each
 kind its status, once, at the edge.
 """
 

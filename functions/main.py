@@ -2,16 +2,16 @@
 
   api        HTTP  public: POST /trigger-reconstruction, POST /preprocess-video,
                    GET /status?callback_token=, GET /status/{id} (with the token)
-                   and the task API (functions.task_api: uploads, options, list, cancel,
-                   restart, delete, download) and the results page (functions.results_page:
+                   and the task API (functions.edge.task_api: uploads, options, list, cancel,
+                   restart, delete, download) and the results page (functions.edge.results_page:
                    GET /view/{id}?token=, its static files under /viewer/)
   queue      HTTP  IAM-only: POST /enqueue, GET|PUT /status/{id}, GET /queue, GET /next,
-                   POST /webhook/{id} (functions.webhook_relay: the webhook, checked when sent)
+                   POST /webhook/{id} (functions.webhooks.relay: the webhook, checked when sent)
   on_upload  CloudEvent  google.cloud.storage.object.v1.finalized on the uploads bucket
-  dispatch   HTTP  IAM-only, POST or GET: admission control (functions.dispatcher)
+  dispatch   HTTP  IAM-only, POST or GET: admission control (functions.dispatch.admission)
 
 Every HTTP answer is JSON; errors are `{"error": {"code", "message"}}`, their statuses decided
-here and in functions.http_json only.
+here and in functions.edge.json_api only.
 """
 
 from __future__ import annotations
@@ -25,20 +25,12 @@ import functions_framework
 import redis
 from werkzeug.exceptions import HTTPException
 
-from functions import (
-    dispatcher,
-    public_api,
-    queue_service,
-    results_page,
-    task_api,
-    upload_events,
-    video_upload,
-    webhook_relay,
-)
 from functions.config import Settings
 from functions.context import Services, services
-from functions.errors import DomainError, UnavailableError
-from functions.http_json import (
+from functions.dispatch import admission as dispatcher
+from functions.edge import public_api, results_page, task_api
+from functions.edge import queue_api as queue_service
+from functions.edge.json_api import (
     ApiError,
     error_response,
     http_exception_response,
@@ -46,7 +38,10 @@ from functions.http_json import (
     limit_request_bodies,
     undecodable_body_response,
 )
-from functions.routing import Route, match
+from functions.edge.routing import Route, match
+from functions.errors import DomainError, UnavailableError
+from functions.intake import upload_events, video_upload
+from functions.webhooks import relay as webhook_relay
 
 log = logging.getLogger("splatpipe.functions")
 

@@ -24,10 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.stages import ORDER
 from splatpipe.client import LATEST_SPLAT_FILE, Client, RequestHandle, SplatpipeError, latest_splat_step
-
-STAGE_ORDER = ("frames", "sfm", "depth", "splat", "mesh")
-
 
 # --- the token store ---------------------------------------------------------------------------
 
@@ -181,7 +179,7 @@ def follow(handle: RequestHandle, quiet: bool = False, out: Path | None = None) 
             last = snap
             if not quiet:
                 if bars is None:
-                    bars = StageBars([s for s in STAGE_ORDER if s in snap.get("stages_requested", STAGE_ORDER)])
+                    bars = StageBars([s for s in ORDER if s in snap.get("stages_requested", ORDER)])
                 bars.update(snap)
             said = saver.update(snap) if saver is not None else None
             if said and bars is not None:

@@ -33,15 +33,13 @@ from typing import Any
 
 import requests
 
-from emulator import stack
-from functions import jobrecord
+from core import local_stack
+from core import record as jobrecord
+from core.api import TOKEN_HEADER
+from core.media import PHOTO_EXTENSIONS
 
 TERMINAL_STATES = frozenset(s.value for s in jobrecord.TERMINAL_STATES)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp"})
 CHUNK_BYTES = 8 * 1024 * 1024  # resumable chunks must be multiples of 256 KiB (except the last)
-STACK_DIR = stack.DEFAULT_RUN_DIR.relative_to(stack.REPO)
-TOKEN_HEADER = "X-Callback-Token"
 LATEST_SPLAT_FILE = "splat_latest.spz"
 """Where `splatpipe … --follow --out DIR` keeps the training's latest snapshot (`DIR/splat_latest.spz`)."""
 
@@ -83,26 +81,27 @@ def local_files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise SplatpipeError(0, "not_found", f"{path} is neither a file nor a folder")
-    photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_EXTENSIONS)
     if not photos:
-        raise SplatpipeError(0, "no_photos", f"{path} has no photos ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise SplatpipeError(0, "no_photos", f"{path} has no photos ({', '.join(PHOTO_EXTENSIONS)})")
     return photos
 
 
 def find_local_stack(start: Path | None = None) -> str | None:
-    """The api URL of a running local stack (`emulator.stack.running`): the one in
+    """The api URL of a running local stack (core.local_stack): the one in
     `$SPLATPIPE_STACK_DIR`, else `.splatpipe/stack` in this folder or one above it, or next to
     this package."""
     dirs: list[Path] = []
     if os.environ.get("SPLATPIPE_STACK_DIR"):
         dirs.append(Path(os.environ["SPLATPIPE_STACK_DIR"]))
     here = (start or Path.cwd()).resolve()
-    dirs += [d / STACK_DIR for d in (here, *here.parents)]
-    dirs.append(stack.DEFAULT_RUN_DIR)
+    dirs += [d / local_stack.STACK_DIR for d in (here, *here.parents)]
+    dirs.append(local_stack.DEFAULT_RUN_DIR)
     for d in dirs:
-        info = stack.running(d)
-        if info is not None and info.urls.get("api"):
-            return info.urls["api"]
+        state = local_stack.running_state(d)
+        api = state.get("urls", {}).get("api") if state is not None else None
+        if isinstance(api, str) and api:
+            return api
     return None
 
 

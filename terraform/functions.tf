@@ -6,6 +6,7 @@
 
 locals {
   functions_dir = "${local.repo_root}/functions"
+  core_dir      = "${local.repo_root}/core" # the shared core both planes import
 
   function_names = {
     api       = "${local.p}-api"
@@ -21,9 +22,13 @@ locals {
     for k, name in local.function_names : k => "https://${name}-${data.google_project.this.number}.${var.region}.run.app"
   }
 
-  # The package as deployed: every file under functions/ but caches.
+  # The packages as deployed: every file under functions/ and core/ but caches.
   function_package_files = sort([
     for f in fileset(local.functions_dir, "**") : f
+    if !strcontains(f, "__pycache__") && !endswith(f, ".pyc")
+  ])
+  core_package_files = sort([
+    for f in fileset(local.core_dir, "**") : f
     if !strcontains(f, "__pycache__") && !endswith(f, ".pyc")
   ])
 
@@ -31,6 +36,7 @@ locals {
   function_source_hash = sha256(join("", concat(
     [filesha256("${path.module}/functions_shim/main.py"), filesha256("${local.functions_dir}/requirements.txt")],
     [for f in local.function_package_files : "${f}:${filesha256("${local.functions_dir}/${f}")}"],
+    [for f in local.core_package_files : "core/${f}:${filesha256("${local.core_dir}/${f}")}"],
   )))
 
   # Every setting functions/config.py reads, on every function (REDIS_URL comes from Secret
@@ -58,7 +64,7 @@ locals {
   }
 
   # What dispatch alone reads besides: the machines, identity and network of the Batch jobs whose
-  # bodies it builds (functions/batch_job.py; JOB_IMAGE, DEPTH_MODEL and REGION are settings of
+  # bodies it builds (functions/dispatch/batch_job.py; JOB_IMAGE, DEPTH_MODEL and REGION are settings of
   # every function above).
   batch_env = {
     CPU_MACHINE_TYPE      = var.cpu_machine_type
@@ -94,6 +100,14 @@ data "archive_file" "functions" {
     content {
       content  = file("${local.functions_dir}/${source.value}")
       filename = "functions/${source.value}"
+    }
+  }
+
+  dynamic "source" {
+    for_each = local.core_package_files
+    content {
+      content  = file("${local.core_dir}/${source.value}")
+      filename = "core/${source.value}"
     }
   }
 }

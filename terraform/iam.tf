@@ -18,7 +18,7 @@ locals {
   # Roles that exist only at project level (no narrower resource takes them).
   project_roles = {
     api_firestore = { sa = "api", role = "roles/datastore.user" }
-    # POST /requests/{id}/cancel (functions/tasks.py): cancels the execution, deletes its Batch job.
+    # POST /requests/{id}/cancel (functions/lifecycle/control.py): cancels the execution, deletes its Batch job.
     api_cancels_executions = { sa = "api", role = "roles/workflows.invoker" }
     api_deletes_batch_jobs = { sa = "api", role = "roles/batch.jobsEditor" }
     upload_firestore       = { sa = "upload", role = "roles/datastore.user" }

@@ -91,7 +91,7 @@ def gcs_service(run_dir: Path) -> Iterator[services.Service]:
     svc = services.start_gcs(run_dir, project=PROJECT)
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = svc.env["STORAGE_EMULATOR_HOST"]
-    yield svc  # functions.gcs keeps a client per emulator host: no cached client to forget
+    yield svc  # core.gcs keeps a client per emulator host: no cached client to forget
     if old is None:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
@@ -105,7 +105,7 @@ def gcs_bucket(gcs_service: services.Service, request: pytest.FixtureRequest) ->
     import re
     import uuid
 
-    from functions import gcs
+    from core import gcs
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     gcs.client(PROJECT).create_bucket(name)

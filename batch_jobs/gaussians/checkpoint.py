@@ -1,6 +1,6 @@
 """Training checkpoints: the whole state of a splat run, so a Spot preemption costs minutes.
 
-A checkpoint is one file `{workspace}/checkpoints/splat/step-{step:08d}.pt` (functions.workspace
+A checkpoint is one file `{workspace}/checkpoints/splat/step-{step:08d}.pt` (core.workspace
 CHECKPOINTS; outside `splat/`, which the runner clears when the stage starts) holding the
 trainer's state (`trainer.Trainer.state_dict`: parameters, optimiser and scheduler state, the
 densification strategy's state, the background, the view order and every random generator)

@@ -23,16 +23,18 @@ from batch_jobs.gaussians.strategy import make_strategy
 log = logging.getLogger("batch_jobs.gaussians.trainer")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
+    # The splat stage's registered parameters (core.stages, the splat stage's presets): no second default here.
     steps: int
-    sh_degree: int = 3
-    strategy: str = "default"  # or "mcmc"
-    depth_loss: bool = False
+    sh_degree: int
+    strategy: str  # "default" or "mcmc"
+    depth_loss: bool
+    cap_max: int
+    seed: int
+    # The recipe's constants, not request parameters.
     depth_lambda: float = 0.05
     ssim_lambda: float = 0.2
-    cap_max: int = 300_000
-    seed: int = 0
     lr_means: float = 1.6e-4  # times the scene scale
     lr_means_final: float = 0.01  # fraction of lr_means reached at the last step
     lr_scales: float = 5e-3

@@ -475,8 +475,8 @@ def step_carry(c: StepContext) -> dict[str, Any]:
 def _check_model(ws: Path, facts: dict[str, Any]) -> list[str]:
     from batch_jobs.gaussians.camera import working_size
     from batch_jobs.sparse_model import read_sparse_model
-    from functions import stages
-    from functions.options import normalize_options
+    from core import stages
+    from core.options import normalize_options
 
     request = json.loads((ws / "request.json").read_text())
     model = read_sparse_model(ws / "sfm" / "sparse" / "0")
@@ -551,7 +551,7 @@ def small_sized_depth_model(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import DepthAnythingForDepthEstimation
 
-    from batch_jobs.depth_model import build_untrained_model
+    from batch_jobs.depth.model import build_untrained_model
 
     build_untrained_model(out_dir, seed=seed)  # the processor and the untrained marker, as the stage reads them
     torch.manual_seed(seed)
@@ -576,7 +576,7 @@ def step_depth(c: StepContext) -> dict[str, Any]:
     import cv2
     import torch
 
-    from batch_jobs.depth_model import load_depth_model
+    from batch_jobs.depth.model import load_depth_model
     from batch_jobs.runner import run_stage
 
     t_end = time.monotonic() + c.limit - 15  # leave the stage run its share
@@ -823,8 +823,8 @@ def step_mesh(c: StepContext) -> dict[str, Any]:
     from batch_jobs.gaussians.render import render
     from batch_jobs.runner import run_stage
     from batch_jobs.sparse_model import read_sparse_model
-    from functions import stages
-    from functions.options import normalize_options
+    from core import stages
+    from core.options import normalize_options
 
     ws = c.work / "ws-standard"
     trained = (ws / "splat" / "_SUCCESS.json").is_file()
@@ -869,7 +869,7 @@ def step_mesh(c: StepContext) -> dict[str, Any]:
     torch.cuda.synchronize()
     render_s = time.perf_counter() - t0
     fusion = ("not run: open3d does not import here (its open3d-cpu wheel is about 100 MiB, over the 64 MiB carry); "
-              "the fusion is CPU-only in our code (batch_jobs/tsdf.py uses open3d on CPU:0)") if not has_open3d else \
+              "the fusion is CPU-only in our code (batch_jobs/mesh/tsdf.py uses open3d on CPU:0)") if not has_open3d else \
         "not run: no trained splat to mesh"
     return {"status": "ok", "what": "the mesh stage's GPU share: depth + opacity renders of every view",
             "source": source, "gaussians": int(params["means"].shape[0]), "views": len(views),

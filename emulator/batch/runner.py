@@ -19,7 +19,7 @@ simulated Spot preemption (`preempt`). A process killed by signal N ends with 12
 container would). `jobs.delete` (https://cloud.google.com/batch/docs/reference/rest/v1/
 projects.locations.jobs/delete) puts the job in DELETION_IN_PROGRESS, kills its task processes
 and then forgets it (a later get is a 404). This machine is the VM of every job and has no GPU:
-a job's GPUS_ENV (functions.batch_job) is replaced by the GPUs it has (`gpus`, 0), so a GPU stage
+a job's GPUS_ENV (functions.dispatch.batch_job) is replaced by the GPUs it has (`gpus`, 0), so a GPU stage
 runs on the CPU here instead of failing its CUDA check. Each attempt's output is kept in
 `{run_dir}/{job_id}/task{i}-attempt{n}.log`; a running one's PID in `….pid`.
 """
@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.batch_task import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED, GPUS_ENV
 from emulator.batch.jobspec import InvalidJob, Runnable, TaskGroupSpec, parse_job
-from functions.batch_job import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED, GPUS_ENV
 
 log = logging.getLogger("emulator.batch")
 

@@ -2,7 +2,7 @@
 
 The google-cloud-workflows client library ships only a gRPC transport for the Executions API, so
 this is what `ExecutionsClient` talks to locally, over an insecure channel
-(`functions.executor.executions_client`): Create, Get, List (newest first, `state="…"` filter)
+(`functions.dispatch.executions.executions_client`): Create, Get, List (newest first, `state="…"` filter)
 and Cancel.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batch_jobs import depth_align
+from batch_jobs.depth import align as depth_align
 from emulator.synthetic_scene import SyntheticScene
 
 

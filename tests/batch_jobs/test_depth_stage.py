@@ -16,8 +16,9 @@ import pytest
 from workspace_fixture import SMALL, GTWorkspace, small_gt_workspace  # noqa: F401 (fixture)
 
 from batch_jobs import runner, storage
-from batch_jobs.depth_model import MODEL_UNAVAILABLE, build_untrained_model, load_depth_model
-from batch_jobs.errors import EXIT_BAD_INPUT, StageError
+from batch_jobs.depth.model import MODEL_UNAVAILABLE, build_untrained_model, load_depth_model
+from batch_jobs.errors import StageError
+from core.batch_task import EXIT_BAD_INPUT
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from batch_jobs import frames, runner, storage
-from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
+from batch_jobs import runner, storage
+from batch_jobs.frames import stage as frames
 from batch_jobs.progress import ProgressReporter
+from core.batch_task import EXIT_BAD_INPUT, EXIT_OK
 from emulator.synthetic_scene import motion_blur, write_video
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,10 +15,11 @@ from workspace_fixture import (
     mesh_surface_distances,
 )
 
-from batch_jobs import runner, tsdf
-from batch_jobs.errors import EXIT_BAD_INPUT
-from batch_jobs.mesh import choose_alpha_threshold, depth_edges
+from batch_jobs import runner
+from batch_jobs.mesh import tsdf
+from batch_jobs.mesh.stage import choose_alpha_threshold, depth_edges
 from batch_jobs.sparse_model import read_sparse_model
+from core.batch_task import EXIT_BAD_INPUT
 
 
 def _gt_frames(gt: GTWorkspace) -> list[tsdf.DepthFrame]:

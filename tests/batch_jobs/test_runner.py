@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from batch_jobs import runner, storage
-from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, NO_CUDA, StageError
-from functions.batch_job import GPUS_ENV
+from batch_jobs.errors import NO_CUDA, StageError
+from core.batch_task import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, GPUS_ENV
 
 
 def _stage(body: Any) -> types.ModuleType:
-    # The stages a stage reads come from the registry (functions.stages), not the module.
+    # The stages a stage reads come from the registry (core.stages), not the module.
     mod = types.ModuleType("fake_stage")
     mod.VERSION = 1
     mod.run = body

@@ -17,8 +17,10 @@ import pose_accuracy as pa
 import pytest
 from test_frames import run_cli
 
-from batch_jobs import runner, sfm_export, sfm_mapping
-from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
+from batch_jobs import runner
+from batch_jobs.sfm import export as sfm_export
+from batch_jobs.sfm import mapping as sfm_mapping
+from core.batch_task import EXIT_BAD_INPUT, EXIT_OK
 
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 

@@ -9,7 +9,8 @@ import numpy as np
 import pose_accuracy as pa
 import pytest
 
-from batch_jobs import sfm_export, sfm_pairs
+from batch_jobs.sfm import export as sfm_export
+from batch_jobs.sfm import pairs as sfm_pairs
 
 
 def test_sequential_pairs_window_and_power_of_two_reach() -> None:
@@ -106,7 +107,7 @@ def test_gpu_only_with_a_cuda_build_and_a_device(monkeypatch: pytest.MonkeyPatch
     """The CUDA build of pycolmap on a VM without a GPU must not be asked for the GPU."""
     import pycolmap
 
-    from batch_jobs import sfm_features
+    from batch_jobs.sfm import features as sfm_features
 
     assert sfm_features.cuda_device_count() >= 0  # 0 here: no driver, no error
     try:

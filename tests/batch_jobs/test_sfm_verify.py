@@ -1,4 +1,4 @@
-"""The camera-solution verifier (batch_jobs.sfm_verify) with real pycolmap on real photos.
+"""The camera-solution verifier (batch_jobs.sfm.verify) with real pycolmap on real photos.
 
 - It passes every good dataset in ../shared/datasets at `preview` and `standard`, with every
   image registered (one sfm run per dataset and preset, shared by the tests of this module).
@@ -21,8 +21,12 @@ import numpy as np
 import pose_accuracy as pa
 import pytest
 
-from batch_jobs import runner, sfm, sfm_features, sfm_mapping, sfm_verify
-from batch_jobs.errors import EXIT_BAD_INPUT, EXIT_OK
+from batch_jobs import runner
+from batch_jobs.sfm import features as sfm_features
+from batch_jobs.sfm import mapping as sfm_mapping
+from batch_jobs.sfm import stage as sfm
+from batch_jobs.sfm import verify as sfm_verify
+from core.batch_task import EXIT_BAD_INPUT, EXIT_OK
 
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 DATASETS = ("fountain-P11", "Herz-Jesus-P8", "sceaux-castle", "monstree", "fox")

@@ -19,7 +19,7 @@ import pytest
 from workspace_fixture import PREVIEW, GTWorkspace, copy_gt_workspace, mesh_surface_distances
 
 from batch_jobs import runner
-from batch_jobs.depth_model import build_untrained_model
+from batch_jobs.depth.model import build_untrained_model
 
 pytestmark = pytest.mark.slow
 

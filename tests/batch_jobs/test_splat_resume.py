@@ -31,8 +31,8 @@ from batch_jobs.gaussians.checkpoint import CheckpointStore
 from batch_jobs.gaussians.params import init_params
 from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer
 from batch_jobs.sparse_model import read_sparse_model
-from functions import stages
-from functions.workspace import CHECKPOINTS, LATEST_SPLAT
+from core import stages
+from core.workspace import CHECKPOINTS, LATEST_SPLAT
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 120
@@ -50,7 +50,7 @@ def _trainer(small_scene: tuple, strategy: str) -> Trainer:
     torch.manual_seed(0)
     params = init_params(model.points, model.colors, sh_degree=1, seed=0,
                          init_opacity=0.5 if strategy == "mcmc" else 0.1, init_scale=0.1 if strategy == "mcmc" else 1.0)
-    cfg = TrainConfig(steps=STEPS, sh_degree=1, strategy=strategy, cap_max=int(1.5 * len(params["means"])))
+    cfg = TrainConfig(steps=STEPS, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, cap_max=int(1.5 * len(params["means"])))
     return Trainer(params, views, cfg, model.scene_extent()[1])
 
 

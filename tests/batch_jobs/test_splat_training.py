@@ -12,7 +12,6 @@ import torch
 from workspace_fixture import SMALL, GTWorkspace, small_gt_workspace  # noqa: F401 (fixture)
 
 from batch_jobs import runner
-from batch_jobs.errors import EXIT_BAD_INPUT
 from batch_jobs.gaussians import losses, ply, spz
 from batch_jobs.gaussians.camera import load_views
 from batch_jobs.gaussians.evaluate import evaluate
@@ -20,6 +19,7 @@ from batch_jobs.gaussians.params import init_params
 from batch_jobs.gaussians.strategy import binomials, relocation_torch
 from batch_jobs.gaussians.trainer import TrainConfig, train
 from batch_jobs.sparse_model import held_out, read_sparse_model
+from core.batch_task import EXIT_BAD_INPUT
 
 
 def test_ssim_and_psnr() -> None:
@@ -68,7 +68,7 @@ def test_training_on_cpu_lowers_the_loss_and_densifies(small_scene: tuple, strat
                          init_scale=0.1 if strategy == "mcmc" else 1.0)
     n0 = len(params["means"])
     before = evaluate(params, train_views, 0)["psnr"]
-    stats = train(params, train_views, TrainConfig(steps=90, sh_degree=1, strategy=strategy, cap_max=int(n0 * 1.5)),
+    stats = train(params, train_views, TrainConfig(steps=90, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, cap_max=int(n0 * 1.5)),
                   scene_scale=model.scene_extent()[1])
     after = evaluate(params, train_views, 1, torch.tensor(stats.background))["psnr"]
     assert after > before + 3, (before, after)
@@ -95,7 +95,7 @@ def test_depth_loss_pulls_rendered_depth_to_the_target(small_scene: tuple) -> No
     errs = {}
     for use in (False, True):
         params = init_params(model.points, model.colors, sh_degree=0, seed=1)
-        train(params, views, TrainConfig(steps=60, sh_degree=0, depth_loss=use, depth_lambda=0.5, cap_max=1),
+        train(params, views, TrainConfig(steps=60, sh_degree=0, strategy="default", depth_loss=use, seed=0, depth_lambda=0.5, cap_max=1),
               scene_scale=model.scene_extent()[1])
         rel = []
         with torch.no_grad():
@@ -112,7 +112,7 @@ def test_depth_loss_pulls_rendered_depth_to_the_target(small_scene: tuple) -> No
 def test_splat_stage_outputs_quick(small_gt_workspace: GTWorkspace, tmp_path: Path,  # noqa: F811
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A short run through the runner: every output, readable, consistent (quality is in test_splat_quality)."""
-    from batch_jobs.depth_model import build_untrained_model
+    from batch_jobs.depth.model import build_untrained_model
 
     ws = small_gt_workspace.workspace
     monkeypatch.setenv("DEPTH_MODEL", str(build_untrained_model(tmp_path / "model")))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch_jobs import storage
-from functions import gcs
+from core import gcs
 
 
 @pytest.fixture(params=["gcs", "local"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from functions import stages
-from functions.options import normalize_options
+from core import stages
+from core.options import normalize_options
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "batch_jobs"))

@@ -16,7 +16,7 @@ from stackclient import StackClient
 from emulator.processes import pid_alive
 from emulator.stack import Stack, StackConfig
 
-WEBHOOK_SECRET = "e2e-webhook-secret"  # the functions sign webhooks with it (functions/webhook_signing.py)
+WEBHOOK_SECRET = "e2e-webhook-secret"  # the functions sign webhooks with it (functions/webhooks/signing.py)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 import requests
 
 from emulator.stack import StackInfo, _env
-from functions.executor import executions_client
+from functions.dispatch.executions import executions_client
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 

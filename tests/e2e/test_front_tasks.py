@@ -114,7 +114,7 @@ def test_webhooks_through_the_stack_are_signed(stack: StackClient, video_uri: st
     import json
     import threading
 
-    from functions import webhook_signing
+    from functions.webhooks import signing as webhook_signing
 
     got: list[tuple[dict[str, str], bytes]] = []
 

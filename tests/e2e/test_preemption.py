@@ -2,7 +2,7 @@
 
 The local Batch runner preempts the running task (exit code 50001, as Cloud Batch reports a Spot
 VM taken back) and retries it inside the same job, as Batch does (no lifecycle policy fails exit
-50001: functions.batch_job). The splat stage starts again, finds its checkpoint
+50001: functions.dispatch.batch_job). The splat stage starts again, finds its checkpoint
 (`{workspace}/checkpoints/splat/`) and resumes from it. The request completes with one splat job,
 and the training lost at most one checkpoint interval.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from stackclient import StackClient, wait_for
 
-from functions import batch_job, stages
+from core import stages
+from functions.dispatch import batch_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

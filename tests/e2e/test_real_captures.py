@@ -38,7 +38,8 @@ from stackclient import StackClient
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from core.media import PHOTO_EXTENSIONS as IMAGE_SUFFIXES  # noqa: E402
+
 # `preview` with 300 of its 1000 training steps: the preset's full training would take over an
 # hour per capture on that machine (see the timings above).
 OPTIONS = {"preset": "preview", "splat_steps": 300}

@@ -214,8 +214,9 @@ def test_duplicate_ids_get_and_delete(local_batch: LocalBatch) -> None:
 
 
 def test_the_bodies_dispatch_builds_are_accepted(local_batch: LocalBatch) -> None:
+    from core import stages
     from emulator.batch.jobspec import parse_job
-    from functions import batch_job, stages
+    from functions.dispatch import batch_job
 
     bs = batch_job.BatchSettings(project="splatpipe-local", region="us-central1", job_image="img", data_bucket="d")
     for name in stages.ORDER:
@@ -226,7 +227,7 @@ def test_the_bodies_dispatch_builds_are_accepted(local_batch: LocalBatch) -> Non
 
 
 def test_a_timed_out_task_under_the_stages_policy_is_not_retried(local_batch: LocalBatch, tmp_path: Path) -> None:
-    from functions.batch_job import NO_RETRY_EXIT_CODES
+    from core.batch_task import NO_RETRY_EXIT_CODES
 
     policy = [{"action": "FAIL_TASK", "actionCondition": {"exitCodes": list(NO_RETRY_EXIT_CODES)}}]
     done = run(local_batch, "timeout-once", job("sleep 30", retries=2, max_run="1s", lifecycle=policy))
@@ -234,7 +235,7 @@ def test_a_timed_out_task_under_the_stages_policy_is_not_retried(local_batch: Lo
 
 
 def test_this_machine_has_no_gpu_for_a_gpu_job(local_batch: LocalBatch, tmp_path: Path) -> None:
-    from functions.batch_job import GPUS_ENV
+    from core.batch_task import GPUS_ENV
 
     out = tmp_path / "gpus"
     done = run(local_batch, "gpu-job", job(f'echo -n "${GPUS_ENV}" > {out}', env={GPUS_ENV: "1"}))

@@ -16,7 +16,7 @@ from google.cloud.workflows.executions_v1 import Execution
 from wfcheck import result
 
 from emulator.workflows.server import EngineServer
-from functions.executor import executions_client
+from functions.dispatch.executions import executions_client
 
 PARENT = "projects/splatpipe-local/locations/us-central1/workflows/echo"
 ECHO = """

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from wfcheck import error_payload, result
 
+from core.batch_task import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED
+from core.options import normalize_options
 from emulator.batch.runner import BatchApiError, LocalBatch
 from emulator.workflows.connectors import LocalConnectors
 from emulator.workflows.definition import parse_definition
 from emulator.workflows.executions import Execution, WorkflowsEngine
 from emulator.workflows.interpreter import ExecutionRuntime, Interpreter
-from functions import batch_job
-from functions.batch_job import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED
-from functions.options import normalize_options
+from functions.dispatch import batch_job
 
 REPO = Path(__file__).resolve().parents[2]
 YAML = REPO / "workflows" / "reconstruct.yaml"
@@ -53,7 +53,7 @@ def settings(http_server: Any) -> dict[str, str]:
 
 def argument(ws: dict[str, str], stages: tuple[str, ...] = ("frames",), options: dict[str, Any] | None = None,
              **extra: Any) -> dict[str, Any]:
-    """The execution argument exactly as dispatch builds it (functions.dispatcher)."""
+    """The execution argument exactly as dispatch builds it (functions.dispatch.admission)."""
     opts = normalize_options(options or OPTIONS)
     return {"request_id": ws["request_id"], "workspace": ws["workspace"], "input": ws["input"], "options": opts,
             "priority": 2, **batch_job.stage_jobs(list(stages), ws["request_id"], ws["workspace"], opts, 2, BATCH),

@@ -13,8 +13,8 @@ import numpy as np
 from batch_jobs import storage
 from batch_jobs.gaussians.spz import encode_spz
 from batch_jobs.progress import FirestoreSink, ProgressReporter
-from functions.jobrecord import STAGE_LATEST_SPLAT_KEY, STAGE_LATEST_SPLAT_STEP_KEY
-from functions.workspace import LATEST_SPLAT
+from core.record import STAGE_LATEST_SPLAT_KEY, STAGE_LATEST_SPLAT_STEP_KEY
+from core.workspace import LATEST_SPLAT
 
 PROJECT = "splatpipe-local"
 

@@ -7,7 +7,7 @@ import gzip
 
 from fn_testlib import Buckets, FnApps, assert_error, post_json
 
-from functions import results_page
+from functions.edge import results_page
 
 
 def _request(fn_apps: FnApps, buckets: Buckets) -> tuple[str, str]:

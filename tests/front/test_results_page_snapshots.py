@@ -19,7 +19,7 @@ import pytest
 from fn_testlib import Buckets, FnApps, post_json, put_json
 from splat_snapshots import publish_snapshot, small_spz
 
-from functions import gcs
+from core import gcs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from chromium_cdp import Chromium, chromium_path

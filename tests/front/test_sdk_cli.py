@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fn_testlib import Buckets, FnApps, put_json
 
+from core import gcs
 from emulator.stack import STATE_FILE, StackInfo
-from functions import gcs
 from splatpipe import cli
 from splatpipe.client import CHUNK_BYTES, Client, SplatpipeError
 
@@ -312,7 +312,7 @@ def test_api_flag_without_credentials_is_a_clear_error(capsys: pytest.CaptureFix
 
 
 def test_session_names_come_from_the_source() -> None:
-    from functions.validation import SESSION_ID_RE
+    from functions.intake.validation import SESSION_ID_RE
     from splatpipe.client import session_name
 
     assert session_name("../shared/datasets/sceaux-castle/images").startswith("sceaux-castle-images-")

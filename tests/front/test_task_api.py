@@ -13,8 +13,8 @@ import pytest
 import requests
 from fn_testlib import Buckets, FnApps, assert_error, post_json, put_json
 
-from functions import gcs, stages
-from functions.options import OPTION_SPECS
+from core import gcs, stages
+from core.options import OPTION_SPECS
 
 TOKEN = "X-Callback-Token"
 
@@ -186,7 +186,7 @@ def test_download_manifest_and_zip(fn_apps: FnApps, buckets: Buckets, fn_env: di
 
 def test_uploads_hand_out_resumable_urls_under_an_ignored_prefix(fn_apps: FnApps, buckets: Buckets,
                                                                  fn_env: dict) -> None:
-    from functions.upload_events import request_from_object
+    from functions.intake.upload_events import request_from_object
 
     resp = post_json(fn_apps.api, "/uploads", {"session_id": "front-up", "files": [
         {"name": "a.jpg", "content_type": "image/jpeg"}, {"name": "b.jpg"}]})
@@ -231,7 +231,7 @@ def test_task_routes_are_rate_limited(fn_apps: FnApps, buckets: Buckets, fn_env:
 def test_restart_clears_what_the_last_runs_stages_wrote_to_firestore(
         fn_apps: FnApps, buckets: Buckets, fn_env: dict, firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The status overlays the stages' own Firestore progress; a rerun must not start from the last run's."""
-    from functions.status_mirror import firestore_client
+    from functions.status.mirror import firestore_client
 
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     rid, token = _trigger(fn_apps, buckets)
@@ -246,7 +246,7 @@ def test_restart_clears_what_the_last_runs_stages_wrote_to_firestore(
 
 def test_live_preview_route_and_its_time_in_the_status(fn_apps: FnApps, buckets: Buckets, fn_env: dict,
                                                        firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from functions.status_mirror import firestore_client
+    from functions.status.mirror import firestore_client
 
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     rid, token = _trigger(fn_apps, buckets)
@@ -278,7 +278,7 @@ def test_splat_latest_route_its_step_and_output_in_the_status(fn_apps: FnApps, b
     from splat_snapshots import publish_snapshot, small_spz
 
     from batch_jobs.gaussians.spz import decode_spz
-    from functions import tasks
+    from functions.lifecycle import downloads
 
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     rid, token = _trigger(fn_apps, buckets)
@@ -307,7 +307,7 @@ def test_splat_latest_route_its_step_and_output_in_the_status(fn_apps: FnApps, b
             assert view["outputs"]["splat_latest"] == f"{ws}/splat/latest.spz"
     assert_error(fn_apps.api.get(f"{route}?callback_token=nope"), 404, "not_found")
     with monkeypatch.context() as m:
-        m.setattr(tasks, "MAX_LATEST_SPLAT_BYTES", 16)
+        m.setattr(downloads, "MAX_LATEST_SPLAT_BYTES", 16)
         assert_error(fn_apps.api.get(route, headers={TOKEN: token}), 413, "result_too_large")
 
     scene = _put(buckets, f"jobs/{rid}/splat/scene.spz", small_spz(120, seed=1))
@@ -330,7 +330,7 @@ def test_preview_png_is_small() -> None:
     import cv2
     import numpy as np
 
-    from batch_jobs.splat import LIVE_PREVIEW_MAX_HEIGHT, preview_png
+    from batch_jobs.splat.stage import LIVE_PREVIEW_MAX_HEIGHT, preview_png
 
     render = np.random.default_rng(0).random((1080, 1440, 3)).astype(np.float32)
     data = preview_png(render, render * 0.5, LIVE_PREVIEW_MAX_HEIGHT)

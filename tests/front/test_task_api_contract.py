@@ -10,7 +10,7 @@ import schemathesis
 import yaml
 from fn_testlib import REPO, Buckets, FnApps, post_json, put_json
 
-from functions import gcs
+from core import gcs
 
 
 def _api_schema() -> Any:

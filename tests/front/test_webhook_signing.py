@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from fn_testlib import RecordingServer
 
-from functions import webhook, webhook_signing
+from functions.webhooks import sender as webhook
+from functions.webhooks import signing as webhook_signing
 
 
 def _readme_snippet() -> Any:

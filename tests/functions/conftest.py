@@ -31,7 +31,7 @@ def fn_apps() -> FnApps:
 
 @pytest.fixture
 def buckets(gcs_service: services.Service) -> Buckets:
-    from functions import gcs
+    from core import gcs
 
     suffix = uuid.uuid4().hex[:10]
     b = Buckets(uploads=f"uploads-{suffix}", data=f"data-{suffix}")

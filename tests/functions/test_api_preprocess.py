@@ -6,8 +6,8 @@ from pathlib import Path
 
 from fn_testlib import PROJECT, Buckets, FnApps, assert_error, post_json
 
-from functions import gcs
-from functions.video_upload import MAX_VIDEO_BYTES
+from core import gcs
+from functions.intake.video_upload import MAX_VIDEO_BYTES
 
 
 def test_direct_upload_is_stored_and_queued_for_frames(fn_apps: FnApps, fn_env: dict, buckets: Buckets,

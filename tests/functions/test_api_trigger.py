@@ -158,7 +158,7 @@ def test_an_accepted_trigger_is_one_redis_call_that_also_counts_the_rate_limit(
 def test_a_caller_over_the_limit_never_gets_its_webhook_resolved(
         fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch: pytest.MonkeyPatch) -> None:
     """A body with a webhook is counted before the webhook's host is looked up, once."""
-    from functions import webhook
+    from functions.webhooks import sender as webhook
 
     looked_up: list[str] = []
     real = webhook.acceptance_refusal

@@ -11,12 +11,13 @@ import pytest
 from google.cloud import batch_v1
 from google.protobuf.json_format import ParseDict
 
+from core import stages
+from core.options import PRESETS, normalize_options
+from core.record import PRIORITY_MAX, PRIORITY_MIN
 from emulator.workflows.executions import MAX_ARGUMENT_BYTES
-from functions import batch_job, stages
-from functions.batch_job import BatchConfigError, BatchSettings
 from functions.config import Settings
-from functions.jobrecord import PRIORITY_MAX, PRIORITY_MIN
-from functions.options import PRESETS, normalize_options
+from functions.dispatch import batch_job
+from functions.dispatch.batch_job import BatchConfigError, BatchSettings
 
 BS = BatchSettings(project="proj", region="europe-west4", job_image="europe-docker.pkg.dev/p/r/job:1",
                    data_bucket="data", service_account="batch@proj.iam.gserviceaccount.com",

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from fn_testlib import PROJECT, Buckets, FnApps, RecordingServer, local_engine, post_json, put_json
 
+from core import gcs
 from emulator.processes import free_port
 from emulator.workflows.server import EngineServer
-from functions import dispatcher, gcs
 from functions.config import Settings
-from functions.executor import NOT_FOUND, Executor, ExecutorError
+from functions.dispatch import admission as dispatcher
+from functions.dispatch.executions import NOT_FOUND, Executor, ExecutorError
 
 
 class FakeExecutor:
@@ -263,7 +264,7 @@ def test_a_burst_of_pokes_is_a_few_spaced_pokes_and_the_last_follows_the_burst()
     import itertools
     import time
 
-    from functions import dispatch_kick
+    from functions.dispatch import kick as dispatch_kick
 
     times: list[float] = []
     with RecordingServer(lambda m, p, b: (times.append(time.monotonic()) or (200, {}))) as srv:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from fn_testlib import PROJECT, Buckets, FnApps, RecordingServer, post_json, trigger_body
 
-from functions import dispatcher, gcs
+from core import gcs
+from functions.dispatch import admission as dispatcher
 
 FAST = 0.25  # s: what one accepted trigger may take here (the Redis scripts take about 1 ms)
 

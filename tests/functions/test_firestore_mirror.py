@@ -8,8 +8,8 @@ import time
 import pytest
 from fn_testlib import PROJECT, Buckets, FnApps, TcpProxy, post_json, put_json
 
-from functions import jobrecord
-from functions.status_mirror import firestore_client
+from core import record as jobrecord
+from functions.status.mirror import firestore_client
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_the_catch_up_pass_mirrors_a_burst_in_batches(fn_apps: FnApps, mirror_en
     record, and a newer document is never overwritten."""
     from google.cloud.firestore_v1.batch import WriteBatch
 
-    from functions.status_mirror import StatusMirror
+    from functions.status.mirror import StatusMirror
 
     monkeypatch.setenv("RATE_LIMIT_PER_MINUTE", "0")
     ids = [post_json(fn_apps.api, "/trigger-reconstruction",

@@ -1,6 +1,7 @@
-"""The deployed function source stays light and self-sufficient: it never imports the data plane
-or the local stack, and every third-party module it imports is installed by
-functions/requirements.txt (directly or as a dependency of a listed package)."""
+"""The deployed function source (functions/ and the shared core/, terraform/functions.tf) stays light
+and self-sufficient: it never imports the data plane or the local stack, and every third-party
+module it imports is installed by functions/requirements.txt (directly or as a dependency of a
+listed package)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from pathlib import Path
 from fn_testlib import REPO
 
 FUNCTIONS = REPO / "functions"
+CORE = REPO / "core"
+OURS = ("functions", "core", "__future__")
 
 
 def _is_module(name: str) -> bool:
-    if name.split(".")[0] in ("functions", "__future__"):
+    if name.split(".")[0] in OURS:
         return False
     try:
         return importlib.util.find_spec(name) is not None
@@ -29,9 +32,9 @@ def _is_module(name: str) -> bool:
 
 
 def _imports() -> dict[str, set[str]]:
-    """module -> the files of functions/ importing it (absolute imports only; we use no others)."""
+    """module -> the files of functions/ and core/ importing it (absolute imports only; we use no others)."""
     found: dict[str, set[str]] = {}
-    for path in FUNCTIONS.glob("*.py"):
+    for path in [*FUNCTIONS.rglob("*.py"), *CORE.rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -52,9 +55,10 @@ def test_no_data_plane_or_emulator_imports() -> None:
 
 
 def test_the_domain_modules_do_not_know_http() -> None:
-    """Their errors are functions.errors kinds; statuses are decided at the edge (functions.http_json)."""
-    domain = ("request_queue", "validation", "jobrecord", "tasks")
-    code = f"import sys, {', '.join('functions.' + m for m in domain)}; print('flask' in sys.modules)"
+    """Their errors are functions.errors kinds; statuses are decided at the edge (functions.edge.json_api)."""
+    domain = ("functions.queue_store.store", "functions.intake.validation", "core.record",
+              "functions.lifecycle.control", "functions.lifecycle.downloads", "functions.lifecycle.uploads")
+    code = f"import sys, {', '.join(domain)}; print('flask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -103,7 +107,7 @@ def test_requirements_cover_every_third_party_import() -> None:
     missing = {}
     for module, files in _imports().items():
         top = module.split(".")[0]
-        if top in ("functions", "__future__") or top in sys.stdlib_module_names:
+        if top in OURS or top in sys.stdlib_module_names:
             continue
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin, module
@@ -114,8 +118,8 @@ def test_requirements_cover_every_third_party_import() -> None:
 
 
 def test_lua_scripts_are_package_data() -> None:
-    # functions.request_queue reads functions/lua/*.lua at import: an installed package needs them
-    # (terraform's source zip takes every file of functions/).
-    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["functions"]
-    scripts = [p.relative_to(FUNCTIONS) for p in FUNCTIONS.glob("lua/*.lua")]
+    # functions.queue_store.store reads functions/queue_store/lua/*.lua at import: an installed package needs them
+    # (terraform's source zip takes every file of functions/ and core/).
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["functions.queue_store"]
+    scripts = [p.relative_to(FUNCTIONS / "queue_store") for p in FUNCTIONS.glob("queue_store/lua/*.lua")]
     assert scripts and all(any(p.match(g) for g in globs) for p in scripts)

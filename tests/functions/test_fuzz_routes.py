@@ -17,8 +17,9 @@ from fn_testlib import Buckets, FnApps, post_json, trigger_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from functions import queue_service, webhook_relay
-from functions.routing import Route
+from functions.edge import queue_api as queue_service
+from functions.edge.routing import Route
+from functions.webhooks import relay as webhook_relay
 
 _FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
@@ -123,7 +124,7 @@ def fuzz_env(fn_env: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 def _api_routes() -> tuple[Route, ...]:
     # As functions/main.py wires them (importing main here would register its error handlers on
     # an app that already served requests).
-    from functions import public_api, results_page, task_api
+    from functions.edge import public_api, results_page, task_api
 
     return (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from fn_testlib import Buckets, FnApps, assert_error, post_json, put_json, trigger_body
 
-from functions import errors, validation
-from functions.http_json import http_error
+from functions import errors
+from functions.edge.json_api import http_error
+from functions.intake import validation
 
 VIDEO = b"\0\0\0\x18ftypisom" + bytes(64)
 
@@ -31,7 +32,7 @@ def test_query_integer_parser_bounds_the_digits_before_converting() -> None:
 
 
 def test_upload_metadata_priority_uses_the_same_parser(fn_env: dict, buckets: Buckets) -> None:
-    from functions.upload_events import request_from_object
+    from functions.intake.upload_events import request_from_object
 
     data = {"bucket": buckets.uploads, "name": "s/v.mp4", "metadata": {"priority": "9" * 5000}}
     reason = request_from_object(data, buckets.uploads, (buckets.uploads,))
@@ -98,7 +99,7 @@ def test_loopback_webhooks_only_in_local_mode(fn_apps: FnApps, fn_env: dict, buc
 
 
 def test_a_name_is_judged_by_every_address_it_resolves_to() -> None:
-    from functions import webhook
+    from functions.webhooks import sender as webhook
 
     def resolve(host: str, port: int) -> list[str]:
         return {"mixed.example": ["93.184.215.14", "10.1.2.3"], "ok.example": ["93.184.215.14", "2606:2800::1"],

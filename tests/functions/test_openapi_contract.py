@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from functions.options import json_schema
+from core.options import json_schema
 
 OPENAPI = REPO / "functions" / "openapi.yaml"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
@@ -61,7 +61,9 @@ QUEUE_SCHEMA = schemathesis.openapi.from_dict(function_document(RAW, "queue"))
 
 
 def test_document_covers_every_route_and_the_options_schema() -> None:
-    from functions import public_api, queue_service, results_page, task_api, webhook_relay
+    from functions.edge import public_api, results_page, task_api
+    from functions.edge import queue_api as queue_service
+    from functions.webhooks import relay as webhook_relay
 
     assert RAW["components"]["schemas"]["Options"] == json_schema()
     for function, routes in (("api", (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)),

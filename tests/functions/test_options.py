@@ -1,6 +1,6 @@
 import pytest
 
-from functions.options import OptionsError, json_schema, normalize_options
+from core.options import OptionsError, json_schema, normalize_options
 
 
 def test_defaults_fill_preset() -> None:

@@ -280,7 +280,7 @@ def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, b
     doc = put_json(fn_apps.queue, url, {"warnings": [{"code": "long", "message": "x" * 5000}]}).get_json()
     assert doc["warnings"][-1]["message"] == "x" * 4095 + "…"
     # Bounded: at most MAX_WARNINGS in all, the first ones kept.
-    from functions import jobrecord
+    from core import record as jobrecord
 
     for i in range(2):
         put_json(fn_apps.queue, url, {"warnings": [{"code": f"w{i}_{j}", "message": "m", "stage": "depth"}
@@ -292,7 +292,7 @@ def test_warnings_append_one_per_stage_and_code(fn_apps: FnApps, fn_env: dict, b
 
 def test_metrics_merge_per_stage_and_keep_only_bounded_scalars(fn_apps: FnApps, fn_env: dict,
                                                                buckets: Buckets) -> None:
-    from functions import jobrecord
+    from core import record as jobrecord
 
     rid = _processing(fn_apps, buckets, 1)
     url = f"/status/{rid}"
@@ -324,8 +324,8 @@ def _mirrored(services_now: Any, request_id: str, timeout: float = 30.0) -> dict
     pass copies what an in-request attempt left pending, e.g. while the breaker was open)."""
     from fn_testlib import PROJECT
 
-    from functions import jobrecord
-    from functions.status_mirror import MIRROR_VERSION, firestore_client
+    from core import record as jobrecord
+    from functions.status.mirror import MIRROR_VERSION, firestore_client
 
     svc = services_now()
     ref = firestore_client(PROJECT).collection(jobrecord.COLLECTION).document(request_id)
@@ -345,7 +345,7 @@ def test_firestore_mirrors_warnings_metrics_and_a_completed_request_has_no_error
     from fn_testlib import PROJECT
 
     from batch_jobs.progress import FirestoreSink  # what a failing stage writes with
-    from functions import jobrecord
+    from core import record as jobrecord
 
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)

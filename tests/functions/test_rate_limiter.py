@@ -12,10 +12,10 @@ import pytest
 import redis
 from fn_testlib import Buckets, FnApps, RecordingServer, assert_error, post_json
 
-from functions.caller import IdTokenVerifier, caller_key, client_address
+from functions.edge.caller import IdTokenVerifier, caller_key, client_address
+from functions.edge.json_api import http_error
 from functions.errors import UnauthenticatedError
-from functions.http_json import http_error
-from functions.rate_limit import SlidingWindowLimiter
+from functions.queue_store.rate_limit import SlidingWindowLimiter
 
 
 def test_window_slides_rather_than_resets(redis_url: str) -> None:

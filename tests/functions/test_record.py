@@ -1,11 +1,11 @@
-"""functions.jobrecord.Record: parsed from the queue's Redis hash, and each view of it."""
+"""core.record.Record: parsed from the queue's Redis hash, and each view of it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 
-from functions.jobrecord import Record
+from core.record import Record
 
 T0 = 1_700_000_000_000  # ms; 2023-11-14T22:13:20Z
 ERROR = {"code": "sfm_failed", "message": "too few images", "stage": "sfm"}
@@ -13,7 +13,7 @@ WARNING = {"code": "no_mesh", "message": "mesh skipped", "stage": "mesh"}
 
 
 def _hash(**fields: str) -> dict[str, str]:
-    """A record's hash as the enqueue and update scripts leave it (functions/lua/*.lua)."""
+    """A record's hash as the enqueue and update scripts leave it (functions/queue_store/lua/*.lua)."""
     doc = {"session_id": "s1", "input": "gs://up/s1/v.mp4", "options": {"preset": "preview"},
            "stages_requested": ["frames", "sfm", "mesh"], "token_sha256": "ab" * 32, "source": "api",
            "webhook_url": "https://example.com/h"}

@@ -13,10 +13,10 @@ import redis
 
 from emulator.processes import free_port, port_open, start_process
 from emulator.services import redis_server_binary
-from functions import redis_conn
 from functions.config import Settings
-from functions.request_queue import RequestQueue
-from functions.validation import NewRequest
+from functions.intake.validation import NewRequest
+from functions.queue_store import connection as redis_conn
+from functions.queue_store.store import RequestQueue
 
 
 def _ca_and_server_cert(out: Path) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from functions import jobrecord, stages
-from functions.options import OPTION_SPECS, PRESETS, normalize_options
+from core import record as jobrecord
+from core import stages
+from core.options import OPTION_SPECS, PRESETS, normalize_options
 
 
 def test_stages_in_pipeline_order_and_upstream_runs_first() -> None:

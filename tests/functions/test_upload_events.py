@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fn_testlib import Buckets, FnApps
 
-from functions.jobrecord import Record
+from core.record import Record
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from fn_testlib import Buckets, FnApps, RecordingServer, assert_error, post_json, trigger_body
 
-from functions import webhook
+from functions.webhooks import sender as webhook
 
 
 def test_the_queue_sends_the_stored_webhook(fn_apps: FnApps, fn_env: dict, buckets: Buckets,

@@ -23,7 +23,8 @@ FUNCTIONS_DIR = REPO / "functions"
 FUNCTIONS_MAIN = FUNCTIONS_DIR / "main.py"
 WORKFLOW_YAML = REPO / "workflows" / "reconstruct.yaml"
 # Builds the stages' Batch Job bodies; only dispatch runs it.
-BATCH_JOB_MODULE = FUNCTIONS_DIR / "batch_job.py"
+BATCH_JOB_MODULE = FUNCTIONS_DIR / "dispatch" / "batch_job.py"
+CORE_DIR = REPO / "core"  # the shared core, deployed beside functions/
 
 # functions_framework decorator name -> the signature type Cloud Functions deploys it with.
 DECORATORS = {"http": "http", "cloud_event": "cloudevent"}

@@ -208,10 +208,11 @@ def test_source_zip_is_the_shim_the_package_and_its_requirements(tf, functions):
                        ("requirements.txt", codescan.FUNCTIONS_DIR / "requirements.txt")):
         m = re.fullmatch(r'\$\{file\("(.+)"\)\}', tf.interpolate(files[name]))
         assert m and Path(m.group(1)).resolve() == path, files[name]
-    dynamic = archive["dynamic"][0]["source"]
-    assert dynamic["for_each"] == "${local.function_package_files}"
-    assert first(dynamic, "content")["filename"] == "functions/${source.value}"
+    dynamic = {d["source"]["for_each"]: d["source"] for d in archive["dynamic"]}
+    assert first(dynamic["${local.function_package_files}"], "content")["filename"] == "functions/${source.value}"
+    assert first(dynamic["${local.core_package_files}"], "content")["filename"] == "core/${source.value}"
     assert Path(tf.interpolate("${local.functions_dir}")).resolve() == codescan.FUNCTIONS_DIR
+    assert Path(tf.interpolate("${local.core_dir}")).resolve() == codescan.CORE_DIR
     obj = tf.resource("google_storage_bucket_object", "functions_source")
     assert obj["source"] == "${data.archive_file.functions.output_path}"
     assert "${local.function_source_hash}" in obj["name"]  # a code change redeploys
@@ -224,11 +225,12 @@ def _zip_layout(tf: TfConfig, dest: Path) -> None:
     """The source zip's tree, as data.archive_file.functions lays it out."""
     shutil.copy(tf.root / "functions_shim" / "main.py", dest / "main.py")
     shutil.copy(codescan.FUNCTIONS_DIR / "requirements.txt", dest / "requirements.txt")
-    for src in codescan.FUNCTIONS_DIR.rglob("*"):
-        rel = src.relative_to(codescan.FUNCTIONS_DIR)
-        if src.is_file() and "__pycache__" not in rel.parts and src.suffix != ".pyc":
-            (dest / "functions" / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dest / "functions" / rel)
+    for package in (codescan.FUNCTIONS_DIR, codescan.CORE_DIR):
+        for src in package.rglob("*"):
+            rel = src.relative_to(package)
+            if src.is_file() and "__pycache__" not in rel.parts and src.suffix != ".pyc":
+                (dest / package.name / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dest / package.name / rel)
 
 
 _LOAD_TARGETS = """
@@ -240,8 +242,9 @@ for target, signature in json.loads(sys.argv[1]).items():
     functions_framework.create_app(target, "main.py")
     got = registry.get_func_signature_type(target, None)
     assert got == signature, f"{target}: registered as {got}, expected {signature}"
-import functions
-assert os.path.realpath(functions.__file__).startswith(os.path.realpath(os.getcwd())), functions.__file__
+import core, functions
+for package in (functions, core):
+    assert os.path.realpath(package.__file__).startswith(os.path.realpath(os.getcwd())), package.__file__
 print("loaded", sorted(json.loads(sys.argv[1])))
 """
 

@@ -102,7 +102,7 @@ def test_control_plane_accounts(iam, functions):
     for name in ("api", "on_upload", "dispatch"):
         sa = f"sa:{functions[name].runtime_sa}"
         assert "roles/datastore.user" in _roles(iam, sa, "project"), name  # status mirror
-        # request.json is written by the control plane (functions/workspace.py, by dispatch)
+        # request.json is written by the control plane (core/workspace.py, by dispatch)
         assert _roles(iam, sa, "bucket", "data") & {"roles/storage.objectUser", "roles/storage.objectAdmin"}, name
     assert "roles/workflows.invoker" in _roles(iam, f"sa:{functions['dispatch'].runtime_sa}", "project")
     # A cancel (on the api) cancels the execution and deletes the stage's Batch job.

@@ -1,6 +1,6 @@
 """Variable validation, evaluated by Terraform itself: variables.tf alone (no provider) is planned
 with the values to check. gpu_count must be what the GPU machine type carries, and Terraform and
-the dispatch function (functions.batch_job.check_gpus) agree on every machine type both know."""
+the dispatch function (functions.dispatch.batch_job.check_gpus) agree on every machine type both know."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import subprocess
 import pytest
 from tfmodel import TF_DIR, TfConfig
 
-from functions import batch_job, stages
+from functions.dispatch import batch_job
+from core import stages
 from functions.config import Settings
 
 
@@ -84,7 +85,7 @@ def test_terraform_and_dispatch_agree_on_every_gpu_machine_dispatch_knows(plan):
 
 def test_the_defaults_are_the_dispatch_functions():
     # Terraform cannot import Python: the variables' defaults and the dispatch function's
-    # (functions.batch_job.BatchSettings, functions.config.Settings) are checked to agree.
+    # (functions.dispatch.batch_job.BatchSettings, functions.config.Settings) are checked to agree.
     defaults = {name: var.get("default") for name, var in TfConfig().variables.items()}
     assert defaults["cpu_machine_type"] == batch_job.BatchSettings.cpu_machine_type
     assert defaults["gpu_machine_type"] == batch_job.BatchSettings.gpu_machine_type

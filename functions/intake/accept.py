@@ -1,0 +1,62 @@
+"""Accepting a new request, whichever door it came in by (trigger, preprocess, enqueue, upload).
+
+Accepting is the one atomic enqueue script (dedup, the record, the priority queue, the callback
+token and the mirror's outbox entry, all at once) and nothing else: the side effects of a new
+request happen off the request path, each where its guarantee already lives —
+- `request.json` in the workspace: dispatch writes it before it starts the request's execution
+  (`request_file.ensure_request_json`), so it exists before any stage runs;
+- the Firestore document: the record's outbox entry, drained by dispatch's catch-up pass;
+- the poke to dispatch: marked due here and sent from a background thread (dispatch_kick).
+So an outage of Cloud Storage, Firestore or dispatch adds no latency to an accept, and a crash
+right after the script loses nothing: dispatch (every minute at the latest) does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from functions.context import Services
+from functions.intake import callback_token, dedup
+from functions.intake.dedup import DedupKey
+from functions.intake.validation import NewRequest
+from functions.queue_store.rate_limit import Decision, RateLimitedError
+
+
+@dataclass(frozen=True)
+class Accepted:
+    request_id: str
+    created: bool  # False: deduplicated, `request_id` is the earlier request
+    state: str
+    callback_token: str | None  # only for a new request: shown to the caller once
+    decision: Decision | None = None  # the caller's rate limit, when the accept counted the call
+
+
+def default_dedup(svc: Services, req: NewRequest) -> list[tuple[DedupKey, int]]:
+    """The idempotency key (if any) and the fingerprint, with their lifetimes."""
+    keys: list[tuple[DedupKey, int]] = []
+    if req.idempotency_key:
+        # An idempotency key answers with the same request for as long as the dedup window, and at
+        # least a day (clients retry across hours).
+        keys.append((dedup.idempotency(req.session_id, req.idempotency_key),
+                     max(svc.settings.dedup_window_seconds, 24 * 3600)))
+    if svc.settings.dedup_window_seconds > 0:
+        keys.append((dedup.fingerprint(req.session_id, req.input, req.options, req.stages),
+                     svc.settings.dedup_window_seconds))
+    return keys
+
+
+def accept(svc: Services, req: NewRequest, *, source: str,
+           dedup_keys: Iterable[tuple[DedupKey, int]] | None = None, caller: str | None = None) -> Accepted:
+    """Enqueue `req`. `caller`: count the call against its rate limit in the same script; over
+    the limit, RateLimitedError and nothing is enqueued."""
+    token, token_sha = callback_token.new_token()
+    keys = default_dedup(svc, req) if dedup_keys is None else list(dedup_keys)
+    counted = svc.limiter.call(caller) if caller is not None else None
+    res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source, counted=counted)
+    if res.decision is not None and not res.decision.allowed:
+        raise RateLimitedError(res.decision)
+    if not res.created:
+        return Accepted(res.request_id, False, res.state, None, res.decision)
+    svc.kick()
+    return Accepted(res.request_id, True, res.state, token, res.decision)
