@@ -5,7 +5,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export MALLOC_TOP_PAD_ ?= 1000000000
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test check lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Before each commit: lint, types and the fast tests (not `slow` or `e2e`; a few minutes).
+check: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 lint: setup
 	$(VENV)/bin/ruff check .
