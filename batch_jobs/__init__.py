@@ -1,1 +1,2 @@
-"""splatpipe data plane: the Batch job stages (frames, sfm, depth, splat, mesh) and their runner."""
+"""splatpipe data plane: a package per Batch job stage (frames, sfm, depth, splat, mesh), their
+runner, and what several stages share (storage, progress, the sparse model, the Gaussians)."""

@@ -1,1 +1,2 @@
-"""splatpipe control plane: the Cloud Functions, the Redis queue and the job record."""
+"""splatpipe control plane: the Cloud Functions (entry points in main.py) and the packages by
+concern they hand the work to: edge, intake, queue_store, dispatch, status, lifecycle, webhooks."""

@@ -1,0 +1,1 @@
+"""The frames stage: frames from a video or photos from a folder, scored and selected."""
