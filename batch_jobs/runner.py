@@ -11,7 +11,7 @@ progress reporter, uploads what it wrote, and writes `_SUCCESS.json` last. A fai
 `{stage}/_ERROR.json` and the error to the status store, and exits non-zero (EXIT_BAD_INPUT when
 a retry cannot help).
 
-A stage module `batch_jobs.{stage}` defines:
+A stage module `batch_jobs.{stage}.stage` defines:
     VERSION: int                   bump when the outputs change for the same inputs
     def run(ctx: StageContext) -> dict   # metrics, recorded in _SUCCESS.json
 """
