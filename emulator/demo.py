@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from core.stages import ORDER
-from emulator.stack import REPO, Stack, StackConfig, StackInfo, _env, running
+from emulator.stack import REPO, Stack, StackConfig, StackInfo, env_overrides, running
 
 SAMPLE_DIR = REPO / ".cache" / "demo" / "video-90-480x360-v1"
 DEFAULT_OUT = REPO / "demo-output"
@@ -54,7 +54,7 @@ def ensure_sample() -> Path:
 def upload_video(info: StackInfo, video: Path, session: str, options: Mapping[str, Any], priority: int = 0) -> str:
     from google.cloud import storage
 
-    with _env(info.env):
+    with env_overrides(info.env):
         client = storage.Client(project=info.env["GOOGLE_CLOUD_PROJECT"])
         blob = client.bucket(info.env["UPLOADS_BUCKET"]).blob(f"{session}/{video.name}")
         blob.metadata = {"options": json.dumps(dict(options)), "priority": str(priority)}
@@ -67,7 +67,7 @@ def find_request(info: StackInfo, input_uri: str, timeout: float = 120) -> str:
     from google.cloud import firestore
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    with _env(info.env):
+    with env_overrides(info.env):
         db = firestore.Client(project=info.env["GOOGLE_CLOUD_PROJECT"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -123,7 +123,7 @@ def download_outputs(info: StackInfo, status: Mapping[str, Any], dest: Path) -> 
     from google.cloud import storage
 
     files = []
-    with _env(info.env):
+    with env_overrides(info.env):
         client = storage.Client(project=info.env["GOOGLE_CLOUD_PROJECT"])
         for uri in sorted((status.get("outputs") or {}).values()):
             if not isinstance(uri, str) or not uri.startswith("gs://"):

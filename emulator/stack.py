@@ -97,7 +97,7 @@ class StackInfo:
 
 
 @contextlib.contextmanager
-def _env(overrides: Mapping[str, str]) -> Iterator[None]:
+def env_overrides(overrides: Mapping[str, str]) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     try:
@@ -209,7 +209,7 @@ class Stack:
         self._track(redis_svc.process, redis_svc.port)
         pubsub = services.start_pubsub(self.run_dir, project=c.project)
         self._track(pubsub.process, pubsub.port)
-        with _env({"PUBSUB_EMULATOR_HOST": pubsub.host}):
+        with env_overrides({"PUBSUB_EMULATOR_HOST": pubsub.host}):
             from emulator.relay import ensure_topic_and_subscription
 
             ensure_topic_and_subscription(c.project, TOPIC, SUBSCRIPTION)

@@ -57,7 +57,7 @@ def _limit_headers(svc: Services, decision: Decision | None) -> dict[str, str]:
     return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(decision.remaining)}
 
 
-def _rate_limit(request: flask.Request, svc: Services) -> dict[str, str]:
+def charge_rate_limit(request: flask.Request, svc: Services) -> dict[str, str]:
     """Count this call against its caller; 429 with Retry-After when over. Headers to add."""
     return _limit_headers(svc, svc.limiter.hit(_caller(request, svc)))
 
@@ -106,7 +106,7 @@ def trigger(request: flask.Request, svc: Services) -> flask.Response:
 @route("POST", "/preprocess-video")
 def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
     """A JSON body naming a gs:// video, or the video itself as the body."""
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     media = require_media_type(request, "application/json", *video_upload.ACCEPTED_MEDIA_TYPES)
     if media == "application/json":
         if request.args:
@@ -130,7 +130,7 @@ def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
     return accepted_response(intake.accept(svc, req, source="preprocess"), headers, id_field="job_id")
 
 
-def _token(request: flask.Request) -> str:
+def callback_token_of(request: flask.Request) -> str:
     token = request.args.get("callback_token") or request.headers.get(TOKEN_HEADER) or ""
     if not token:
         raise ApiError(401, "token_required", f"pass the request's callback_token (query) or {TOKEN_HEADER} header")
@@ -139,13 +139,13 @@ def _token(request: flask.Request) -> str:
 
 def authorized_record(request: flask.Request, svc: Services, request_id: str) -> Record:
     """The record of the path's request when the request carries its callback token."""
-    token = _token(request)
+    token = callback_token_of(request)
     return access.authorized(svc, validation.request_id(request_id), token)
 
 
 @route("GET", "/status")
 def status_by_token(request: flask.Request, svc: Services) -> flask.Response:
-    request_id = svc.queue.id_for_token(callback_token.digest(_token(request)))
+    request_id = svc.queue.id_for_token(callback_token.digest(callback_token_of(request)))
     if request_id is None:
         raise NotFoundError("no request has this callback token")
     return json_response(view.document(svc, access.lookup(svc, request_id)))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import flask
 
+from core.api import TOKEN_HEADER
 from functions.context import Services
 from functions.edge.json_api import ApiError
-from functions.edge.public_api import TOKEN_HEADER, _rate_limit
+from functions.edge.public_api import charge_rate_limit
 from functions.edge.routing import Route, collect
 from functions.errors import NotFoundError
 from functions.intake import validation
@@ -60,7 +61,7 @@ def _template() -> str:
 @route("GET", "/view/{request_id}")
 def page(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     """`?token=T`"""
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     token = request.args.get("token") or request.args.get("callback_token") or request.headers.get(TOKEN_HEADER)
     if not token:
         raise ApiError(401, "token_required", "open the page as /view/{request_id}?token=<callback token>")

@@ -24,7 +24,7 @@ import flask
 from core import stages
 from functions.context import Services
 from functions.edge.json_api import json_response, read_json_object
-from functions.edge.public_api import _rate_limit, _token, authorized_record
+from functions.edge.public_api import authorized_record, callback_token_of, charge_rate_limit
 from functions.edge.routing import Route, collect
 from functions.errors import InvalidRequestError
 from functions.intake import validation
@@ -49,7 +49,7 @@ def _optional_json(request: flask.Request) -> dict[str, Any]:
 
 @route("POST", "/uploads")
 def uploads(request: flask.Request, svc: Services) -> flask.Response:
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     body = read_json_object(request, UPLOAD_BODY_BYTES)
     validation.reject_unknown(body, UPLOAD_FIELDS)
     if "session_id" not in body:
@@ -60,15 +60,15 @@ def uploads(request: flask.Request, svc: Services) -> flask.Response:
 
 @route("GET", "/options")
 def options(request: flask.Request, svc: Services) -> flask.Response:
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     return json_response(stages.options_catalog(), 200, headers)
 
 
 @route("GET", "/requests")
 def list_requests(request: flask.Request, svc: Services) -> flask.Response:
     """`?session_id=S`"""
-    headers = _rate_limit(request, svc)
-    token = _token(request)
+    headers = charge_rate_limit(request, svc)
+    token = callback_token_of(request)
     sid = validation.session_id(request.args.get("session_id"))
     # The queue's records alone (no Firestore read per request): a list, not a live view.
     views = [view.document(svc, r, overlay=False) for r in access.session_requests(svc, sid, token)]
@@ -78,7 +78,7 @@ def list_requests(request: flask.Request, svc: Services) -> flask.Response:
 def _acting(operation: Callable[[Services, dict[str, Any]], dict[str, Any]]) -> Callable[..., flask.Response]:
     """A route that applies `operation` to the path's request and answers the request's status."""
     def handler(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
-        headers = _rate_limit(request, svc)
+        headers = charge_rate_limit(request, svc)
         return json_response(view.document(svc, operation(svc, authorized_record(request, svc, request_id))),
                              200, headers)
     return handler
@@ -89,7 +89,7 @@ cancel = route("POST", "/requests/{request_id}/cancel")(_acting(control.cancel))
 
 @route("POST", "/requests/{request_id}/restart")
 def restart(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     record = authorized_record(request, svc, request_id)
     body = _optional_json(request)
     validation.reject_unknown(body, RESTART_FIELDS)
@@ -108,7 +108,7 @@ delete = route("DELETE", "/requests/{request_id}")(_acting(control.delete))
 @route("GET", "/requests/{request_id}/download")
 def download(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     """`?format=zip`: the outputs as one zip, else a manifest of download URLs."""
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "zip"):
         raise InvalidRequestError("format must be json or zip", "invalid_format")
@@ -122,7 +122,7 @@ def download(request: flask.Request, svc: Services, request_id: str) -> flask.Re
 @route("GET", "/requests/{request_id}/live-preview")
 def live_preview(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     """The training's latest render (the token may be in the query, so that an <img> can show it)."""
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     return flask.Response(downloads.live_preview(svc, authorized_record(request, svc, request_id)), status=200,
                           mimetype="image/png", headers={"Cache-Control": "no-store", **headers})
 
@@ -131,6 +131,6 @@ def live_preview(request: flask.Request, svc: Services, request_id: str) -> flas
 def splat_latest(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     """The training's latest snapshot of its Gaussians, an SPZ file (the status's
     `stages.splat.latest_splat_step` says which step)."""
-    headers = _rate_limit(request, svc)
+    headers = charge_rate_limit(request, svc)
     return flask.Response(downloads.latest_splat(svc, authorized_record(request, svc, request_id)), status=200,
                           mimetype="application/octet-stream", headers={"Cache-Control": "no-store", **headers})
