@@ -10,7 +10,7 @@ import datetime as dt
 import enum
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,48 +190,6 @@ class Record:
             seq=int(h.get("seq", 0)), version=int(h.get("version", 0)), attempts=int(h.get("attempts", 0)),
             lease_expires_at=int(h["lease_expires_at"]) if h.get("lease_expires_at") else None,
             execution=h.get("execution") or None)
-
-    # --- views ----------------------------------------------------------------------------------
-
-    def status(self, link: Callable[[str], str] = str) -> dict[str, Any]:
-        """The status document (`GET /status`; `link` makes an output's URI a download link). Every
-        requested stage appears, PENDING and 0 until it starts; a FAILED stage carries its error.
-        What a running stage writes itself (`message`, `heartbeat_at`, `live_preview_at`,
-        `latest_splat_at`, `latest_splat_step`, its progress, and with them `outputs.splat_latest`)
-        is left for functions.status.view to overlay."""
-        return {
-            "request_id": self.request_id, "state": self.state, "priority": self.priority,
-            "session_id": self.session_id, "input": self.input, "options": self.options,
-            "stages_requested": list(self.stages_requested), "stage": self.stage,
-            "stages": {s: self._stage_status(s) for s in self.stages_requested},
-            "progress": {s: float(self.progress.get(s, 0.0)) for s in self.stages_requested},
-            "outputs": {name: link(uri) for name, uri in self.outputs.items()},
-            "error": self.error, "warnings": [dict(w) for w in self.warnings],
-            "metrics": {stage: dict(m) for stage, m in self.metrics.items()},
-            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
-        }
-
-    def internal_status(self, link: Callable[[str], str] = str) -> dict[str, Any]:
-        """The queue service's status document: the public one and the queue's own fields."""
-        return {**self.status(link), "attempts": self.attempts, "execution": self.execution,
-                "lease_expires_at": iso(self.lease_expires_at), "webhook_url": self.webhook_url,
-                "source": self.source}
-
-    def _stage_status(self, stage: str) -> dict[str, Any]:
-        st = self.stages.get(stage, {})
-        return {"state": st.get("state", StageState.PENDING.value), "started_at": iso(st.get("started_at")),
-                "finished_at": iso(st.get("finished_at")), "batch_job": st.get("batch_job"),
-                "message": None, "heartbeat_at": None, "live_preview_at": None,
-                "latest_splat_at": None, "latest_splat_step": None,
-                "error": self._stage_error(stage) if st.get("state") == StageState.FAILED else None}
-
-    def _stage_error(self, stage: str) -> dict[str, str] | None:
-        """A failed stage's {code, message}: the request's error when that stage failed it, else the
-        warning it left (a best-effort stage fails without failing the request)."""
-        for e in (self.error, *self.warnings):
-            if e and e.get("stage") == stage:
-                return {"code": e["code"], "message": e["message"]}
-        return None
 
     def firestore_fields(self) -> Iterator[tuple[tuple[str, ...], Any]]:
         """(field path parts, value) of every field the control plane owns in the Firestore document

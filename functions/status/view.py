@@ -1,4 +1,4 @@
-"""The one builder of a request's status document: the record's own fields (`Record.status`), with
+"""The one builder of a request's status document: the record's own fields (`record_status`), with
 what the running stages wrote to the mirror overlaid (`document`, what every route answers).
 
 The running stage's own Firestore writes (`progress.{s}`, `stages.{s}.message`,
@@ -23,6 +23,7 @@ from core.record import (
     STAGE_LATEST_SPLAT_STEP_KEY,
     STAGE_LIVE_PREVIEW_KEY,
     Record,
+    StageState,
     State,
     iso,
 )
@@ -52,16 +53,62 @@ def _step(value: Any) -> int | None:
     return int(value) if value >= 0 else None
 
 
+
+def record_status(record: Record, link: Callable[[str], str] = str) -> dict[str, Any]:
+    """The record's own part of the status document (`link` makes an output's URI a download link).
+    Every requested stage appears, PENDING and 0 until it starts; a FAILED stage carries its error.
+    What a running stage writes itself (`message`, `heartbeat_at`, `live_preview_at`,
+    `latest_splat_at`, `latest_splat_step`, its progress, and with them `outputs.splat_latest`)
+    is overlaid by `render`."""
+    return {
+        "request_id": record.request_id, "state": record.state, "priority": record.priority,
+        "session_id": record.session_id, "input": record.input, "options": record.options,
+        "stages_requested": list(record.stages_requested), "stage": record.stage,
+        "stages": {s: _stage_status(record, s) for s in record.stages_requested},
+        "progress": {s: float(record.progress.get(s, 0.0)) for s in record.stages_requested},
+        "outputs": {name: link(uri) for name, uri in record.outputs.items()},
+        "error": record.error, "warnings": [dict(w) for w in record.warnings],
+        "metrics": {stage: dict(m) for stage, m in record.metrics.items()},
+        "created_at": iso(record.created_at), "updated_at": iso(record.updated_at),
+    }
+
+
+def internal_record_status(record: Record, link: Callable[[str], str] = str) -> dict[str, Any]:
+    """The queue service's document: the public one and the queue's own fields."""
+    return {**record_status(record, link), "attempts": record.attempts, "execution": record.execution,
+            "lease_expires_at": iso(record.lease_expires_at), "webhook_url": record.webhook_url,
+            "source": record.source}
+
+
+def _stage_status(record: Record, stage: str) -> dict[str, Any]:
+    st = record.stages.get(stage, {})
+    return {"state": st.get("state", StageState.PENDING.value), "started_at": iso(st.get("started_at")),
+            "finished_at": iso(st.get("finished_at")), "batch_job": st.get("batch_job"),
+            "message": None, "heartbeat_at": None, "live_preview_at": None,
+            "latest_splat_at": None, "latest_splat_step": None,
+            "error": _stage_error(record, stage) if st.get("state") == StageState.FAILED else None}
+
+
+def _stage_error(record: Record, stage: str) -> dict[str, str] | None:
+    """A failed stage's {code, message}: the request's error when that stage failed it, else the
+    warning it left (a best-effort stage fails without failing the request)."""
+    for e in (record.error, *record.warnings):
+        if e and e.get("stage") == stage:
+            return {"code": e["code"], "message": e["message"]}
+    return None
+
+
 def render(record: Record, stage_fields: Mapping[str, Any] | None = None, *,
            link: Callable[[str], str] = str, internal: bool = False,
            workspace: str | None = None) -> dict[str, Any]:
     """The status document of a record; `internal` adds the queue's own fields; `workspace` (the
     request's workspace URI) lets a noted snapshot appear as `outputs.splat_latest`."""
-    out = record.internal_status(link) if internal else record.status(link)
+    out = internal_record_status(record, link) if internal else record_status(record, link)
     fs_progress = (stage_fields or {}).get("progress") or {}
     fs_stages = (stage_fields or {}).get("stages") or {}
     for s, view in out["stages"].items():
-        fs = fs_stages.get(s) if isinstance(fs_stages.get(s), dict) else {}
+        mine = fs_stages.get(s)
+        fs = mine if isinstance(mine, dict) else {}
         view.update(message=fs.get("message") if isinstance(fs.get("message"), str) else None,
                     heartbeat_at=_iso_any(fs.get(STAGE_HEARTBEAT_KEY)),
                     live_preview_at=_iso_any(fs.get(STAGE_LIVE_PREVIEW_KEY)),

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 from core.record import Record
+from functions.status.view import internal_record_status, record_status
 
 T0 = 1_700_000_000_000  # ms; 2023-11-14T22:13:20Z
 ERROR = {"code": "sfm_failed", "message": "too few images", "stage": "sfm"}
@@ -44,7 +45,7 @@ def test_from_redis() -> None:
 
 
 def test_status() -> None:
-    view = Record.from_redis(_hash()).status(link=lambda uri: uri.replace("gs://", "https://dl/"))
+    view = record_status(Record.from_redis(_hash()), link=lambda uri: uri.replace("gs://", "https://dl/"))
     assert view["stages"]["frames"] == {
         "state": "SUCCEEDED", "started_at": "2023-11-14T22:13:20.000Z", "finished_at": "2023-11-14T22:13:21.000Z",
         "batch_job": "jobs/f", "message": None, "heartbeat_at": None, "live_preview_at": None,
@@ -65,12 +66,12 @@ def test_status() -> None:
 
 def test_internal_status() -> None:
     rec = Record.from_redis(_hash(state="PROCESSING", lease_expires_at=str(T0 + 60_000), execution="ex/1"))
-    view = rec.internal_status()
+    view = internal_record_status(rec)
     assert {k: view[k] for k in ("attempts", "execution", "lease_expires_at", "webhook_url", "source")} == {
         "attempts": 1, "execution": "ex/1", "lease_expires_at": "2023-11-14T22:14:20.000Z",
         "webhook_url": "https://example.com/h", "source": "api"}
     assert {k: v for k, v in view.items() if k not in {"attempts", "execution", "lease_expires_at",
-                                                       "webhook_url", "source"}} == rec.status()
+                                                       "webhook_url", "source"}} == record_status(rec)
 
 
 def test_firestore_fields() -> None:
