@@ -1,5 +1,5 @@
 """Webhooks are signed: a real HTTP receiver on 127.0.0.1 gets the headers and verifies them with
-the README's snippet; tampered bodies, other secrets and old timestamps fail."""
+the snippet docs/api.md shows; tampered bodies, other secrets and old timestamps fail."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from functions.webhooks import sender as webhook
 from functions.webhooks import signing as webhook_signing
 
 
-def _readme_snippet() -> Any:
-    """The receiver's `verify` exactly as README.md shows it (its ### Webhooks section), executed."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("### Webhooks"):]
+def _documented_snippet() -> Any:
+    """The receiver's `verify` exactly as docs/api.md shows it (its ## Webhooks section), executed."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = doc[doc.index("\n## Webhooks"):]
     code = section[section.index("```python") + len("```python"):]
     code = code[:code.index("```")]
     scope: dict[str, Any] = {}
-    exec(compile(code, "README.md#webhooks", "exec"), scope)
+    exec(compile(code, "docs/api.md#webhooks", "exec"), scope)
     return scope["verify"]
 
 
-readme_verify = _readme_snippet()
+documented_verify = _documented_snippet()
 
 
 def test_delivered_webhooks_carry_a_verifiable_signature(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,11 +39,11 @@ def test_delivered_webhooks_carry_a_verifiable_signature(monkeypatch: pytest.Mon
     ts, sig = headers[webhook_signing.TIMESTAMP_HEADER], headers[webhook_signing.SIGNATURE_HEADER]
     assert abs(int(ts) - time.time()) < 60 and sig.count("v1=") == 2
     for secret in ("s3cret", "older-secret"):  # either side of a rotation verifies
-        assert readme_verify(secret, body, ts, sig)
+        assert documented_verify(secret, body, ts, sig)
         assert webhook_signing.verify(body, ts, sig, secret)
-    assert not readme_verify("wrong", body, ts, sig)
-    assert not readme_verify("s3cret", body + b" ", ts, sig)
-    assert not readme_verify("s3cret", body, str(int(ts) + 1), sig)
+    assert not documented_verify("wrong", body, ts, sig)
+    assert not documented_verify("s3cret", body + b" ", ts, sig)
+    assert not documented_verify("s3cret", body, str(int(ts) + 1), sig)
 
 
 def test_replays_and_malformed_headers_fail() -> None:
