@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from werkzeug.datastructures import Headers
+
 from functions.errors import UnauthenticatedError, UnavailableError
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -100,7 +102,7 @@ def _fetch_certs(url: str) -> Mapping[str, str]:
     return certs
 
 
-def caller_key(headers: Mapping[str, str], peer: str | None, *, trusted_hops: int, audience: str,
+def caller_key(headers: Headers | Mapping[str, str], peer: str | None, *, trusted_hops: int, audience: str,
                verifier: IdTokenVerifier | None) -> str:
     """The rate-limit key of a request."""
     auth = headers.get("Authorization", "")

@@ -22,6 +22,7 @@ from typing import Any
 import flask
 
 from core import stages
+from core.record import Record
 from functions.context import Services
 from functions.edge.json_api import json_response, read_json_object
 from functions.edge.public_api import authorized_record, callback_token_of, charge_rate_limit
@@ -75,7 +76,7 @@ def list_requests(request: flask.Request, svc: Services) -> flask.Response:
     return json_response({"session_id": sid, "requests": views}, 200, headers)
 
 
-def _acting(operation: Callable[[Services, dict[str, Any]], dict[str, Any]]) -> Callable[..., flask.Response]:
+def _acting(operation: Callable[[Services, Record], Record]) -> Callable[..., flask.Response]:
     """A route that applies `operation` to the path's request and answers the request's status."""
     def handler(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
         headers = charge_rate_limit(request, svc)

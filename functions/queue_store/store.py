@@ -26,7 +26,7 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -163,8 +163,11 @@ class RequestQueue:
 
     # --- records --------------------------------------------------------------------------------
 
+    # The client decodes replies (`decode_responses=True`), a runtime setting redis-py's types
+    # cannot see: they say `bytes | str`, hence the casts to str below.
+
     def get_raw(self, request_id: str) -> dict[str, str] | None:
-        h = self.r.hgetall(self.record_key(request_id))
+        h = cast("dict[str, str]", self.r.hgetall(self.record_key(request_id)))
         return h or None
 
     def get(self, request_id: str) -> Record | None:
@@ -180,7 +183,7 @@ class RequestQueue:
         return {rid: Record.from_redis(h) if h else None for rid, h in zip(ids, pipe.execute(), strict=True)}
 
     def id_for_token(self, token_sha256: str) -> str | None:
-        return self.r.get(self.token_key(token_sha256))
+        return cast("str | None", self.r.get(self.token_key(token_sha256)))
 
     def update(self, request_id: str, patch: Mapping[str, Any], lease_seconds: float) -> Record:
         """Apply a validated `PUT /status` patch; the updated record. RecordNotFoundError / IllegalTransitionError."""
@@ -271,7 +274,7 @@ class RequestQueue:
 
     def session_requests(self, session_id: str, limit: int = 1000) -> list[str]:
         """The session's request ids, oldest first (at most `limit`, the newest ones)."""
-        return list(self.r.zrange(self.session_key(session_id), -limit, -1))
+        return list(cast("list[str]", self.r.zrange(self.session_key(session_id), -limit, -1)))
 
     # --- Firestore outbox -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ Only the control plane's fields are written; a running stage's `progress.{s}`,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -219,7 +220,7 @@ class StatusMirror:
         for i in range(0, len(pending), max(1, chunk)):
             if time.monotonic() > deadline:
                 break
-            done = self._guarded(lambda part=pending[i:i + chunk]: self.sync_many(part))
+            done = self._guarded(functools.partial(self.sync_many, pending[i:i + chunk]))
             if done is None:
                 break
             synced += done
