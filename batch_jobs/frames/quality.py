@@ -96,7 +96,7 @@ def feature_count(gray: np.ndarray) -> int:
     import cv2
 
     g = np.clip(scoring_gray(gray), 0, 255).astype(np.uint8)
-    return len(cv2.SIFT_create().detect(g, None))
+    return len(cv2.SIFT.create().detect(g, None))
 
 
 def small_gray(gray: np.ndarray) -> np.ndarray:

@@ -98,6 +98,7 @@ class Seen:
         if self.detail is not None:
             d["detail"] = self.detail
         if self.kept:
+            assert self.size is not None  # a kept frame is written
             d.update({"name": self.name, "file": f"images/{self.name}.jpg", "width": self.size[0],
                       "height": self.size[1], "focal_px": None if self.focal_px is None
                       else round(self.focal_px, 3)})
@@ -126,32 +127,33 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
 # -- the rules for video frames ---------------------------------------------------------------
 def reject_blurred(seen: list[Seen], radius: float, limits: fq.QualityLimits) -> None:
     """Drop kept frames blurred against the frames around them (`radius` in position units)."""
-    scored = [s for s in seen if s.scores is not None]
+    scored = [(s, s.scores) for s in seen if s.scores is not None]
     if not scored:
         return
-    sharp = np.array([s.scores.sharpness for s in scored])
-    pos = np.array([s.position for s in scored])
-    for s in seen:
+    sharp = np.array([scores.sharpness for _, scores in scored])
+    pos = np.array([s.position for s, _ in scored])
+    for s, scores in scored:  # every kept frame was scored
         if not s.kept:
             continue
         ref = fq.local_median(sharp, pos, s.position, radius)
-        s.relative_sharpness = s.scores.sharpness / ref if ref > 0 else None
-        if fq.is_blurred(s.scores.sharpness, ref, limits):
+        s.relative_sharpness = scores.sharpness / ref if ref > 0 else None
+        if fq.is_blurred(scores.sharpness, ref, limits):
             s.kept, s.reason = False, BLURRED
 
 
 def reject_duplicates(seen: list[Seen], limits: fq.QualityLimits, lookback: int) -> None:
     """Drop a kept frame whose thumbnail matches one of the `lookback` frames kept before it."""
-    kept: list[Seen] = []
+    kept: list[tuple[Seen, np.ndarray]] = []  # with its thumbnail
     for s in seen:
         if not s.kept:
             continue
-        for prev in kept[-lookback:]:
-            if fq.thumb_distance(s.thumb, prev.thumb) < limits.duplicate_distance:
+        assert s.thumb is not None  # a kept frame keeps its thumbnail
+        for prev, prev_thumb in kept[-lookback:]:
+            if fq.thumb_distance(s.thumb, prev_thumb) < limits.duplicate_distance:
                 s.kept, s.reason, s.duplicate_of = False, DUPLICATE, prev.source
                 break
         else:
-            kept.append(s)
+            kept.append((s, s.thumb))
 
 
 def _summary(seen: list[Seen]) -> dict[str, int]:
@@ -187,14 +189,14 @@ def select_video(path: Path, out_images: Path, params: dict[str, Any], limits: f
     expected = info.frame_count or 0
 
     seen: list[Seen] = []
-    best: dict[int, tuple[Seen, Any]] = {}  # interval -> (its sharpest so far, its av frame)
+    best: dict[int, tuple[Seen, fq.Scores, Any]] = {}  # interval -> (sharpest so far, its scores, av frame)
     stats = video_decode.DecodeStats()
     focal_full = None
     if info.focal_35mm:
         focal_full = info.focal_35mm / photo_files.FULL_FRAME_DIAGONAL_MM * math.hypot(info.width, info.height)
 
     def finish(interval: int) -> None:
-        cand, frame = best.pop(interval)
+        cand, _, frame = best.pop(interval)
         rgb = fit_long_side(video_decode.upright_rgb(frame, info.rotation), long_side)
         cand.kept, cand.name = True, f"{cand.index:06d}"
         cand.size = (rgb.shape[1], rgb.shape[0])
@@ -213,12 +215,12 @@ def select_video(path: Path, out_images: Path, params: dict[str, Any], limits: f
         problem = fq.exposure_problem(scores, limits)
         if problem:
             s.reason = problem
-        elif interval not in best or scores.sharpness > best[interval][0].scores.sharpness:
+        elif interval not in best or scores.sharpness > best[interval][1].sharpness:
             if interval in best:
                 best[interval][0].reason = NOT_SHARPEST
                 best[interval][0].thumb = None  # memory stays bounded by the kept frames, not the seen
             s.thumb = thumb
-            best[interval] = (s, df.frame)
+            best[interval] = (s, scores, df.frame)
         else:
             s.reason = NOT_SHARPEST
         if ctx is not None and stats.decoded % 10 == 0:
@@ -280,16 +282,16 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
         s.small = fq.small_gray(gray)
         if ctx is not None:
             ctx.progress.update(0.5 * (i + 1) / n, f"scoring photos: {i + 1}/{n}")
-    scored = [s for s in seen if s.scores is not None]
+    scored = [(s, s.scores) for s in seen if s.scores is not None]
     if not scored:
         raise StageError(video_decode.NO_DECODABLE_FRAMES, f"none of the {n} photos could be read")
-    median_features = float(np.median([s.scores.features for s in scored]))
-    median_sharpness = float(np.median([s.scores.sharpness for s in scored]))
+    median_features = float(np.median([scores.features for _, scores in scored]))
+    median_sharpness = float(np.median([scores.sharpness for _, scores in scored]))
     usable: list[Seen] = []
-    for s in scored:
-        s.reason = fq.photo_problem(s.scores, median_features, median_sharpness, limits)
+    for s, scores in scored:
+        s.reason = fq.photo_problem(scores, median_features, median_sharpness, limits)
         if s.reason is None:
-            s.relative_sharpness = s.scores.sharpness / median_sharpness if median_sharpness > 0 else None
+            s.relative_sharpness = scores.sharpness / median_sharpness if median_sharpness > 0 else None
             s.reason, s.duplicate_of = _duplicate_of(s, usable, limits)
         if s.reason is None:
             usable.append(s)
@@ -317,7 +319,9 @@ def select_photos(folder: Path, out_images: Path, params: dict[str, Any], limits
 def _duplicate_of(s: Seen, usable: list[Seen], limits: fq.QualityLimits) -> tuple[str | None, str | None]:
     """(DUPLICATE, the photo it repeats) when `s` is a true duplicate of one of the last
     DUPLICATE_LOOKBACK usable photos, else (None, None)."""
+    assert s.thumb is not None and s.small is not None  # set with its scores
     for prev in usable[-DUPLICATE_LOOKBACK:]:
+        assert prev.thumb is not None and prev.small is not None
         if (fq.thumb_distance(s.thumb, prev.thumb) < limits.duplicate_distance
                 and fq.same_photo(s.small, prev.small, limits)):
             return DUPLICATE, prev.source
@@ -343,7 +347,7 @@ def _local_input(ctx: StageContext) -> Path:
 
 def common_focal(kept: list[Seen]) -> float | None:
     """The focal prior when every kept frame has one and they agree (one camera)."""
-    f = [s.focal_px / max(s.size) for s in kept if s.focal_px]
+    f = [s.focal_px / max(s.size) for s in kept if s.focal_px and s.size]  # a focal is set with the size
     if not f or len(f) != len(kept) or max(f) - min(f) > 1e-3 * max(f):
         return None
     return float(np.median([s.focal_px for s in kept]))

@@ -126,7 +126,7 @@ def scan_timing(path: Path) -> tuple[int, float]:
                 last = t if last is None else max(last, t)
         rate = stream.average_rate or stream.guessed_rate
         step = 1.0 / float(rate) if rate else 0.0
-        duration = (last - first + step) if first is not None else count * step
+        duration = (last - first + step) if first is not None and last is not None else count * step
         return count, duration
 
 
