@@ -87,6 +87,8 @@ def read_sparse_model(model_dir: Path) -> SparseModel:
     for image_id in rec.reg_image_ids():
         image = rec.images[image_id]
         cam = image.camera
+        if cam is None:
+            raise StageError(BAD_SPARSE_MODEL, f"image {image.name} has no camera")
         model = str(cam.model).rsplit(".", 1)[-1]
         if model not in PINHOLE_MODELS:
             raise StageError(BAD_SPARSE_MODEL, f"image {image.name} uses camera model {model}; "

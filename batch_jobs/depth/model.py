@@ -108,7 +108,10 @@ def load_depth_model(spec: str, device: str, work_dir: Path) -> DepthModel:
         processor = AutoImageProcessor.from_pretrained(source, backend=_processor_backend())
     except OSError as exc:  # the hub unreachable or the id unknown: a later retry may work
         raise StageError(MODEL_UNAVAILABLE, f"cannot load DEPTH_MODEL {spec}: {exc}", retryable=True) from exc
-    model = model.to(device).eval()
+    # Through its torch.nn.Module type: transformers declares `to` with functools.wraps, which type
+    # checkers do not bind as a method. The model's own `to` runs all the same, and returns the model.
+    module: torch.nn.Module = model
+    module.to(device).eval()
     untrained = Path(source, UNTRAINED_MARKER).exists()
     if untrained:
         log.warning("DEPTH_MODEL %s is an untrained (random) model: its depth maps are meaningless", spec)
@@ -135,7 +138,8 @@ def build_untrained_model(out_dir: Path, seed: int = 0, hidden_size: int = 32) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = Dinov2Config(hidden_size=hidden_size, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
-                            image_size=518, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+                            image_size=518, patch_size=14, reshape_hidden_states=False)
+    backbone.out_indices = [1, 2, 3, 4]  # a property, not a field of the config's __init__
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=hidden_size,
                                  neck_hidden_sizes=[hidden_size // 4, hidden_size // 2, hidden_size, hidden_size],
                                  fusion_hidden_size=hidden_size // 2, head_hidden_size=8,

@@ -25,6 +25,12 @@ class View:
     image: torch.Tensor | None = None  # [H, W, 3] float32 in 0..1
     depth: torch.Tensor | None = None  # [H, W] float32 SfM units, 0 = no depth
 
+    def photo(self) -> torch.Tensor:
+        """`image`, which every view trained or evaluated on has (load_views with_images)."""
+        if self.image is None:
+            raise ValueError(f"view {self.name} has no image loaded")
+        return self.image
+
     @property
     def center(self) -> torch.Tensor:
         R, t = self.viewmat[:3, :3], self.viewmat[:3, 3]

@@ -86,12 +86,14 @@ class CheckpointStore:
             pointer = storage.read_json(pointer_uri)
         except Exception as exc:  # an unreadable pointer: start afresh, the run is still right
             log.warning("checkpoint pointer %s unreadable (%s); starting from step 0", pointer_uri, exc)
-            return self._discard()
+            self._discard()
+            return None
         if pointer.get("digest") != self.digest or pointer.get("format") != FORMAT:
             log.warning("checkpoint at step %s ignored: it was made from other inputs or parameters "
                         "(digest %s, this run's %s); starting from step 0", pointer.get("step"),
                         str(pointer.get("digest"))[:12], self.digest[:12])
-            return self._discard()
+            self._discard()
+            return None
         try:
             data = storage.read_bytes(storage.join(self.prefix, str(pointer["file"])))
             if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
@@ -99,10 +101,12 @@ class CheckpointStore:
             doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             log.warning("checkpoint %s unusable (%s); starting from step 0", pointer.get("file"), exc)
-            return self._discard()
+            self._discard()
+            return None
         if doc.get("digest") != self.digest:
             log.warning("checkpoint %s holds another run's digest; starting from step 0", pointer["file"])
-            return self._discard()
+            self._discard()
+            return None
         log.info("resuming from the checkpoint at step %d", doc["step"])
         return Loaded(int(doc["step"]), doc["state"])
 
@@ -112,7 +116,6 @@ class CheckpointStore:
     def _discard(self) -> None:
         """Remove what cannot be resumed from, so its files never crowd out this run's."""
         self.clear()
-        return None
 
     def _files(self) -> list[str]:
         """Checkpoint files, oldest first."""

@@ -21,7 +21,7 @@ def evaluate(params: torch.nn.ParameterDict, views: Sequence[View], sh_degree: i
     for v in views:
         out = render(params, v, sh_degree, background=background)
         img = out.rgb.clamp(0, 1)
-        ref = v.image.to(img.device)
+        ref = v.photo().to(img.device)
         per_view[v.name] = {"psnr": round(losses.psnr(img, ref), 4),
                             "ssim": round(float(losses.ssim(img, ref)), 5)}
     if not per_view:

@@ -340,7 +340,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
 
 class _RasterizeTiles(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,  # type: ignore[override]
+    def forward(ctx, means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
                 opacities: torch.Tensor, background: torch.Tensor, depths: torch.Tensor, width: int,
                 height: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
         m, cn, col, op, bg = _np(means2d), _np(conics), _np(colors), _np(opacities), _np(background)
@@ -352,7 +352,7 @@ class _RasterizeTiles(torch.autograd.Function):
         return torch.from_numpy(out), alpha
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, grad_alpha: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: torch.Tensor, grad_alpha: torch.Tensor):
         means2d, conics, colors, opacities, background = ctx.saved_tensors
         bins, t_final, last, width, height, tile = ctx.raster
         n, n_ch = colors.shape

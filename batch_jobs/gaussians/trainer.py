@@ -105,7 +105,7 @@ class Trainer:
         self.strategy.check_sanity(params, self.optimizers)
         dev = params["means"].device
         # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.
-        init_bg = torch.stack([v.image.reshape(-1, 3).mean(dim=0) for v in views]).mean(dim=0)
+        init_bg = torch.stack([v.photo().reshape(-1, 3).mean(dim=0) for v in views]).mean(dim=0)
         self.background = init_bg.to(dev).requires_grad_(cfg.learn_background)
         self.bg_opt = (torch.optim.Adam([self.background], lr=cfg.lr_background, eps=1e-15)
                        if cfg.learn_background else None)
@@ -172,13 +172,15 @@ class Trainer:
             self.order = torch.randperm(len(self.views), generator=self.gen).tolist()
         view = self.views[self.order.pop()]
         dev = params["means"].device
-        image = view.image.to(dev)
-        use_depth = cfg.depth_loss and view.depth is not None
-        out = render(params, view, cfg.sh_degree_at(step), with_depth=use_depth, background=self.background)
+        image = view.photo().to(dev)
+        depth = view.depth if cfg.depth_loss else None
+        out = render(params, view, cfg.sh_degree_at(step), with_depth=depth is not None,
+                     background=self.background)
         self.strategy.step_pre_backward(params, optimizers, self.strategy_state, step, out.info)
         loss = losses.photometric(out.rgb, image, cfg.ssim_lambda)
-        if use_depth:
-            loss = loss + cfg.depth_lambda * losses.depth_loss(out.depth, out.alpha, view.depth.to(image.device))
+        if depth is not None:
+            assert out.depth is not None  # rendered with_depth
+            loss = loss + cfg.depth_lambda * losses.depth_loss(out.depth, out.alpha, depth.to(image.device))
         if cfg.strategy == "mcmc":
             loss = loss + cfg.mcmc_opacity_reg * torch.sigmoid(params["opacities"]).mean()
             loss = loss + cfg.mcmc_scale_reg * torch.exp(params["scales"]).mean()

@@ -114,6 +114,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def rendered(v: Any) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             out = render(params, v, sh_degree, with_depth=True)
+        assert out.depth is not None  # rendered with_depth
         return (out.depth.detach().cpu().numpy().astype(np.float32),
                 out.alpha[..., 0].detach().cpu().numpy())
 

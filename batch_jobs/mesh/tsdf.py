@@ -12,8 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # open3d is imported where it is used: it is slow to load
+    import open3d as o3d
 
 TRUNC_VOXELS = 4.0  # the signed-distance truncation, in voxels
 BLOCK_RESOLUTION = 16  # voxels per block side: 16^3-voxel blocks leave fewer seams than 8^3 ones
@@ -54,7 +58,7 @@ class TsdfParams:
 
 @dataclass
 class Fused:
-    mesh: object  # open3d legacy TriangleMesh
+    mesh: o3d.geometry.TriangleMesh  # legacy (not open3d.t)
     views_fused: int
     views_empty: int  # no depth inside (0, depth_max]: nothing to fuse
     views_failed: int  # open3d refused the view (its message is logged in `errors`)
@@ -111,7 +115,8 @@ def fuse(frames: Iterable[DepthFrame], params: TsdfParams, min_weight: float = 2
     device = o3c.Device("CPU:0")
     grid = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-        attr_channels=((1), (1), (3)), voxel_size=float(params.voxel_size), block_resolution=BLOCK_RESOLUTION,
+        attr_channels=(o3c.SizeVector([1]), o3c.SizeVector([1]), o3c.SizeVector([3])),
+        voxel_size=float(params.voxel_size), block_resolution=BLOCK_RESOLUTION,
         block_count=int(params.block_count), device=device)
     fused, empty, errors = 0, 0, []
     for f in frames:
@@ -122,10 +127,11 @@ def fuse(frames: Iterable[DepthFrame], params: TsdfParams, min_weight: float = 2
         K = np.asarray(f.K, np.float64).copy()
         K[0, 2] -= 0.5
         K[1, 2] -= 0.5
-        intrinsic = o3c.Tensor(K, o3c.float64)
-        extrinsic = o3c.Tensor(np.asarray(f.viewmat, np.float64), o3c.float64)
-        depth = o3d.t.geometry.Image(o3c.Tensor(d[..., None]))
-        color = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(f.color, np.float32) / 255.0))
+        intrinsic = o3c.Tensor(K, o3c.float64, device)
+        extrinsic = o3c.Tensor(np.asarray(f.viewmat, np.float64), o3c.float64, device)
+        depth = o3d.t.geometry.Image(o3c.Tensor(d[..., None], o3c.float32, device))
+        color = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(f.color, np.float32) / 255.0,
+                                                o3c.float32, device))
         try:
             blocks = grid.compute_unique_block_coordinates(depth, intrinsic, extrinsic, 1.0, float(params.depth_max),
                                                            float(params.trunc_voxels))
@@ -156,7 +162,8 @@ def _open3d_message(exc: BaseException) -> str:
     return (m.group(1) if m else text).strip()[:300]
 
 
-def clean_mesh(mesh: object, min_component_fraction: float = 0.02, min_component_triangles: int = 50) -> dict[str, int]:
+def clean_mesh(mesh: o3d.geometry.TriangleMesh, min_component_fraction: float = 0.02,
+               min_component_triangles: int = 50) -> dict[str, int]:
     """Drop degenerate/duplicated faces and components smaller than a fraction of the largest (in place)."""
     mesh.remove_degenerate_triangles()
     mesh.remove_duplicated_triangles()
@@ -165,9 +172,9 @@ def clean_mesh(mesh: object, min_component_fraction: float = 0.02, min_component
     n_before = len(mesh.triangles)
     if n_before == 0:
         return {"components": 0, "components_removed": 0, "triangles_removed": 0}
-    labels, counts, _ = mesh.cluster_connected_triangles()
-    labels = np.asarray(labels)
-    counts = np.asarray(counts)
+    cluster_of, cluster_sizes, _ = mesh.cluster_connected_triangles()
+    labels = np.asarray(cluster_of)
+    counts = np.asarray(cluster_sizes)
     keep_min = max(min_component_triangles, int(min_component_fraction * counts.max()))
     small = counts < keep_min
     mesh.remove_triangles_by_mask(small[labels])
@@ -176,15 +183,18 @@ def clean_mesh(mesh: object, min_component_fraction: float = 0.02, min_component
             "triangles_removed": int(n_before - len(mesh.triangles))}
 
 
-def write_mesh(mesh: object, ply_path: Path, glb_path: Path) -> None:
+def write_mesh(mesh: o3d.geometry.TriangleMesh, ply_path: Path, glb_path: Path) -> None:
     """Binary PLY (open3d) and glTF binary (trimesh), both with per-vertex colours."""
     import open3d as o3d
     import trimesh
 
-    o3d.io.write_triangle_mesh(str(ply_path), mesh, write_ascii=False, write_vertex_normals=True,
+    o3d.io.write_triangle_mesh(ply_path, mesh, write_ascii=False, write_vertex_normals=True,
                                write_vertex_colors=True)
     colors = (np.clip(np.asarray(mesh.vertex_colors), 0, 1) * 255 + 0.5).astype(np.uint8)
     tm = trimesh.Trimesh(vertices=np.asarray(mesh.vertices), faces=np.asarray(mesh.triangles),
                          vertex_colors=np.concatenate([colors, np.full((len(colors), 1), 255, np.uint8)], axis=1),
                          process=False)
-    Path(glb_path).write_bytes(tm.export(file_type="glb"))
+    glb = tm.export(file_type="glb")
+    if not isinstance(glb, bytes):  # trimesh returns bytes for a binary format
+        raise TypeError(f"trimesh exported glb as {type(glb).__name__}, not bytes")
+    Path(glb_path).write_bytes(glb)

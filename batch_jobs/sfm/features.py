@@ -158,8 +158,8 @@ def descriptors(database: Path, names: Sequence[str], per_image: int = 1000, see
     db = pycolmap.Database.open(str(database))
     try:
         for n in names:
-            d = db.read_descriptors(ids[n])
-            d = np.asarray(getattr(d, "data", d), np.float32)
+            raw = db.read_descriptors(ids[n])
+            d = np.asarray(getattr(raw, "data", raw), np.float32)
             if len(d) > per_image:
                 d = d[rng.choice(len(d), per_image, replace=False)]
             out.append(d)
@@ -197,11 +197,12 @@ def verified_pairs(database: Path, min_inliers: int = 15) -> set[tuple[str, str]
         pair_ids, inliers = db.read_two_view_geometry_num_inliers()
     finally:
         db.close()
-    out = set()
+    out: set[tuple[str, str]] = set()
     for pid, n in zip(pair_ids, inliers, strict=True):
         if n >= min_inliers:
             a, b = pycolmap.pair_id_to_image_pair(pid)
-            out.add(tuple(sorted((names[a], names[b]))))
+            first, second = sorted((names[a], names[b]))
+            out.add((first, second))
     return out
 
 

@@ -41,12 +41,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from batch_jobs.sfm import features as sfm_features
 from batch_jobs.sfm import pairs as sfm_pairs
+
+if TYPE_CHECKING:
+    from batch_jobs.sfm import verify as sfm_verify
 
 Progress = Callable[[float, str], None]
 
@@ -90,7 +93,7 @@ class Attempt:
     focal_source: str | None = None  # global: "prior" | "self_calibration" | "calibrate_view_graph"
     images: int | None = None  # the images it was asked to map, when not all (self-calibration)
     refined_principal_point: bool = False
-    verification: Any | None = None  # sfm_verify.Verification, once the model was verified
+    verification: sfm_verify.Verification | None = None  # once the model was verified
 
     def to_dict(self) -> dict[str, Any]:
         v = self.verification
@@ -143,9 +146,9 @@ def run_global(database: Path, image_dir: Path, out: Path, total: int, has_prior
     try:
         if not has_priors:
             progress(0.0, "calibrating the view graph (focal lengths from fundamental matrices)")
-            opts = pycolmap.ViewGraphCalibrationOptions()
-            opts.random_seed = SEED
-            if not pycolmap.calibrate_view_graph(str(database), opts):
+            calibration = pycolmap.ViewGraphCalibrationOptions()
+            calibration.random_seed = SEED
+            if not pycolmap.calibrate_view_graph(str(database), calibration):
                 return Attempt("global", time.perf_counter() - t0, None, None,
                                "view graph calibration failed", focal_source)
         progress(0.1, "global mapping (rotation averaging, global positioning, bundle adjustment)")

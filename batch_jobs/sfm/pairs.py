@@ -117,7 +117,7 @@ def vlad(descriptors: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Intra-normalised, power-normalised, L2-normalised VLAD of one image's descriptors."""
     x = np.asarray(descriptors, np.float32)
     k, dim = centers.shape
-    v = np.zeros((k, dim), np.float32)
+    v: np.ndarray = np.zeros((k, dim), np.float32)
     if len(x):
         assign = nearest(x, centers)
         np.add.at(v, assign, x - centers[assign])

@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from batch_jobs.errors import StageError
 from batch_jobs.runner import StageContext
@@ -251,7 +251,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                       key=sfm_mapping.preference)
         with ctx.timed("verify" if first else f"retry_{k}_verify"):
             for a in made:
-                if a.check.registered < min_registered:
+                if a.check is None or a.check.registered < min_registered:
                     continue
                 ctx.progress.update(PHASES["verify"][0], f"verifying the {a.mapper} model against its image pairs")
                 a.verification = sfm_verify.verify(solve.database, a.model)
@@ -291,9 +291,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     chosen, verification = found
     solve = next(s for s in solves if chosen in s.attempts)
 
+    model, check = chosen.model, chosen.check
+    assert model is not None and check is not None  # a verified attempt made a checked model
     export = _phase(ctx, "export")
     with ctx.timed("export"):
-        model = chosen.model
         distorted_dir = work / "distorted"
         distorted_dir.mkdir(parents=True, exist_ok=True)
         model.write_binary(str(distorted_dir))
@@ -305,7 +306,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         xyz, rgb = sfm_export.points_arrays(undistorted)
         sfm_export.write_ply(ctx.out_dir / "points.ply", xyz, rgb)
 
-    registered = chosen.check.registered
+    registered = check.registered
     registered_names = sorted(im.name for im in model.images.values() if im.has_pose)
     unregistered = sorted(set(names) - set(registered_names))
     dropped.update({n: "could not be placed in the camera solution" for n in unregistered if n not in dropped})
@@ -348,30 +349,33 @@ def partial_solve(solves: list[Solve], names: list[str], image_dir: Path, work: 
     the evidence contradicts least does not have contradicted, on that model's matches, verified
     like any other. Appends its Solve to `solves`; returns (its attempt and verification, the
     photos left out with why), or (None, {}) when it is not enough."""
-    tried = [(s, a) for s in solves for a in s.attempts if a.verification is not None and a.model is not None]
+    tried = [(s, a.verification, a.model) for s in solves for a in s.attempts
+             if a.verification is not None and a.model is not None]
     if not tried:
         return None, {}
-    source, least = min(tried, key=lambda sa: (sa[1].verification.figures["disagree_fraction"],
-                                               len(sa[1].verification.suspect_images)))
-    drop = left_out(least.verification)
-    placed = {im.name for im in least.model.images.values() if im.has_pose}
+    source, least, least_model = min(tried, key=lambda svm: (svm[1].figures["disagree_fraction"],
+                                                             len(svm[1].suspect_images)))
+    drop = left_out(least)
+    placed = {im.name for im in least_model.images.values() if im.has_pose}
     keep = [n for n in names if n in placed and n not in drop]
     if not drop or len(keep) < min_registered:
         return None, {}
+    database = source.database
+    assert database is not None  # the solve made a model from it
     solve = Solve("partial", source.max_num_features, source.first_octave, source.matcher, "incremental",
-                  database=source.database, matcher_used=source.matcher_used, pairs=source.pairs,
+                  database=database, matcher_used=source.matcher_used, pairs=source.pairs,
                   verified_pairs=source.verified_pairs)
     solves.append(solve)
     t0 = time.perf_counter()
     ctx.progress.update(PHASES["verify"][0], f"mapping the {len(keep)} of {len(names)} photos the image pairs "
                                              "do not contradict")
     with ctx.timed("partial_mapping"):
-        a = sfm_mapping.run_incremental(source.database, image_dir, work / "models-partial", len(names), _quiet,
+        a = sfm_mapping.run_incremental(database, image_dir, work / "models-partial", len(names), _quiet,
                                         keep)
     solve.attempts = [a]
     if a.model is not None and a.check is not None and a.check.registered >= min_registered:
         with ctx.timed("partial_verify"):
-            a.verification = sfm_verify.verify(source.database, a.model)
+            a.verification = sfm_verify.verify(database, a.model)
     solve.seconds = time.perf_counter() - t0
     if a.verification is None or not a.verification.passed:
         return None, {}
@@ -383,11 +387,11 @@ def _quiet(fraction: float, message: str) -> None:
 
 
 def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names: list[str],
-          min_registered: int) -> None:
+          min_registered: int) -> NoReturn:
     """Write the report and raise: too few images registered, or no model that verifies."""
-    made = [a for s in solves for a in s.attempts if a.model is not None and a.check is not None]
-    best_registered = max((a.check.registered for a in made), default=0)
-    verified = [(a, a.verification) for a in made if a.verification is not None]
+    made = [(a, a.check) for s in solves for a in s.attempts if a.model is not None and a.check is not None]
+    best_registered = max((check.registered for _, check in made), default=0)
+    verified = [(a, check, a.verification) for a, check in made if a.verification is not None]
     report.update({"registered": best_registered, "mapper": None, "timings": dict(ctx.timings)})
     if not verified:
         report["error"] = TOO_FEW_REGISTERED
@@ -399,13 +403,13 @@ def _fail(ctx: StageContext, report: dict[str, Any], solves: list[Solve], names:
                          f"needed): the frames do not overlap enough to reconstruct one scene. {CAPTURE_ADVICE} "
                          f"({detail})")
     # The model the evidence contradicts least, to name its cameras and figures.
-    a, v = min(verified, key=lambda av: (av[1].figures["disagree_fraction"], len(av[1].suspect_images)))
+    a, check, v = min(verified, key=lambda acv: (acv[2].figures["disagree_fraction"], len(acv[2].suspect_images)))
     report.update({"error": SFM_UNRELIABLE, "verification": v.to_dict()})
     ctx.write_report(report, failed=True)
     tried = ", ".join(f"{s.name} ({'/'.join(x.mapper for x in s.attempts)})" for s in solves)
     raise StageError(SFM_UNRELIABLE,
                      f"no camera solution passed verification (tried: {tried}); the best, {a.mapper} with "
-                     f"{a.check.registered} of {len(names)} images: {'; '.join(v.problems)}; {v.summary()}. "
+                     f"{check.registered} of {len(names)} images: {'; '.join(v.problems)}; {v.summary()}. "
                      f"{CAPTURE_ADVICE}")
 
 

@@ -203,7 +203,8 @@ def verify(database: Path, model: Any, thresholds: Thresholds | None = None) -> 
                 # LO-RANSAC leaves the pose unrefined over its inliers: refined, weak pairs stop scattering.
                 refined = pycolmap.refine_relative_pose(est["cam2_from_cam1"], cam_a, xy_a, cam_b, xy_b,
                                                         np.asarray(est["inlier_mask"], bool))
-                rel_two_view = refined["cam2_from_cam1"] if isinstance(refined, dict) else refined
+                # None: the refinement failed, the LO-RANSAC pose stands.
+                rel_two_view = (est if refined is None else refined)["cam2_from_cam1"]
                 rel_model = rotations[b] @ rotations[a].T
                 check.rotation_error_deg = _rotation_angle_deg(np.asarray(rel_two_view.rotation.matrix()),
                                                                rel_model)
@@ -212,7 +213,7 @@ def verify(database: Path, model: Any, thresholds: Thresholds | None = None) -> 
 
     judged = [c for c in checks if c.consistent is not None]
     errs = np.array([c.rotation_error_deg for c in judged if c.rotation_error_deg is not None])
-    bad = np.array([c.consistent < th.min_consistent for c in judged], bool)
+    bad = np.array([c.consistent for c in judged], np.float64) < th.min_consistent
     # Pairs weigh by their inlier matches: a weak pair is often a false match of a right model (on
     # `fox`: far views matched on clutter, 35-62 inliers), a broken camera loses its strong pairs as
     # well as its weak ones.

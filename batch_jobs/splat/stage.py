@@ -116,7 +116,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         test, train_views = [], list(views)
     if device == "cuda":
         for v in views:
-            v.image = v.image.to(device)
+            v.image = v.photo().to(device)
             v.depth = v.depth.to(device) if v.depth is not None else None
 
     _, scene_scale = model.scene_extent()
@@ -165,7 +165,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             with torch.no_grad():
                 out = render(params, live_view, sh_degree,
                              background=torch.zeros(3, dtype=torch.float32, device=params["means"].device))
-            data = preview_png(out.rgb.detach().cpu().numpy(), live_view.image.cpu().numpy(),
+            data = preview_png(out.rgb.detach().cpu().numpy(), live_view.photo().cpu().numpy(),
                                LIVE_PREVIEW_MAX_HEIGHT)
             storage.write_bytes(storage.join(ctx.workspace, LIVE_PREVIEW), data, "image/png")
             ctx.progress.note(jobrecord.STAGE_LIVE_PREVIEW_KEY,
@@ -195,7 +195,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pv = train_views[len(train_views) // 2]
         with torch.no_grad():
             out = render(params, pv, sh_degree, background=background)
-        write_preview(ctx.out_dir / "preview.png", out.rgb.detach().cpu().numpy(), pv.image.cpu().numpy())
+        write_preview(ctx.out_dir / "preview.png", out.rgb.detach().cpu().numpy(), pv.photo().cpu().numpy())
 
     # The headline figures are top-level scalars: the workflow forwards this dict to the status
     # (`metrics.splat`), which keeps scalars only.
