@@ -4,7 +4,8 @@
 kernels compute: quaternion + scale -> covariance, the EWA perspective projection with the
 0.3-pixel low-pass (eps2d), frustum culling and radii, and spherical harmonics. Using them keeps
 the CPU path's maths identical to the CUDA path's; autograd carries the 2D gradients from our
-rasterizer back to means, quaternions, scales, opacities and SH coefficients.
+rasterizer back to means, quaternions, scales, opacities and SH coefficients. They are private
+to gsplat: this module reaches them through `gsplat_internals`.
 
 Those functions work on every Gaussian; a conservative pre-cull (no gradient needed) first
 drops the Gaussians that cannot reach the image, so the reference functions only see the rest.
@@ -15,7 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+
+from batch_jobs.gaussians.gsplat_internals import (
+    fully_fused_projection,
+    quat_scale_to_covar_preci,
+    spherical_harmonics,
+)
 
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
@@ -65,8 +71,8 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opac
     n = means.shape[0]
     cand = may_be_visible(means, scales, viewmat, K, width, height)
     m, q, s = means[cand], quats[cand], scales[cand]
-    covars, _ = _quat_scale_to_covar_preci(q, s, compute_covar=True, compute_preci=False)
-    radii_c, means2d_c, depths_c, conics_c, _ = _fully_fused_projection(
+    covars, _ = quat_scale_to_covar_preci(q, s, compute_covar=True, compute_preci=False)
+    radii_c, means2d_c, depths_c, conics_c, _ = fully_fused_projection(
         m, covars, viewmat[None], K[None], width, height, eps2d=EPS2D, near_plane=NEAR_PLANE,
         far_plane=FAR_PLANE)
     vis_c = torch.nonzero((radii_c[0] > 0).all(dim=-1), as_tuple=True)[0]
@@ -77,7 +83,7 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opac
     radii[0, cand] = radii_c[0]
     campos = torch.linalg.inv(viewmat)[:3, 3]
     dirs = means[visible] - campos
-    colors = _spherical_harmonics(sh_degree, dirs, sh[visible])
+    colors = spherical_harmonics(sh_degree, dirs, sh[visible])
     colors = torch.clamp_min(colors + 0.5, 0.0)
     return Projected(means2d=means2d, radii=radii, visible=visible, conics=conics_c[0, vis_c],
                      depths=depths_c[0, vis_c], opacities=opacities[visible], colors=colors)

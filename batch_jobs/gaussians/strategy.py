@@ -6,7 +6,8 @@ our CPU renderer provides in gsplat's layout. Two helpers the MCMC strategy call
 kernels in gsplat 1.5.3 (`compute_relocation` and `quat_scale_to_covar_preci`);
 `enable_cpu_mcmc` routes their CPU calls to PyTorch versions (the relocation formula of
 Eq. 9 in "3D Gaussian Splatting as Markov Chain Monte Carlo", the covariance from gsplat's
-reference implementation) and leaves CUDA calls untouched.
+reference implementation) and leaves CUDA calls untouched. What of this reaches inside gsplat
+(the routing, the default strategy's growth hook) is in `gsplat_internals`.
 
 Schedules are scaled to the run's length: a 600-step preview densifies early and often, a
 30k-step run uses the 3DGS numbers.
@@ -19,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
-from gsplat.strategy import DefaultStrategy, MCMCStrategy
+from gsplat.strategy import MCMCStrategy
+
+from batch_jobs.gaussians import gsplat_internals
 
 
 @dataclass
-class CappedDefaultStrategy(DefaultStrategy):
+class CappedDefaultStrategy(gsplat_internals.DefaultStrategyGrowth):
     """DefaultStrategy that never grows past `cap_max` Gaussians (pruning goes on).
 
     When more Gaussians qualify than the cap leaves room for, only those with the largest
@@ -34,21 +36,17 @@ class CappedDefaultStrategy(DefaultStrategy):
     cap_max: int = 0
 
     @torch.no_grad()
-    def _grow_gs(self, params: Any, optimizers: Any, state: dict[str, Any], step: int) -> tuple[int, int]:
+    def grow(self, params: Any, optimizers: Any, state: dict[str, Any], step: int) -> tuple[int, int]:
         if not self.cap_max:
-            return super()._grow_gs(params, optimizers, state, step)
+            return self.default_grow(params, optimizers, state, step)
         budget = self.cap_max - len(params["means"])
         if budget <= 0:
             return 0, 0
-        grads = state["grad2d"] / state["count"].clamp_min(1)
+        grads = gsplat_internals.mean_grad2d(state)
         if int((grads > self.grow_grad2d).sum()) <= budget:
-            return super()._grow_gs(params, optimizers, state, step)
-        threshold = self.grow_grad2d
-        self.grow_grad2d = max(threshold, float(torch.topk(grads, budget + 1).values[-1]))
-        try:
-            return super()._grow_gs(params, optimizers, state, step)
-        finally:
-            self.grow_grad2d = threshold
+            return self.default_grow(params, optimizers, state, step)
+        threshold = max(self.grow_grad2d, float(torch.topk(grads, budget + 1).values[-1]))
+        return self.default_grow(params, optimizers, state, step, grad_threshold=threshold)
 
 
 def schedule(steps: int) -> dict[str, int]:
@@ -92,34 +90,9 @@ def relocation_torch(opacities: torch.Tensor, scales: torch.Tensor, ratios: torc
     return new_o, new_s
 
 
-_patched = False
-
-
 def enable_cpu_mcmc() -> None:
     """Route gsplat's MCMC helpers to PyTorch for CPU tensors (idempotent; CUDA unchanged)."""
-    global _patched
-    if _patched:
-        return
-    import gsplat.strategy.ops as ops
-
-    cuda_relocation = ops.compute_relocation
-    cuda_covar = ops.quat_scale_to_covar_preci
-
-    def compute_relocation(opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor,
-                           binoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if opacities.is_cuda:
-            return cuda_relocation(opacities, scales, ratios, binoms)
-        return relocation_torch(opacities, scales, ratios, binoms)
-
-    def quat_scale_to_covar_preci(quats: torch.Tensor, scales: torch.Tensor, compute_covar: bool = True,
-                                  compute_preci: bool = True, triu: bool = False) -> Any:
-        if quats.is_cuda:
-            return cuda_covar(quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu)
-        return _quat_scale_to_covar_preci(quats, scales, compute_covar, compute_preci, triu)
-
-    ops.compute_relocation = compute_relocation
-    ops.quat_scale_to_covar_preci = quat_scale_to_covar_preci
-    _patched = True
+    gsplat_internals.route_mcmc_ops_to_cpu(relocation_torch)
 
 
 def binomials(n_max: int = 51) -> torch.Tensor:

@@ -100,8 +100,7 @@ def test_culling_keeps_work_proportional_to_coverage() -> None:
 
 
 def test_precull_keeps_every_gaussian_the_projection_keeps() -> None:
-    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
-
+    from batch_jobs.gaussians.gsplat_internals import fully_fused_projection, quat_scale_to_covar_preci
     from emulator.synthetic_scene import look_at
 
     g = torch.Generator().manual_seed(0)
@@ -114,8 +113,8 @@ def test_precull_keeps_every_gaussian_the_projection_keeps() -> None:
     vm = torch.eye(4)
     vm[:3, :3] = torch.tensor(R, dtype=torch.float32)
     vm[:3, 3] = torch.tensor(t, dtype=torch.float32)
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    radii, *_ = _fully_fused_projection(means, covars, vm[None], K[None], w, h, eps2d=0.3)
+    covars, _ = quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    radii, *_ = fully_fused_projection(means, covars, vm[None], K[None], w, h, eps2d=0.3)
     kept = set(torch.nonzero((radii[0] > 0).all(-1))[:, 0].tolist())
     cand = set(may_be_visible(means, scales, vm, K, w, h).tolist())
     assert kept <= cand
