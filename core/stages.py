@@ -49,7 +49,7 @@ _FRAMES = Stage(
     params={"target_frames": int, "min_frames": int, "long_side": int},
     presets={
         # preview keeps standard's frame size: the camera solution is worth its seconds (at 640 px
-        # the pairs disagree more with the model, and SIFT must upsample; README "Presets").
+        # the pairs disagree more with the model, and SIFT must upsample; docs/stages.md "Presets").
         "preview": {"target_frames": 40, "min_frames": 6, "long_side": 1280},
         "standard": {"target_frames": 120, "min_frames": 6, "long_side": 1280},
         "high": {"target_frames": 300, "min_frames": 8, "long_side": 1920},

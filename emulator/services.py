@@ -75,7 +75,7 @@ def start_redis(run_dir: Path, port: int | None = None, *, aof: bool = True, nam
 # (on Google Cloud the managed services never do): one serial GC thread and the quick C1 compiler
 # only keep the JVM's own background work (parallel GC, C2 compiles) from taking cores from the
 # functions in bursts. `bench/api_load.py` measured p99 at 32 clients with Firestore busy
-# mirroring: 143-165 ms with the JVM's defaults, 82-93 ms with these (README "Front door under load").
+# mirroring: 143-165 ms with the JVM's defaults, 82-93 ms with these (docs/benchmarks.md).
 JVM_FLAGS = ("-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 

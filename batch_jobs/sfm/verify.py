@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 SEED = 0
-# The thresholds, from measurements (see README "SfM verification"): correct solves of the real
+# The thresholds, from measurements (see docs/benchmarks.md "Verification thresholds"): correct solves of the real
 # and ground-truth sets disagree with their pairs by well under a degree (worst pair: a few
 # degrees, on weak, narrow-baseline pairs); a camera displaced into a wrong minimum disagrees
 # with its pairs by tens of degrees.

@@ -31,6 +31,7 @@ from emulator.batch.runner import BatchApiError, LocalBatch
 from emulator.workflows.errors import ExecutionCancelled, tagged
 from emulator.workflows.http_calls import http_call, is_http_call
 from emulator.workflows.interpreter import ExecutionRuntime
+from emulator.workflows.weather import Weather
 
 BATCH = "googleapis.batch.v1.projects.locations.jobs."
 STORAGE = "googleapis.storage.v1.objects."
@@ -49,17 +50,25 @@ class LocalConnectors:
     SUPPORTED = frozenset({BATCH + "create", BATCH + "get", BATCH + "delete", BATCH + "list",
                            STORAGE + "get", STORAGE + "list"})
 
-    def __init__(self, batch: LocalBatch | None = None, storage_host: str | None = None) -> None:
+    def __init__(self, batch: LocalBatch | None = None, storage_host: str | None = None,
+                 weather: Weather | None = None) -> None:
         self.batch = batch
         self._storage_host = storage_host
+        self.weather = weather or Weather()
 
     def has(self, name: str) -> bool:
         return is_http_call(name) or name in self.SUPPORTED
 
     def call(self, name: str, args: dict[str, Any], rt: ExecutionRuntime) -> Any:
         if is_http_call(name):
+            url, timeout = args.get("url"), args.get("timeout", 300)
+            method = str(args.get("method", "")).upper() if name == "http.request" else name.split(".")[1].upper()
+            if isinstance(url, str):
+                self.weather.strike("http", url, method, f"{name} {url}",
+                                    float(timeout) if isinstance(timeout, int | float) else 300.0)
             return http_call(name, args)
         if name.startswith(BATCH):
+            self.weather.strike("batch", "", name[len(BATCH):], name, 60.0)
             return self._batch(name[len(BATCH):], args, rt)
         if name.startswith(STORAGE):
             return self._storage(name[len(STORAGE):], args)

@@ -4,7 +4,8 @@ Batch (`https://batch.googleapis.com` paths), at `BATCH_EMULATOR_HOST`:
   POST /v1/projects/{p}/locations/{l}/jobs?job_id=ID   GET …/jobs   GET|DELETE …/jobs/{id}
 Local only: GET /healthz, GET /emulator/batch/processes (running task attempts with PIDs),
 POST /emulator/batch/{job name}:preempt (a Spot preemption of the job's running tasks: exit 50001,
-then Batch's own task retry), GET /emulator/batch/{job name}/attempts (every task attempt).
+then Batch's own task retry), GET /emulator/batch/{job name}/attempts (every task attempt),
+POST|GET|DELETE /emulator/weather (make, list or end faults of the engine's calls: weather.py).
 Errors are Google API errors: `{"error": {"code", "message", "status"}}`. The Executions API is
 gRPC only (grpc_api.py), as google-cloud-workflows' client speaks it.
 """
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from emulator.batch.runner import BatchApiError, LocalBatch
+from emulator.workflows.weather import Weather, parse_fault
 
 log = logging.getLogger("emulator.workflows.rest")
 
@@ -38,6 +40,7 @@ def list_page(items: list[Any], page_size: int, token: str) -> tuple[list[Any], 
 
 class _Handler(BaseHTTPRequestHandler):
     batch: LocalBatch
+    weather: Weather
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt: str, *args: Any) -> None:
@@ -92,6 +95,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send(200, {"ok": True})
             return
+        if path == "/emulator/weather":
+            if method == "POST":
+                try:
+                    self.weather.add(parse_fault(self._body()))
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise BatchApiError(400, "INVALID_ARGUMENT", str(exc)) from None
+            elif method == "DELETE":
+                self.weather.clear()
+            self._send(200, {"faults": [f.to_json() for f in self.weather.active()], "hits": self.weather.hits})
+            return
         if path == "/emulator/batch/processes" and method == "GET":
             self._send(200, {"processes": self.batch.processes()})
             return
@@ -131,8 +144,9 @@ class _Server(ThreadingHTTPServer):
 class RestServer:
     """A threaded HTTP server for the local Batch runner on host:port."""
 
-    def __init__(self, batch: LocalBatch, host: str = "127.0.0.1", port: int = 0) -> None:
-        handler = type("Handler", (_Handler,), {"batch": batch})
+    def __init__(self, batch: LocalBatch, host: str = "127.0.0.1", port: int = 0,
+                 weather: Weather | None = None) -> None:
+        handler = type("Handler", (_Handler,), {"batch": batch, "weather": weather or Weather()})
         self.httpd = _Server((host, port), handler)
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="workflows-rest", daemon=True)

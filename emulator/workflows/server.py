@@ -45,7 +45,7 @@ class EngineServer:
         for workflow_id, path in workflows.items():
             self.engine.deploy_file(workflow_id, Path(path), env or {})
         self.grpc = GrpcServer(self.engine, host, port)
-        self.rest = RestServer(self.batch, host, batch_port)
+        self.rest = RestServer(self.batch, host, batch_port, weather=self.connectors.weather)
         self.host = f"127.0.0.1:{self.grpc.port}"  # the Executions API (gRPC)
         self.batch_host = f"127.0.0.1:{self.rest.port}"  # the Batch REST subset, /healthz
 

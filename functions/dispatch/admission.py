@@ -104,7 +104,7 @@ def start_admitted(svc: Services, executor: Executor) -> list[str]:
 
 
 def run(svc: Services, executor: Executor) -> dict[str, Any]:
-    """One dispatch pass; its response body (README "States and the queue service")."""
+    """One dispatch pass; its response body (docs/api.md "States and the queue service")."""
     requeued = requeue_expired(svc, executor)
     started = start_admitted(svc, executor)
     if svc.mirror is not None:

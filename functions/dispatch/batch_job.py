@@ -119,7 +119,7 @@ def check_gpus(machine_type: str, gpu_type: str, gpu_count: int) -> None:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """What the Batch jobs run on: the dispatch function's environment (README "Configuration")."""
+    """What the Batch jobs run on: the dispatch function's environment (docs/configuration.md)."""
 
     project: str
     region: str

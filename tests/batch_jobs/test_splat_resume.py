@@ -34,6 +34,9 @@ from batch_jobs.sparse_model import read_sparse_model
 from core import stages
 from core.workspace import CHECKPOINTS, LATEST_SPLAT
 
+# Each trains for real on CPU: part of `make test`, not of `make check`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 120
 

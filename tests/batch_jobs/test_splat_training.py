@@ -21,6 +21,9 @@ from batch_jobs.gaussians.trainer import TrainConfig, train
 from batch_jobs.sparse_model import held_out, read_sparse_model
 from core.batch_task import EXIT_BAD_INPUT
 
+# Each trains for real on CPU: part of `make test`, not of `make check`.
+pytestmark = pytest.mark.slow
+
 
 def test_ssim_and_psnr() -> None:
     g = torch.Generator().manual_seed(0)

@@ -54,6 +54,7 @@ def carry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_no_gpu
+@pytest.mark.slow
 def test_dry_run_without_cuda(carry: Path, tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     proc = _run(carry, out, work, "--budget", "300")

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from emulator.stack import StackInfo, _env
+from emulator.stack import StackInfo, env_overrides
 from functions.dispatch.executions import executions_client
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -45,7 +45,7 @@ class StackClient:
     def _storage(self) -> Any:
         from google.cloud import storage
 
-        with _env(self.env):
+        with env_overrides(self.env):
             return storage.Client(project=self.project)
 
     def put_object(self, bucket: str, name: str, data: bytes, metadata: Mapping[str, str] | None = None,
@@ -104,7 +104,7 @@ class StackClient:
     def firestore_doc(self, request_id: str) -> dict[str, Any] | None:
         from google.cloud import firestore
 
-        with _env(self.env):
+        with env_overrides(self.env):
             snap = firestore.Client(project=self.project).collection("reconstructions").document(request_id).get()
         return snap.to_dict() if snap.exists else None
 
@@ -143,6 +143,16 @@ class StackClient:
         r = self.http.post(f"{self.batch_url}/emulator/batch/{job_name}:preempt", timeout=30)
         r.raise_for_status()
         return int(r.json()["preempted"])
+
+    def weather(self, fault: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Make a fault of the engine's calls (emulator/workflows/weather.py), or list them."""
+        url = f"{self.batch_url}/emulator/weather"
+        r = self.http.post(url, json=dict(fault), timeout=30) if fault is not None else self.http.get(url, timeout=30)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def clear_weather(self) -> None:
+        self.http.delete(f"{self.batch_url}/emulator/weather", timeout=30).raise_for_status()
 
     def batch_attempts(self, job_name: str) -> list[dict[str, Any]]:
         r = self.http.get(f"{self.batch_url}/emulator/batch/{job_name}/attempts", timeout=30)

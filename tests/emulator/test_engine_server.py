@@ -238,3 +238,51 @@ def test_cancelling_an_execution_leaves_its_job_running_until_deleted(run_workfl
     assert local_batch.get_job(proc["job"])["status"]["state"] == "RUNNING"
     local_batch.delete_job(proc["job"])  # jobs.delete stops it
     assert local_batch.processes() == []
+
+
+WEATHERED = """
+main:
+  params: [args]
+  steps:
+    - call_it:
+        try:
+          call: http.get
+          args: {url: "${args.url}", timeout: 5}
+          result: resp
+        except:
+          as: e
+          steps:
+            - caught:
+                return: {code: "${e.code}", tags: "${e.tags}"}
+    - ok:
+        return: {code: "${resp.code}"}
+"""
+
+
+def test_weather_faults_the_engines_calls_while_it_lasts(server: EngineServer, tmp_path: Path) -> None:
+    """POST /emulator/weather: a matched http call answers the fault's code, other URLs and
+    later calls are untouched; a Batch method answers 503; bad faults are a 400."""
+    base = f"http://{server.batch_host}"
+    url = f"{base}/healthz"
+    bad = requests.post(f"{base}/emulator/weather", json={"target": "http", "seconds": 5}, timeout=10)
+    assert bad.status_code == 400 and "url_prefix" in bad.json()["error"]["message"]
+    r = requests.post(f"{base}/emulator/weather", timeout=10,
+                      json={"target": "http", "url_prefix": url, "code": 429, "seconds": 1.5})
+    assert r.status_code == 200 and r.json()["faults"][0]["code"] == 429
+    requests.post(f"{base}/emulator/weather", json={"target": "batch", "methods": ["get"], "seconds": 1.5},
+                  timeout=10).raise_for_status()
+    server.engine.deploy("weathered", WEATHERED, {})
+
+    def run(target: str) -> Any:
+        ex = server.engine.create_execution("weathered", json.dumps({"url": target}))
+        assert ex.done.wait(20)
+        return json.loads(ex.result)
+
+    assert run(url) == {"code": 429, "tags": ["HttpError"]}
+    assert run(f"{base}/emulator/weather")["code"] == 200  # another URL: fair weather
+    with pytest.raises(Exception, match="503"):
+        server.connectors.call("googleapis.batch.v1.projects.locations.jobs.get", {"name": "x"}, None)  # type: ignore[arg-type]
+    assert requests.get(f"{base}/emulator/weather", timeout=10).json()["hits"] == 2
+    time.sleep(1.6)
+    assert run(url) == {"code": 200}
+    assert requests.get(f"{base}/emulator/weather", timeout=10).json()["faults"] == []

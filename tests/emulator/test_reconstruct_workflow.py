@@ -23,6 +23,7 @@ from emulator.workflows.connectors import LocalConnectors
 from emulator.workflows.definition import parse_definition
 from emulator.workflows.executions import Execution, WorkflowsEngine
 from emulator.workflows.interpreter import ExecutionRuntime, Interpreter
+from emulator.workflows.weather import parse_fault
 from functions.dispatch import batch_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,6 +163,7 @@ def test_a_rerun_reports_the_finished_stage_skipped(
     assert storage.read_bytes(marker) == success
 
 
+@pytest.mark.slow
 def test_the_poll_loop_keeps_waiting_after_its_delay_reaches_the_one_minute_cap(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,6 +187,31 @@ def test_the_poll_loop_keeps_waiting_after_its_delay_reaches_the_one_minute_cap(
     assert slept[:6] == [2, 4, 8, 16, 32, 60] and slept.count(60) >= 2, slept
 
 
+
+def test_weather_while_a_job_runs_is_waited_out_and_the_job_kept(
+        engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
+    """The queue's status reads answer 503 and Batch's jobs.get 503 for 8 s while the job runs
+    (emulator/workflows/weather.py): the workflow logs them and polls again; the job is neither
+    deleted nor created again and the request completes."""
+    rid = workspace["request_id"]
+    processing(http_server, rid)
+    arg = argument(workspace)
+    spec = arg["jobs"]["frames"]["job"]["taskGroups"][0]["taskSpec"]
+    spec["runnables"].insert(0, {"script": {"text": "sleep 8"}})  # Batch runs runnables in order
+    ex = run_reconstruct(engine, settings(http_server), arg, wait=False)
+    wait_for_process(local_batch)
+    weather = engine.connectors.weather  # type: ignore[attr-defined]
+    weather.add(parse_fault({"target": "http", "url_prefix": f"{http_server.url}/queue/status/", "methods": ["GET"],
+                             "code": 503, "seconds": 8}))
+    weather.add(parse_fault({"target": "batch", "methods": ["get"], "code": 503, "seconds": 8}))
+    assert ex.done.wait(120), ex.rt.current
+    out = result(ex)
+    assert out["state"] == "COMPLETED", out
+    assert weather.hits >= 2  # at least one poll met both faults
+    assert len(job_dirs(local_batch)) == 1  # the job was kept, not created again
+    assert [p["stage_state"] for p in puts(http_server, rid) if "stage_state" in p] == ["RUNNING", "SUCCEEDED"]
+
+@pytest.mark.slow
 def test_bad_input_fails_the_request_with_the_stage_error_and_the_job_is_deleted(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     from batch_jobs import storage
@@ -259,6 +286,7 @@ def test_a_task_past_its_max_run_duration_is_stage_timeout_and_not_retried(
     assert puts(http_server, workspace["request_id"])[-1]["error"]["code"] == "stage_timeout"
 
 
+@pytest.mark.slow
 def test_a_preempted_job_is_created_again(
         engine: WorkflowsEngine, local_batch: LocalBatch, http_server: Any, workspace: dict[str, str]) -> None:
     rid = workspace["request_id"]

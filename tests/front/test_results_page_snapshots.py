@@ -48,6 +48,7 @@ def _canvas(browser: Chromium) -> float:
     return lit_fraction(browser.screenshot(), rect)
 
 
+@pytest.mark.slow
 def test_the_viewer_shows_each_new_snapshot_then_the_final_splat(api_url: str, fn_apps: FnApps, buckets: Buckets,
                                                                  firestore_host: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

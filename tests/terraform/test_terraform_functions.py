@@ -41,7 +41,7 @@ def test_every_entry_point_is_deployed_with_its_signature_type(functions, entry_
 
 
 def test_contract_entry_points_are_in_the_code(entry_points):
-    # functions/main.py's entry points (README "Layout"): the roles below (public api, upload events, scheduler) name these.
+    # functions/main.py's entry points (ARCHITECTURE.md "Parts"): the roles below (public api, upload events, scheduler) name these.
     assert entry_points == {"api": "http", "queue": "http", "on_upload": "cloudevent", "dispatch": "http"}
 
 
@@ -273,6 +273,6 @@ def test_requirements_cover_what_the_functions_import():
 
 
 def test_functions_import_nothing_heavy_from_the_repository():
-    # The function source stays small (README "Layout"): batch_jobs (and the local stack) are not deployed.
+    # The function source stays small (ARCHITECTURE.md "Parts"): batch_jobs (and the local stack) are not deployed.
     bad = {m for m in codescan.imported_modules() if m.split(".")[0] in {"batch_jobs", "emulator", "tests"}}
     assert not bad
