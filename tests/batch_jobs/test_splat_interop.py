@@ -30,6 +30,9 @@ from gaussian_data import random_gaussians
 
 from batch_jobs.gaussians import ply, spz
 
+# Runs an outside tool (splat-transform under Node) on trained outputs: part of `make test`, not of `make check`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = REPO / ".cache" / "splat-transform"
 PACKAGE = PREFIX / "node_modules" / "@playcanvas" / "splat-transform"

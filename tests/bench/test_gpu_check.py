@@ -96,6 +96,7 @@ def test_dry_run_without_cuda(carry: Path, tmp_path: Path) -> None:
 
 
 @needs_no_gpu
+@pytest.mark.slow
 def test_a_broken_carry_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     empty = tmp_path / "carry"
     empty.mkdir()
@@ -111,6 +112,7 @@ def test_a_broken_carry_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 @needs_no_gpu
+@pytest.mark.slow
 def test_a_step_past_its_limit_is_stopped_and_recorded(carry: Path, tmp_path: Path) -> None:
     """The step's whole process group goes (pytest and what it started); the run still ends with its summary."""
     out = tmp_path / "out"

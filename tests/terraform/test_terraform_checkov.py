@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from tfmodel import REPO, TF_DIR
 
+# Runs checkov over the whole tree (about 17 s): part of `make test`, not of `make check`.
+pytestmark = pytest.mark.slow
+
 CHECKOV = Path(os.environ.get("CHECKOV", REPO / ".venv-checkov" / "bin" / "checkov"))
 INLINE_SKIP = re.compile(r"#\s*checkov:skip=(CKV2?_[A-Z]+_\d+):(.+)")
 
