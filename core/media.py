@@ -8,6 +8,9 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 """Photo files the frames stage reads (Pillow decodes every one, EXIF orientation applied)."""
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp"})
 """Video files the frames stage decodes (PyAV / FFmpeg)."""
+VIDEO_CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
+                       ".mkv": "video/x-matroska", ".avi": "video/x-msvideo", ".ts": "video/mp2t"}
+"""The content type the api stores a video under, by the container its first bytes show."""
 
 
 def is_photo(name: str) -> bool:

@@ -66,7 +66,8 @@ def page(request: flask.Request, svc: Services, request_id: str) -> flask.Respon
     if not token:
         raise ApiError(401, "token_required", "open the page as /view/{request_id}?token=<callback token>")
     access.authorized(svc, validation.request_id(request_id), token)
-    html = _template().replace("{request_id}", request_id)  # a validated hex id: nothing to escape
+    # A validated hex id and our own header name: nothing to escape.
+    html = _template().replace("{request_id}", request_id).replace("{token_header}", TOKEN_HEADER)
     return flask.Response(html, status=200, mimetype="text/html", headers={**PAGE_HEADERS, **headers})
 
 

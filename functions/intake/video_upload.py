@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from core import gcs
+from core.media import VIDEO_CONTENT_TYPES
 from functions.config import Settings
 from functions.errors import InvalidRequestError
 
@@ -20,8 +21,6 @@ API_SEGMENT = "_api"
 
 ACCEPTED_MEDIA_TYPES = ("video/*", "application/octet-stream")
 
-_CONTENT_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm",
-                  ".mkv": "video/x-matroska", ".avi": "video/x-msvideo", ".ts": "video/mp2t"}
 
 
 def sniff_extension(data: bytes) -> str | None:
@@ -55,5 +54,5 @@ def store(settings: Settings, session_id: str, data: bytes) -> str:
     blob = gcs.client(settings.project).bucket(settings.uploads_bucket).blob(name)
     if not blob.exists(timeout=gcs.TIMEOUT_SECONDS):
         blob.metadata = {"splatpipe-origin": "preprocess-video"}
-        blob.upload_from_string(data, content_type=_CONTENT_TYPES[ext], timeout=gcs.TIMEOUT_SECONDS)
+        blob.upload_from_string(data, content_type=VIDEO_CONTENT_TYPES[ext], timeout=gcs.TIMEOUT_SECONDS)
     return f"gs://{settings.uploads_bucket}/{name}"

@@ -2,12 +2,14 @@
 // in Spark's WebGL renderer, the mesh (GLB) and the metrics. While the splat trains, the viewer
 // shows the training's latest snapshot and swaps in each newer one, then the final splat. The
 // callback token comes from the page's own URL (?token=) and goes to the api in the
-// X-Callback-Token header only (and in the live preview image's URL).
+// token header only (core/api.py's, named by the page: data-token-header), and in the live
+// preview image's URL.
 import { GLTFLoader, OrbitControls, SparkRenderer, SplatMesh, THREE } from "./viewer.bundle.js";
 
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "DELETED"]);
 const POLL_MS = 2000;
 const requestId = document.body.dataset.requestId;
+const tokenHeader = document.body.dataset.tokenHeader;
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || params.get("callback_token") || "";
 const api = new URL("../", location.href); // the api's root, whatever path it is served under
@@ -26,7 +28,7 @@ function setViewer(value, note) {
 }
 
 async function call(path) {
-  const resp = await fetch(new URL(path, api), { headers: { "X-Callback-Token": token }, cache: "no-store" });
+  const resp = await fetch(new URL(path, api), { headers: { [tokenHeader]: token }, cache: "no-store" });
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${resp.status}`);
   return body;
@@ -278,7 +280,7 @@ function renderLatestSplat(st) {
 async function loadLatestSplat(step) {
   try {
     const resp = await fetch(new URL(`requests/${requestId}/splat-latest`, api),
-      { headers: { "X-Callback-Token": token }, cache: "no-store" });
+      { headers: { [tokenHeader]: token }, cache: "no-store" });
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     const data = new Uint8Array(await resp.arrayBuffer());
     if (!splat) setViewer("loading", `loading the training's splat at step ${fmt(step)} …`);
