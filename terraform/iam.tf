@@ -20,7 +20,7 @@ locals {
     api_firestore = { sa = "api", role = "roles/datastore.user" }
     # POST /requests/{id}/cancel (functions/lifecycle/control.py): cancels the execution, deletes its Batch job.
     api_cancels_executions = { sa = "api", role = "roles/workflows.invoker" }
-    api_deletes_batch_jobs = { sa = "api", role = "roles/batch.jobsEditor" }
+    api_deletes_batch_jobs = { sa = "api", role = google_project_iam_custom_role.api_batch_jobs.name }
     upload_firestore       = { sa = "upload", role = "roles/datastore.user" }
     dispatch_firestore     = { sa = "dispatch", role = "roles/datastore.user" }
     dispatch_executions    = { sa = "dispatch", role = "roles/workflows.invoker" }
@@ -69,6 +69,18 @@ resource "google_service_account" "sa" {
   display_name = each.value
 
   depends_on = [google_project_service.enabled]
+}
+
+# The api reads and deletes a cancelled request's running Batch job (functions/dispatch/batch_control.py)
+# and never creates one: roles/batch.jobsEditor would let it. A custom role with the two Batch
+# permissions it needs (https://cloud.google.com/batch/docs/reference/permissions-and-roles,
+# https://cloud.google.com/iam/docs/creating-custom-roles).
+resource "google_project_iam_custom_role" "api_batch_jobs" {
+  project     = var.project_id
+  role_id     = "${replace(local.p, "-", "_")}_api_batch_jobs"
+  title       = "splatpipe api: read and delete Batch jobs"
+  description = "Lets the api function stop a cancelled request's Batch job; it cannot create jobs."
+  permissions = ["batch.jobs.get", "batch.jobs.delete"]
 }
 
 resource "google_project_iam_member" "component" {

@@ -105,9 +105,11 @@ def test_control_plane_accounts(iam, functions):
         # request.json is written by the control plane (core/workspace.py, by dispatch)
         assert _roles(iam, sa, "bucket", "data") & {"roles/storage.objectUser", "roles/storage.objectAdmin"}, name
     assert "roles/workflows.invoker" in _roles(iam, f"sa:{functions['dispatch'].runtime_sa}", "project")
-    # A cancel (on the api) cancels the execution and deletes the stage's Batch job.
-    assert {"roles/workflows.invoker", "roles/batch.jobsEditor"} <= _roles(
-        iam, f"sa:{functions['api'].runtime_sa}", "project")
+    # A cancel (on the api) cancels the execution and deletes the stage's Batch job: a custom role
+    # with just jobs.get and jobs.delete, not roles/batch.jobsEditor (which can create jobs).
+    api_roles = _roles(iam, f"sa:{functions['api'].runtime_sa}", "project")
+    assert "roles/workflows.invoker" in api_roles and "roles/batch.jobsEditor" not in api_roles
+    assert "${google_project_iam_custom_role.api_batch_jobs.name}" in api_roles, api_roles
     assert "roles/storage.objectViewer" in _roles(iam, f"sa:{functions['on_upload'].runtime_sa}", "bucket", "uploads")
     # POST /preprocess-video stores the uploaded video in the uploads bucket
     assert _roles(iam, f"sa:{functions['api'].runtime_sa}", "bucket", "uploads") >= {
@@ -173,3 +175,12 @@ def test_functions_wait_for_the_grants_to_propagate(tf):
 def test_storage_agent_publishes_upload_events(iam):
     assert any(g.scope == "project" and g.role == "roles/pubsub.publisher"
                and "google_storage_project_service_account" in g.member for g in iam)
+
+
+def test_the_api_batch_role_can_read_and_delete_jobs_and_nothing_else(tf):
+    """functions/dispatch/batch_control.py deletes a cancelled request's job; the api never creates one."""
+    role = tf.resource("google_project_iam_custom_role", "api_batch_jobs")
+    assert sorted(role["permissions"]) == ["batch.jobs.delete", "batch.jobs.get"]
+    assert role["description"] and role["title"]
+    # role_id: letters, digits, underscores and dots, 3 to 64 (the IAM API's rule), from the name prefix
+    assert role["role_id"] == '${replace(local.p, "-", "_")}_api_batch_jobs'
