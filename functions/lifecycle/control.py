@@ -114,11 +114,12 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
         svc.mirror.clear_stage_fields(rid)
     with _refused_by_queue():
         svc.queue.restart(rid, record.version, new_options)
-    _changed(svc, rid)
-    # Read before the poke: the answer is the state the restart made (QUEUED), not whatever the
-    # dispatch the poke starts has made of it meanwhile.
-    fresh = svc.queue.get(rid)
+        # Read at once, before the mirror's write and the poke: the answer is the state the
+        # restart made (QUEUED), not what a dispatch (the poke's, or the scheduler's tick during
+        # the mirror's write) has made of it meanwhile.
+        fresh = svc.queue.get(rid)
     assert fresh is not None  # records are never removed
+    _changed(svc, rid)
     svc.kick()
     return fresh
 
