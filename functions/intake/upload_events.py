@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.media import VIDEO_EXTENSIONS
+from core.media import is_video
 from functions.context import Services
 from functions.errors import InvalidRequestError
 from functions.intake import accept as intake
@@ -41,11 +41,6 @@ class Outcome:
     request_id: str | None = None
 
 
-def _extension(name: str) -> str:
-    base = name.rsplit("/", 1)[-1]
-    return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
-
-
 def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_buckets: tuple[str, ...],
                         *, local: bool = False) -> validation.NewRequest | str:
     """The request an uploaded object stands for, or the reason it stands for none."""
@@ -60,7 +55,7 @@ def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_bu
         return "object was stored by the api for /preprocess-video"
     if segments[-1] == MARKER:
         uri = f"gs://{bucket}/{name[: -len(MARKER)]}"
-    elif _extension(name) in VIDEO_EXTENSIONS or str(data.get("contentType", "")).startswith("video/"):
+    elif is_video(name) or str(data.get("contentType", "")).startswith("video/"):
         uri = f"gs://{bucket}/{name}"
     else:
         return "neither a video nor an upload-complete marker"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.media import VIDEO_EXTENSIONS
+from core.media import is_video
 from functions.context import Services
 from functions.errors import InvalidRequestError
 from functions.intake.validation import BAD_OBJECT_CHARS
@@ -70,7 +70,7 @@ def start_upload(svc: Services, session_id: str, files: Sequence[UploadFile]) ->
         entries.append({"name": f.name, "object": f"gs://{bucket}/{prefix}{f.name}", "method": start.method,
                         "url": start.url, "headers": start.headers, "body": start.body})
     single_video = len(files) == 1 and (files[0].content_type.startswith("video/")
-                                        or "." + files[0].name.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS)
+                                        or is_video(files[0].name))
     return {"session_id": session_id, "upload_id": upload_id,
             "input": entries[0]["object"] if single_video else f"gs://{bucket}/{prefix}",
             "files": entries, "expires_in_seconds": UPLOAD_URL_SECONDS}
