@@ -6,7 +6,7 @@ request happen off the request path, each where its guarantee already lives —
 - `request.json` in the workspace: dispatch writes it before it starts the request's execution
   (`request_file.ensure_request_json`), so it exists before any stage runs;
 - the Firestore document: the record's outbox entry, drained by dispatch's catch-up pass;
-- the poke to dispatch: marked due here and sent from a background thread (dispatch_kick).
+- the poke to dispatch: marked due here and sent from a background thread (functions.dispatch.kick).
 So an outage of Cloud Storage, Firestore or dispatch adds no latency to an accept, and a crash
 right after the script loses nothing: dispatch (every minute at the latest) does the rest.
 """

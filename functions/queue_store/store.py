@@ -9,10 +9,10 @@ Keys (prefix `sp:`):
   leases        ZSET   PROCESSING ids, score = lease expiry (ms); its size is "running"
   seq           STRING arrival counter
   counts        HASH   records per state
-  outbox        HASH   id -> record version not yet mirrored to Firestore (see status_mirror)
+  outbox        HASH   id -> record version not yet mirrored to Firestore (see functions.status.mirror)
   token:{sha}   STRING callback token digest -> id
   session:{sid} ZSET   the session's request ids, score = arrival sequence (`GET /requests?session_id=`)
-  dedup:{key}   STRING dedup key -> id, expiring after its window (see dedup)
+  dedup:{key}   STRING dedup key -> id, expiring after its window (see functions.intake.dedup)
 
 The scripts are functions/queue_store/lua/*.lua (each documents its KEYS and ARGV). They read the clock with
 Redis TIME, so every function instance shares one clock; each runs atomically, so concurrent

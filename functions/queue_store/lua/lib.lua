@@ -1,4 +1,4 @@
--- Prepended to every script (functions/request_queue.py `lua`): the clock and the queue's score.
+-- Prepended to every script (functions/queue_store/store.py `lua`): the clock and the queue's score.
 -- The clock is Redis TIME, so every function instance shares one; ms since the epoch.
 local _t = redis.call('TIME')
 local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)

@@ -1,6 +1,6 @@
 -- A finished request runs again in its workspace: QUEUED at the back of its priority, with what
 -- the last run reported cleared (the stages skip by their _SUCCESS.json what needs no rerun).
--- Prepended (functions/request_queue.py): restartable (jobrecord.RESTARTABLE_STATES).
+-- Prepended (functions/queue_store/store.py): restartable (core.record.RESTARTABLE_STATES).
 -- KEYS[1]  req:{id}  the record's HASH
 -- KEYS[2]  queue     ZSET of QUEUED ids by score
 -- KEYS[3]  seq       arrival counter

@@ -1,6 +1,6 @@
 -- A finished request becomes a DELETED tombstone (its outputs are gone; the record answers for
 -- the id). Deleting a tombstone again changes nothing.
--- Prepended (functions/request_queue.py): restartable (jobrecord.RESTARTABLE_STATES).
+-- Prepended (functions/queue_store/store.py): restartable (core.record.RESTARTABLE_STATES).
 -- KEYS[1]  req:{id}  the record's HASH
 -- KEYS[2]  counts    HASH state -> records
 -- KEYS[3]  outbox    HASH id -> version not yet mirrored

@@ -1,5 +1,5 @@
 -- Apply one validated status patch (`PUT /status/{id}`) as one atomic step.
--- Prepended (functions/request_queue.py): legal, terminal (jobrecord's states), max_warnings,
+-- Prepended (functions/queue_store/store.py): legal, terminal (core.record's states), max_warnings,
 -- max_metrics (its bounds) and best_effort (functions.stages).
 -- KEYS[1]  req:{id}  the record's HASH
 -- KEYS[2]  queue     ZSET of QUEUED ids
