@@ -74,3 +74,28 @@ output "batch_subnetwork" {
   description = "Subnetwork for the Batch job VMs (Private Google Access and Cloud NAT; no external IPs needed)."
   value       = google_compute_subnetwork.batch.id
 }
+
+output "dashboard_url" {
+  description = "The Cloud Monitoring dashboard of requests, queue, stages, GPU hours and cost (docs/operations.md)."
+  value       = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.splatpipe.id), 3)}?project=${var.project_id}"
+}
+
+output "log_based_metrics" {
+  description = "Metric type of each log-based metric (logging.googleapis.com/user/...), by key of local.log_metrics in monitoring.tf."
+  value       = local.log_metric_types
+}
+
+output "alert_policies" {
+  description = "Resource name of each alert policy: failure_rate, queue_wait, outbox_stuck, api_uptime."
+  value = {
+    failure_rate = google_monitoring_alert_policy.failure_rate.name
+    queue_wait   = google_monitoring_alert_policy.queue_wait.name
+    outbox_stuck = google_monitoring_alert_policy.outbox_stuck.name
+    api_uptime   = google_monitoring_alert_policy.api_uptime.name
+  }
+}
+
+output "uptime_check_id" {
+  description = "Id of the uptime check on the public api (GET /status with an unknown callback token answers 404)."
+  value       = google_monitoring_uptime_check_config.api.uptime_check_id
+}

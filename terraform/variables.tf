@@ -280,3 +280,72 @@ variable "force_destroy_buckets" {
   type        = bool
   default     = false
 }
+
+# --- Monitoring (monitoring.tf; docs/operations.md) --------------------------------------------
+
+variable "alert_notification_channels" {
+  description = "Existing Cloud Monitoring notification channels every alert policy notifies (projects/PROJECT/notificationChannels/ID)."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_email_addresses" {
+  description = "Email addresses to notify of every alert: one email notification channel is created per address."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_failure_rate" {
+  description = "Alert when more than this share (0-1) of the requests that ended in alert_failure_window_minutes FAILED."
+  type        = number
+  default     = 0.25
+
+  validation {
+    condition     = var.alert_failure_rate > 0 && var.alert_failure_rate < 1
+    error_message = "alert_failure_rate is a share between 0 and 1 (exclusive)."
+  }
+}
+
+variable "alert_failure_window_minutes" {
+  description = "Window of the failure-rate alert, in minutes: the requests ended within it are compared."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.alert_failure_window_minutes >= 5 && var.alert_failure_window_minutes <= 1440
+    error_message = "alert_failure_window_minutes must be 5-1440."
+  }
+}
+
+variable "alert_queue_wait_hours" {
+  description = "Alert when a request has waited in the queue (QUEUED) longer than this many hours."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.alert_queue_wait_hours > 0
+    error_message = "alert_queue_wait_hours must be positive."
+  }
+}
+
+variable "alert_outbox_stuck_minutes" {
+  description = "Alert when a record version has waited longer than this many minutes to be written to Firestore (the mirror's outbox)."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.alert_outbox_stuck_minutes > 0
+    error_message = "alert_outbox_stuck_minutes must be positive."
+  }
+}
+
+variable "uptime_check_period" {
+  description = "How often the uptime check calls the public api from each checker region: 60s, 300s, 600s or 900s."
+  type        = string
+  default     = "300s"
+
+  validation {
+    condition     = contains(["60s", "300s", "600s", "900s"], var.uptime_check_period)
+    error_message = "uptime_check_period must be one of 60s, 300s, 600s, 900s."
+  }
+}

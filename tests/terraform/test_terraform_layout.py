@@ -26,6 +26,8 @@ APIS_BY_TYPE = {
     "google_storage_bucket": {"storage.googleapis.com"},
     "google_artifact_registry": {"artifactregistry.googleapis.com"},
     "google_service_account": {"iam.googleapis.com"},
+    "google_logging_metric": {"logging.googleapis.com"},
+    "google_monitoring": {"monitoring.googleapis.com"},
 }
 # Used at run time rather than by a resource: upload events (Eventarc over Pub/Sub), the
 # workflow's Batch jobs, dispatch starting executions, the api signing URLs.

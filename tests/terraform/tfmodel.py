@@ -125,12 +125,12 @@ class TfConfig:
         return text
 
     def file_paths(self) -> list[tuple[str, Path]]:
-        """(function, path) for every `file(...)`, `filesha256(...)` and `fileset(...)` with a
-        path Terraform can know without a plan."""
+        """(function, path) for every `file(...)`, `filesha256(...)`, `templatefile(...)` and
+        `fileset(...)` with a path Terraform can know without a plan."""
         out = []
         for doc in self.parsed.values():
             for s in all_strings(doc):
-                for fn, arg in re.findall(r'\b(file|filesha256|fileset)\("((?:[^"$]|\$\{[^}]*\})*)"', s):
+                for fn, arg in re.findall(r'\b(file|filesha256|templatefile|fileset)\("((?:[^"$]|\$\{[^}]*\})*)"', s):
                     path = self.interpolate(arg)
                     if "${" not in path:
                         out.append((fn, Path(path).resolve()))
