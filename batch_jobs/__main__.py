@@ -6,9 +6,13 @@ import argparse
 import json
 import logging
 import sys
+import time
 
+from core import logs
 from core.batch_task import EXIT_BAD_INPUT
 from core.record import STAGES
+
+log = logging.getLogger("batch_jobs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="run even when _SUCCESS.json matches")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One JSON object per line: Batch hands a task's output to Cloud Logging (logsPolicy
+    # CLOUD_LOGGING), where every line of this run carries its request and stage (core.logs).
+    logs.setup()
     options = None
     if args.options:
         try:
@@ -36,11 +42,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from batch_jobs.runner import run_stage
 
-    result = run_stage(args.stage, args.workspace, args.request_id, options, force=args.force)
-    if result.error:
-        print(f"error: [{result.error['code']}] {result.error['message']}", file=sys.stderr)
-    else:
-        print(f"{args.stage}: {result.status}", file=sys.stderr)
+    with logs.context(request_id=args.request_id, stage=args.stage):
+        log.info("%s: started on %s", args.stage, args.workspace)
+        started = time.monotonic()
+        result = run_stage(args.stage, args.workspace, args.request_id, options, force=args.force)
+        took = time.monotonic() - started
+        if result.error:
+            log.error("%s: failed after %.1f s: [%s] %s", args.stage, took, result.error["code"],
+                      result.error["message"])
+        else:
+            log.info("%s: %s in %.1f s", args.stage, result.status, took)
     return result.exit_code
 
 

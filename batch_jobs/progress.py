@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 import threading
 import time
 from typing import Any, Protocol
@@ -27,7 +26,7 @@ class ProgressSink(Protocol):
 
 
 class LogSink:
-    """One line on stderr per report."""
+    """One log line per report (a JSON line in a Batch task: core.logs)."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -36,9 +35,9 @@ class LogSink:
         frac = fields.get(jobrecord.progress_path(self.stage))
         msg = fields.get(jobrecord.stage_path(self.stage, "message"), "")
         if frac is not None:
-            print(f"[{self.stage}] {100 * float(frac):5.1f}% {msg}", file=sys.stderr, flush=True)
+            log.info("[%s] %5.1f%% %s", self.stage, 100 * float(frac), msg)
         elif "error" in fields:
-            print(f"[{self.stage}] error: {fields['error']}", file=sys.stderr, flush=True)
+            log.error("[%s] error: %s", self.stage, fields["error"])
 
 
 class FirestoreSink:

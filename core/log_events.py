@@ -30,7 +30,7 @@ STAGE = "stage"
 EVENT = "event"
 STATE = "state"  # the request's or the stage's state at the event
 REASON = "reason"  # request.rejected: why (a short code: "invalid", "rate_limited", "too_large", ...)
-ERROR_CODE = "error_code"  # a FAILED request's or stage's error code
+ERROR_CODE = "error_code"  # a FAILED request's or stage's error code; a rejection's exact refusal code
 SOURCE = "source"  # how a request came in: "api", "upload", ...
 DURATION_S = "duration_s"  # seconds: a stage's run time, or a request's from acceptance to the end
 GPU_SECONDS = "gpu_seconds"  # stage.finished: GPU count x run time (0 on a CPU machine)
@@ -46,7 +46,7 @@ OLDEST_PENDING_S = "oldest_pending_s"  # mirror.outbox: how long the oldest of t
 
 FIELDS: dict[Event, tuple[str, ...]] = {
     Event.REQUEST_ACCEPTED: (REQUEST_ID, SOURCE),
-    Event.REQUEST_REJECTED: (REASON, SOURCE),
+    Event.REQUEST_REJECTED: (REASON, SOURCE, ERROR_CODE),
     Event.REQUEST_FINISHED: (REQUEST_ID, STATE, ERROR_CODE, DURATION_S, COST_USD),
     Event.STAGE_STARTED: (REQUEST_ID, STAGE),
     Event.STAGE_FINISHED: (REQUEST_ID, STAGE, STATE, ERROR_CODE, DURATION_S, GPU_SECONDS, MACHINE_TYPE,

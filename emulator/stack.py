@@ -240,6 +240,7 @@ class Stack:
             "WORKFLOWS_EMULATOR_HOST": f"{HOST}:{ports['workflows']}",
             "BATCH_EMULATOR_HOST": f"{HOST}:{ports['batch']}",
             "DISPATCH_URL": urls["dispatch"],
+            "LOCAL_LOG_DIR": str(self.run_dir),  # where every process below logs: the log route reads it
             "JOB_IMAGE": "local/splatpipe-job",
             "DEPTH_MODEL": depth_model,
             **c.extra_env,

@@ -62,6 +62,9 @@ class Settings:
     workflows_emulator_host: str = ""
     # Local stack only: the local Batch runner's jobs REST API ("127.0.0.1:PORT").
     batch_emulator_host: str = ""
+    # Local stack only: the folder of its processes' logs, where `GET /requests/{id}/log` reads a
+    # request's lines (functions.lifecycle.request_log; on Google Cloud: Cloud Logging).
+    local_log_dir: str = ""
     # The dispatch function's URL: `api` and `on_upload` poke it after an enqueue so the request
     # starts at once (Cloud Scheduler's tick covers a lost poke). Empty: no poke.
     dispatch_url: str = ""

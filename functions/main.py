@@ -25,6 +25,7 @@ import functions_framework
 import redis
 from werkzeug.exceptions import HTTPException
 
+from core import logs
 from functions.config import Settings
 from functions.context import Services, services
 from functions.dispatch import admission as dispatcher
@@ -44,6 +45,7 @@ from functions.intake import upload_events, video_upload
 from functions.webhooks import relay as webhook_relay
 
 log = logging.getLogger("splatpipe.functions")
+logs.setup()  # one JSON object per line on stderr, as Cloud Run hands it to Cloud Logging (core.logs)
 
 API_ROUTES = (*public_api.ROUTES, *task_api.ROUTES, *results_page.ROUTES)
 QUEUE_ROUTES = (*queue_service.ROUTES, *webhook_relay.ROUTES)
@@ -86,7 +88,10 @@ def _guarded(work: Callable[[], flask.Response]) -> flask.Response:
 def _serve(request: flask.Request, routes: Sequence[Route]) -> flask.Response:
     def work() -> flask.Response:
         handler, params = match(routes, request.method, request.path)
-        return handler(request, _services(), **params)
+        rid = params.get("request_id", "")
+        # The lines of a call about one request carry its id (a well-formed one: it is the caller's text).
+        with logs.context(request_id=rid if rid.isalnum() and len(rid) <= 64 else None):
+            return handler(request, _services(), **params)
 
     return _guarded(work)
 

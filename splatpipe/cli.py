@@ -311,6 +311,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_line(line: Mapping[str, Any]) -> str:
+    """One log line as text: time, severity, the stage (or -), the message."""
+    return f"{line.get('time', '')}  {line.get('severity', ''):8} {line.get('stage') or '-':6} {line.get('message', '')}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    token = _token(args)
+    lines: Iterable[Mapping[str, Any]] = (client.follow_log(args.id, token, line=args.line) if args.follow
+                                          else client.log(args.id, token, args.line)["lines"])
+    for line in lines:
+        print(json.dumps(line) if args.json else log_line(line), flush=True)
+    return 0
+
+
 def cmd_options(args: argparse.Namespace) -> int:
     cat = _client(args).options()
     if args.json:
@@ -381,6 +396,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--session")
     s.add_argument("--token", help="a callback token of any request of the session")
     s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("logs", help="a request's log, from its acceptance through every stage")
+    with_id(s)
+    s.add_argument("--line", type=int, default=0, help="start at this line (0: the first)")
+    s.add_argument("--follow", action="store_true", help="keep printing new lines until the request ends")
+    s.add_argument("--json", action="store_true", help="each line as the JSON object it was logged as")
+    s.set_defaults(fn=cmd_logs)
 
     s = sub.add_parser("options", help="presets and every option")
     s.add_argument("--json", action="store_true")

@@ -41,6 +41,7 @@ from core.media import PHOTO_EXTENSIONS
 TERMINAL_STATES = frozenset(s.value for s in jobrecord.TERMINAL_STATES)
 CHUNK_BYTES = 8 * 1024 * 1024  # resumable chunks must be multiples of 256 KiB (except the last)
 LATEST_SPLAT_FILE = "splat_latest.spz"
+LOG_POLL_SECONDS = 10.0  # `follow_log`: six reads a minute, within the api's default rate limit of ten
 """Where `splatpipe … --follow --out DIR` keeps the training's latest snapshot (`DIR/splat_latest.spz`)."""
 
 
@@ -161,6 +162,12 @@ class RequestHandle:
 
     def latest_splat(self) -> bytes:
         return self.client.latest_splat(self.request_id, self.token)
+
+    def log(self, line: int = 0) -> dict[str, Any]:
+        return self.client.log(self.request_id, self.token, line)
+
+    def follow_log(self, line: int = 0, interval: float = LOG_POLL_SECONDS) -> Iterator[dict[str, Any]]:
+        return self.client.follow_log(self.request_id, self.token, line=line, interval=interval)
 
     def save_latest_splat(self, target: str | Path) -> Path:
         return self.client.save_latest_splat(self.request_id, self.token, target)
@@ -305,6 +312,35 @@ class Client:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise SplatpipeError(0, "timeout", f"request {request_id} still {snap['state']} after {timeout:.0f}s")
+            time.sleep(interval)
+
+    def log(self, request_id: str, token: str, line: int = 0) -> dict[str, Any]:
+        """`GET /requests/{id}/log?line=N`: `{state, line, next_line, more, lines}`, the request's log
+        lines (JSON objects: time, severity, message, stage, event, …) from line N on."""
+        return dict(self._call("GET", f"/requests/{request_id}/log", token=token, params={"line": str(line)}))
+
+    def follow_log(self, request_id: str, token: str, *, line: int = 0,
+                   interval: float = LOG_POLL_SECONDS) -> Iterator[dict[str, Any]]:
+        """Every log line from `line` on as it comes, until the request has ended and a last read
+        finds nothing new (NodeODM's task output, followed). The route is rate-limited per caller
+        (RATE_LIMIT_PER_MINUTE), hence the unhurried default `interval`."""
+        ended = False
+        while True:
+            try:
+                page = self.log(request_id, token, line)
+            except SplatpipeError as exc:
+                if exc.status not in (0, 429, 502, 503, 504):
+                    raise
+                time.sleep(interval)  # over the limit, or the api or the log busy: keep following
+                continue
+            yield from page["lines"]
+            line = int(page["next_line"])
+            if page["more"]:
+                continue  # a full page: more is waiting already
+            if ended and not page["lines"]:
+                return
+            # One more read after the end: the last lines may reach the log after the state changes.
+            ended = page["state"] in TERMINAL_STATES
             time.sleep(interval)
 
     def cancel(self, request_id: str, token: str) -> dict[str, Any]:

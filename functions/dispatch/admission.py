@@ -17,16 +17,21 @@ One pass:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+from core import log_events as ev
+from core import logs
 from functions.context import Services
 from functions.dispatch import batch_job, request_file
 from functions.dispatch.executions import ACTIVE_STATES, Executor, ExecutorError
 from functions.queue_store.store import IllegalTransitionError, RecordNotFoundError
+from functions.status import events
 
 log = logging.getLogger("splatpipe.dispatch")
 
 START_LEASE_SECONDS = 300.0
+OUTBOX_SAMPLE = 1000  # records read to find the oldest pending change (the outbox is a hash: unordered)
 
 
 def _changed(svc: Services, request_id: str) -> None:
@@ -60,6 +65,9 @@ def requeue_expired(svc: Services, executor: Executor) -> list[str]:
             log.warning("request %s: lease expired; re-queued", request_id)
         elif outcome == "failed":
             log.warning("request %s: lease expired %d times; FAILED", request_id, svc.settings.max_attempts)
+            failed = svc.queue.get(request_id)
+            if failed is not None:
+                events.changed(record, failed)
         if outcome != "skip":
             _changed(svc, request_id)
     return requeued
@@ -103,6 +111,25 @@ def start_admitted(svc: Services, executor: Executor) -> list[str]:
     return started
 
 
+def log_queue_stats(svc: Services) -> None:
+    """queue.stats: what the queue holds now (core.log_events; Terraform's queue metrics)."""
+    stats = svc.queue.stats()
+    logs.emit(ev.Event.QUEUE_STATS, queued=stats["counts"].get("QUEUED", 0), running=stats["running"],
+              oldest_wait_s=stats["oldest_wait_seconds"] or 0.0)
+
+
+def log_outbox(svc: Services, pending: int) -> None:
+    """mirror.outbox after the catch-up pass: how many versions wait for Firestore and for how
+    long the oldest has (its record's last change: a record's pending version is its latest)."""
+    oldest = 0.0
+    if pending:
+        records = svc.queue.get_many(svc.queue.outbox(OUTBOX_SAMPLE))
+        changed = [r.updated_at for r in records.values() if r is not None]
+        if changed:
+            oldest = round(max(0.0, time.time() - min(changed) / 1000.0), 3)
+    logs.emit(ev.Event.OUTBOX_STATS, pending=pending, oldest_pending_s=oldest)
+
+
 def run(svc: Services, executor: Executor) -> dict[str, Any]:
     """One dispatch pass; its response body (docs/api.md "States and the queue service")."""
     requeued = requeue_expired(svc, executor)
@@ -111,5 +138,7 @@ def run(svc: Services, executor: Executor) -> dict[str, Any]:
         mirrored = svc.mirror.reconcile()
         if mirrored["synced"] or mirrored["pending"]:
             log.info("mirror: %(synced)d synced, %(pending)d pending", mirrored)
+        log_outbox(svc, mirrored["pending"])
+    log_queue_stats(svc)
     return {"started": started, "requeued": requeued, "running": svc.queue.running(),
             "max": svc.settings.max_concurrent_jobs}

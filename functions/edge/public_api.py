@@ -7,14 +7,21 @@ IAM-only `queue` function serves statuses by id alone.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import flask
 
+from core import logs
 from core.api import TOKEN_HEADER
+from core.log_events import Event
 from core.record import Record
 from functions.context import Services
 from functions.edge.caller import caller_key
 from functions.edge.json_api import (
     ApiError,
+    http_error,
     json_response,
     read_body,
     read_json_object,
@@ -22,9 +29,9 @@ from functions.edge.json_api import (
     retry_after_seconds,
 )
 from functions.edge.routing import Route, collect
-from functions.errors import DomainError, InvalidRequestError, NotFoundError
+from functions.errors import DomainError, InvalidRequestError
 from functions.intake import accept as intake
-from functions.intake import callback_token, validation, video_upload
+from functions.intake import validation, video_upload
 from functions.lifecycle import access
 from functions.queue_store.rate_limit import Decision, RateLimitedError
 from functions.status import view
@@ -75,8 +82,29 @@ def accepted_response(acc: intake.Accepted, headers: dict[str, str], id_field: s
     return json_response(body, 202 if acc.created else 200, headers)
 
 
+# request.rejected's `reason`: the HTTP answer's kind (the `error_code` field names the exact refusal).
+_REJECTION_REASONS = {429: "rate_limited", 413: "too_large", 401: "unauthenticated", 503: "unavailable"}
+
+
+@contextlib.contextmanager
+def rejections_logged(source: str) -> Iterator[None]:
+    """Log request.rejected (core.log_events) for a submission refused inside, and re-raise."""
+    try:
+        yield
+    except (ApiError, DomainError) as exc:
+        err = http_error(exc) if isinstance(exc, DomainError) else exc
+        logs.emit(Event.REQUEST_REJECTED, level=logging.WARNING, source=source, error_code=err.code,
+                  reason=_REJECTION_REASONS.get(err.status, "unavailable" if err.status >= 500 else "invalid"))
+        raise
+
+
 @route("POST", "/trigger-reconstruction")
 def trigger(request: flask.Request, svc: Services) -> flask.Response:
+    with rejections_logged("api"):
+        return _trigger(request, svc)
+
+
+def _trigger(request: flask.Request, svc: Services) -> flask.Response:
     # The call is counted by the enqueue script itself (one round trip per accepted trigger); a
     # body refused before it is counted on its own, so bad input counts and over the limit a
     # caller hears 429 first, as on every other route. A body with a webhook is counted first:
@@ -106,6 +134,11 @@ def trigger(request: flask.Request, svc: Services) -> flask.Response:
 @route("POST", "/preprocess-video")
 def preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
     """A JSON body naming a gs:// video, or the video itself as the body."""
+    with rejections_logged("preprocess"):
+        return _preprocess_video(request, svc)
+
+
+def _preprocess_video(request: flask.Request, svc: Services) -> flask.Response:
     headers = charge_rate_limit(request, svc)
     media = require_media_type(request, "application/json", *video_upload.ACCEPTED_MEDIA_TYPES)
     if media == "application/json":
@@ -145,10 +178,7 @@ def authorized_record(request: flask.Request, svc: Services, request_id: str) ->
 
 @route("GET", "/status")
 def status_by_token(request: flask.Request, svc: Services) -> flask.Response:
-    request_id = svc.queue.id_for_token(callback_token.digest(callback_token_of(request)))
-    if request_id is None:
-        raise NotFoundError("no request has this callback token")
-    return json_response(view.document(svc, access.lookup(svc, request_id)))
+    return json_response(view.document(svc, access.by_token(svc, callback_token_of(request))))
 
 
 @route("GET", "/status/{request_id}")

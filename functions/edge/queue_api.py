@@ -6,14 +6,14 @@ import flask
 
 from functions.context import Services
 from functions.edge.json_api import json_response, read_json_object
-from functions.edge.public_api import accepted_response
+from functions.edge.public_api import accepted_response, rejections_logged
 from functions.edge.routing import Route, collect
 from functions.errors import ConflictError, NotFoundError
 from functions.intake import accept as intake
 from functions.intake import validation
 from functions.lifecycle import access
 from functions.queue_store.store import IllegalTransitionError, RecordNotFoundError
-from functions.status import view
+from functions.status import events, view
 
 ROUTES: list[Route] = []
 route = collect(ROUTES)
@@ -22,9 +22,10 @@ route = collect(ROUTES)
 @route("POST", "/enqueue")
 def enqueue(request: flask.Request, svc: Services) -> flask.Response:
     """The trigger body, plus `stages`; no rate limit (callers are trusted)."""
-    body = read_json_object(request)
-    req = validation.new_request(body, svc.settings.allowed_input_buckets, allow_stages=True,
-                                 local=svc.settings.local_mode)
+    with rejections_logged("queue"):
+        body = read_json_object(request)
+        req = validation.new_request(body, svc.settings.allowed_input_buckets, allow_stages=True,
+                                     local=svc.settings.local_mode)
     return accepted_response(intake.accept(svc, req, source="queue"), {})
 
 
@@ -38,6 +39,7 @@ def put_status(request: flask.Request, svc: Services, request_id: str) -> flask.
     """The workflow's and the stages' updates (docs/contracts.md)."""
     validation.request_id(request_id)
     patch = validation.status_patch(read_json_object(request))
+    before = svc.queue.get(request_id)  # what the update changes decides what it logs (functions.status.events)
     try:
         record = svc.queue.update(request_id, patch, svc.settings.lease_seconds)
     except RecordNotFoundError:
@@ -46,6 +48,7 @@ def put_status(request: flask.Request, svc: Services, request_id: str) -> flask.
         raise ConflictError(str(exc), "illegal_transition") from None
     if svc.mirror is not None:
         svc.mirror.after_change(request_id)
+    events.changed(before, record)
     return json_response(view.document(svc, record, internal=True))
 
 

@@ -9,6 +9,7 @@
   GET    /requests/{id}/download         a manifest of download URLs; `?format=zip`: one zip
   GET    /requests/{id}/live-preview     the splat training's latest preview render (PNG)
   GET    /requests/{id}/splat-latest     the splat training's latest snapshot (SPZ)
+  GET    /requests/{id}/log?line=N       the request's log lines from line N on
 
 Every route is rate-limited per caller; those about a request need its callback token
 (`?callback_token=` or `X-Callback-Token`), and a wrong token answers like an unknown id.
@@ -29,7 +30,7 @@ from functions.edge.public_api import authorized_record, callback_token_of, char
 from functions.edge.routing import Route, collect
 from functions.errors import InvalidRequestError
 from functions.intake import validation
-from functions.lifecycle import access, control, downloads
+from functions.lifecycle import access, control, downloads, request_log
 from functions.lifecycle import uploads as upload_sessions
 from functions.status import view
 
@@ -37,6 +38,8 @@ UPLOAD_BODY_BYTES = 1024 * 1024
 """`POST /uploads` may list up to upload_sessions.MAX_UPLOAD_FILES names: more than the usual JSON limit."""
 RESTART_FIELDS = frozenset({"from_stage", "options"})
 UPLOAD_FIELDS = frozenset({"session_id", "files"})
+MAX_LINE = 10**7
+"""`GET /requests/{id}/log?line=N`: the largest N."""
 ROUTES: list[Route] = []
 route = collect(ROUTES)
 
@@ -135,3 +138,16 @@ def splat_latest(request: flask.Request, svc: Services, request_id: str) -> flas
     headers = charge_rate_limit(request, svc)
     return flask.Response(downloads.latest_splat(svc, authorized_record(request, svc, request_id)), status=200,
                           mimetype="application/octet-stream", headers={"Cache-Control": "no-store", **headers})
+
+
+@route("GET", "/requests/{request_id}/log")
+def log_lines(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
+    """`?line=N`: the request's structured log lines from the N-th on (0 first), oldest first, at
+    most request_log.MAX_LINES; `next_line` is where the next call goes on (NodeODM's task output)."""
+    headers = charge_rate_limit(request, svc)
+    record = authorized_record(request, svc, request_id)
+    raw = request.args.get("line", "0").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 8 or int(raw) > MAX_LINE:
+        raise InvalidRequestError(f"line must be a whole number from 0 to {MAX_LINE}", "invalid_line")
+    return json_response(request_log.read(svc.settings, record, int(raw)), 200,
+                         {"Cache-Control": "no-store", **headers})

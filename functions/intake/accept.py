@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core import logs
+from core.log_events import Event
 from functions.context import Services
 from functions.intake import callback_token, dedup
 from functions.intake.dedup import DedupKey
@@ -58,5 +60,6 @@ def accept(svc: Services, req: NewRequest, *, source: str,
         raise RateLimitedError(res.decision)
     if not res.created:
         return Accepted(res.request_id, False, res.state, None, res.decision)
+    logs.emit(Event.REQUEST_ACCEPTED, request_id=res.request_id, source=source)
     svc.kick()
     return Accepted(res.request_id, True, res.state, token, res.decision)

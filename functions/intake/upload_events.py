@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core import logs
+from core.log_events import Event
 from core.media import is_video
 from functions.context import Services
 from functions.errors import InvalidRequestError
@@ -36,9 +38,22 @@ MARKER = "_UPLOAD_COMPLETE"
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # "enqueued" | "duplicate" | "ignored"
+    action: str  # "enqueued" | "duplicate" | "rejected" | "ignored"
     reason: str = ""
     request_id: str | None = None
+
+
+class Refusal(str):
+    """Why an object that stands for a request (a video, a marker) is refused: its metadata is
+    bad. A plain str reason: the object stands for no request at all."""
+
+    code = "invalid_metadata"
+
+    def __new__(cls, reason: str, code: str | None = None) -> Refusal:
+        refusal = super().__new__(cls, reason)
+        if code is not None:
+            refusal.code = code
+        return refusal
 
 
 def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_buckets: tuple[str, ...],
@@ -76,9 +91,9 @@ def request_from_object(data: Mapping[str, Any], uploads_bucket: str, allowed_bu
             webhook_url=validation.webhook_url(meta.get("webhook_url"), local=local),
         )
     except ValueError as exc:
-        return f"bad object metadata: {exc}"
+        return Refusal(f"bad object metadata: {exc}")
     except InvalidRequestError as exc:
-        return exc.message
+        return Refusal(exc.message, exc.code)
 
 
 def handle(event_type: str, data: Mapping[str, Any], svc: Services) -> Outcome:
@@ -88,6 +103,10 @@ def handle(event_type: str, data: Mapping[str, Any], svc: Services) -> Outcome:
         return Outcome("ignored", "event has no object data")
     req = request_from_object(data, svc.settings.uploads_bucket, svc.settings.allowed_input_buckets,
                               local=svc.settings.local_mode)
+    if isinstance(req, Refusal):
+        logs.emit(Event.REQUEST_REJECTED, level=logging.WARNING, reason="invalid", source="upload",
+                  error_code=req.code)
+        return Outcome("rejected", req)
     if isinstance(req, str):
         return Outcome("ignored", req)
     key = dedup.upload(str(data["bucket"]), str(data["name"]), str(data.get("generation", "")))

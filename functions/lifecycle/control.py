@@ -27,6 +27,7 @@ from functions.context import Services
 from functions.dispatch import batch_control, request_file
 from functions.errors import ConflictError, InvalidRequestError, NotFoundError
 from functions.queue_store.store import IllegalTransitionError, RecordNotFoundError
+from functions.status import events
 
 log = logging.getLogger("splatpipe.lifecycle")
 
@@ -65,6 +66,7 @@ def cancel(svc: Services, record: Record) -> Record:
     with _refused_by_queue():  # it finished meanwhile
         updated = svc.queue.update(rid, {"state": jobrecord.State.CANCELLED.value}, svc.settings.lease_seconds)
     _changed(svc, rid)
+    events.changed(record, updated)
     # The record is CANCELLED first: the workflow's next status update is refused and it stops,
     # whatever happens to the calls below.
     if updated.execution:
