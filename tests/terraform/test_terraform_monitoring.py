@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -50,6 +52,27 @@ def promql_name(metric_type: str) -> str:
     """The PromQL name of a Cloud Monitoring metric type (promql-mapping: first / to :, the rest _)."""
     domain, _, path = metric_type.partition("/")
     return re.sub(r"[^A-Za-z0-9_]", "_", domain) + ":" + re.sub(r"[^A-Za-z0-9_]", "_", path)
+
+
+def test_terraform_names_the_metrics_as_the_promql_mapping_does(tf, tmp_path):
+    # The dashboard's queries use monitoring.tf's local.log_metric_promql; Terraform itself
+    # evaluates that expression for a name with characters PromQL does not allow.
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on PATH")
+    expr = tf.locals["log_metric_promql"]
+    assert expr.startswith("${") and "google_logging_metric.metric" in expr
+    name = "my-env/queue.stats_x"
+    (tmp_path / "main.tf").write_text(
+        f'locals {{\n  metrics = {{ k = {{ name = "{name}" }} }}\n'
+        f'  promql = {expr[2:-1].replace("google_logging_metric.metric", "local.metrics")}\n}}\n')
+    proc = subprocess.run([terraform, "console"], input="jsonencode(local.promql)", cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TF_IN_AUTOMATION": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(json.loads(proc.stdout.strip().splitlines()[-1])) == {
+        "k": promql_name(f"logging.googleapis.com/user/{name}")}
+    assert tf.locals["log_metric_types"] == (
+        '${{for k, m in google_logging_metric.metric : k => "logging.googleapis.com/user/${m.name}"}}')
 
 
 class Metrics:
@@ -188,34 +211,54 @@ def test_every_alert_notifies_the_channels(tf):
 # --- the dashboard -----------------------------------------------------------------------------
 
 
-def render_dashboard(tf: TfConfig, metrics: Metrics) -> dict[str, Any]:
-    """dashboard.json.tftpl as templatefile() renders it (monitoring.tf's variables, the
-    defaults), parsed: a placeholder the template names but Terraform does not pass is an error."""
-    body = tf.resource("google_monitoring_dashboard", "splatpipe")["dashboard_json"]
-    passed = set(re.findall(r"[{,]\s*(\w+) = ", body))
+def template_values(tf: TfConfig, metrics: Metrics) -> dict[str, Any]:
+    """What monitoring.tf passes to dashboard.json.tftpl, with the variables' defaults."""
     defaults = {k: v.get("default") for k, v in tf.variables.items()}
-    values: dict[str, Any] = {
+    return {
         "title": "splatpipe: dashboard",
+        "promql": {k: promql_name(t) for k, t in metrics.types.items()},
         "api_service": tf.locals["function_names"]["api"].replace("${local.p}", defaults["name_prefix"]),
         "uptime_alert": "projects/p/alertPolicies/1",
         "failure_rate_alert": defaults["alert_failure_rate"],
         "queue_wait_alert_minutes": defaults["alert_queue_wait_hours"] * 60,
         "outbox_stuck_alert_minutes": defaults["alert_outbox_stuck_minutes"],
     }
-    promql = {k: promql_name(t) for k, t in metrics.types.items()}
+
+
+def render_dashboard(tf: TfConfig, metrics: Metrics) -> dict[str, Any]:
+    """dashboard.json.tftpl as templatefile() renders it, parsed: a placeholder the template names
+    but monitoring.tf does not pass is an error."""
+    body = tf.resource("google_monitoring_dashboard", "splatpipe")["dashboard_json"]
+    passed = set(re.findall(r"[{,]\s*(\w+) = ", body))
+    values = template_values(tf, metrics)
+    assert passed == set(values), f"monitoring.tf passes {sorted(passed)}"
 
     def sub(m: re.Match[str]) -> str:
         name, attr = m.groups()
         assert name in passed, f"the template names ${{{name}}}, which monitoring.tf does not pass"
         if name == "promql":
-            assert attr in promql, f"${{promql.{attr}}}: no log-based metric {attr!r}"
-            return promql[attr]
+            assert attr in values["promql"], f"${{promql.{attr}}}: no log-based metric {attr!r}"
+            return str(values["promql"][attr])
         return str(values[name])
 
     text = (TF_DIR / "dashboard.json.tftpl").read_text()
     assert "%{" not in text, "a template directive in the dashboard JSON"
     rendered = _PLACEHOLDER.sub(sub, text).replace("$${", "${")
     return json.loads(rendered)
+
+
+def test_terraform_renders_the_dashboard_alike(tf, metrics, tmp_path):
+    # render_dashboard() stands in for templatefile(); Terraform renders the same values the same.
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on PATH")
+    (tmp_path / "values.json").write_text(json.dumps(template_values(tf, metrics)))
+    (tmp_path / "main.tf").write_text("")
+    expr = f'jsonencode(jsondecode(templatefile("{TF_DIR / "dashboard.json.tftpl"}", jsondecode(file("values.json")))))'
+    proc = subprocess.run([terraform, "console"], input=expr, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "TF_IN_AUTOMATION": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(json.loads(proc.stdout.strip().splitlines()[-1])) == render_dashboard(tf, metrics)
 
 
 @pytest.fixture(scope="module")
