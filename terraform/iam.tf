@@ -21,10 +21,12 @@ locals {
     # POST /requests/{id}/cancel (functions/lifecycle/control.py): cancels the execution, deletes its Batch job.
     api_cancels_executions = { sa = "api", role = "roles/workflows.invoker" }
     api_deletes_batch_jobs = { sa = "api", role = google_project_iam_custom_role.api_batch_jobs.name }
-    upload_firestore       = { sa = "upload", role = "roles/datastore.user" }
-    dispatch_firestore     = { sa = "dispatch", role = "roles/datastore.user" }
-    dispatch_executions    = { sa = "dispatch", role = "roles/workflows.invoker" }
-    eventarc_receiver      = { sa = "eventarc", role = "roles/eventarc.eventReceiver" }
+    # GET /requests/{id}/log (functions/lifecycle/request_log.py): Cloud Logging's entries.list.
+    api_reads_logs      = { sa = "api", role = "roles/logging.viewer" }
+    upload_firestore    = { sa = "upload", role = "roles/datastore.user" }
+    dispatch_firestore  = { sa = "dispatch", role = "roles/datastore.user" }
+    dispatch_executions = { sa = "dispatch", role = "roles/workflows.invoker" }
+    eventarc_receiver   = { sa = "eventarc", role = "roles/eventarc.eventReceiver" }
     # The workflow creates, polls and deletes the stages' Batch jobs.
     workflow_batch  = { sa = "workflow", role = "roles/batch.jobsEditor" }
     workflow_logs   = { sa = "workflow", role = "roles/logging.logWriter" }

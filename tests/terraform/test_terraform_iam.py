@@ -93,6 +93,11 @@ def test_batch_job_account(iam):
     assert "roles/artifactregistry.reader" in _roles(iam, "sa:batch", "repository", "jobs")
 
 
+def test_the_api_reads_request_logs(iam):
+    # GET /requests/{id}/log lists Cloud Logging entries (logging.logEntries.list).
+    assert "roles/logging.viewer" in _roles(iam, "sa:api", "project")
+
+
 def test_workflow_account(iam):
     assert "roles/batch.jobsEditor" in _roles(iam, "sa:workflow", "project")
     assert "roles/logging.logWriter" in _roles(iam, "sa:workflow", "project")  # call logging
