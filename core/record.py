@@ -71,6 +71,9 @@ STAGE_HEARTBEAT_KEY = "heartbeat_at"
 STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
 STAGE_LATEST_SPLAT_KEY = "latest_splat_at"  # when the stage last rewrote workspace.LATEST_SPLAT
 STAGE_LATEST_SPLAT_STEP_KEY = "latest_splat_step"  # the training step that snapshot holds
+_STAGE_WRITTEN_KEYS = frozenset({"message", STAGE_HEARTBEAT_KEY, STAGE_LIVE_PREVIEW_KEY, STAGE_LATEST_SPLAT_KEY,
+                                 STAGE_LATEST_SPLAT_STEP_KEY})
+"""What a running stage writes into `stages.{s}` itself: not the record's (the mirror's) part."""
 LATEST_SPLAT_OUTPUT = "splat_latest"
 """The status's name of the training's latest snapshot (`outputs.splat_latest`, functions.status.view):
 shown while the splat stage has noted one; not a record output (no manifest, zip or webhook)."""
@@ -132,6 +135,11 @@ def nested(fields: Iterable[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
     return out
 
 
+def _ms(t: dt.datetime | None) -> int | None:
+    """A Firestore timestamp as ms since the epoch (`_ts`'s inverse)."""
+    return None if t is None else round(t.timestamp() * 1000)
+
+
 def _ts(ms: int | float | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(float(ms) / 1000.0, tz=dt.UTC)
 
@@ -191,6 +199,47 @@ class Record:
             lease_expires_at=int(h["lease_expires_at"]) if h.get("lease_expires_at") else None,
             execution=h.get("execution") or None)
 
+    def redis_fields(self) -> dict[str, str]:
+        """The hash `from_redis` reads, less the queue's own bookkeeping (state, seq, version,
+        updated_at, lease: the restore script's): what a record put back into Redis holds."""
+        doc: dict[str, Any] = {"session_id": self.session_id, "input": self.input, "options": dict(self.options),
+                               "stages_requested": list(self.stages_requested),
+                               "token_sha256": self.callback_token_sha256, "source": self.source}
+        if self.webhook_url:
+            doc["webhook_url"] = self.webhook_url
+        out = {"doc": json.dumps(doc, separators=(",", ":")), "priority": str(self.priority),
+               "created_at": str(self.created_at), "attempts": str(self.attempts)}
+        for key, value in (("stages", self.stages), ("progress", self.progress), ("outputs", self.outputs),
+                           ("error", self.error), ("warnings", list(self.warnings)), ("metrics", self.metrics)):
+            if value:
+                out[key] = json.dumps(value, separators=(",", ":"))
+        if self.stage:
+            out["stage"] = self.stage
+        if self.execution:
+            out["execution"] = self.execution
+        return out
+
+    @classmethod
+    def from_firestore(cls, request_id: str, d: Mapping[str, Any], version: int) -> Record:
+        """The record a Firestore document holds (what `firestore_fields` wrote, at `version`): the
+        archive of a record Redis no longer keeps, or the copy of one it lost. The queue's own
+        bookkeeping (arrival sequence, lease) is not mirrored and starts afresh."""
+        stages = {s: {k: (_ms(v) if k in ("started_at", "finished_at") else v) for k, v in st.items()
+                      if k not in _STAGE_WRITTEN_KEYS and v is not None}
+                  for s, st in (d.get("stages") or {}).items()}
+        return cls(
+            request_id=request_id, state=d["state"], priority=int(d["priority"]), session_id=d["session_id"],
+            input=d["input"], options=dict(d.get("options") or {}),
+            stages_requested=tuple(d.get("stages_requested") or ()),
+            callback_token_sha256=d["callback_token_sha256"], source=d.get("source") or "api",
+            webhook_url=d.get("webhook_url") or None, created_at=_ms(d["created_at"]) or 0,
+            updated_at=_ms(d["updated_at"]) or 0, stage=d.get("stage") or None, stages=stages,
+            progress={s: float(f) for s, f in (d.get("progress") or {}).items()},
+            outputs=dict(d.get("outputs") or {}), error=dict(d["error"]) if d.get("error") else None,
+            warnings=tuple(d.get("warnings") or ()), metrics=dict(d.get("metrics") or {}), seq=0,
+            version=version, attempts=int(d.get("attempts") or 0), lease_expires_at=None,
+            execution=d.get("execution") or None)
+
     def firestore_fields(self) -> Iterator[tuple[tuple[str, ...], Any]]:
         """(field path parts, value) of every field the control plane owns in the Firestore document
         (functions.status.mirror writes them; the stages own STAGE_FIELDS' other keys)."""
@@ -199,7 +248,7 @@ class Record:
             "options": dict(self.options), "stages_requested": list(self.stages_requested),
             "created_at": _ts(self.created_at), "updated_at": _ts(self.updated_at), "stage": self.stage,
             "callback_token_sha256": self.callback_token_sha256, "execution": self.execution,
-            "attempts": self.attempts}.items())
+            "attempts": self.attempts, "source": self.source, "webhook_url": self.webhook_url}.items())
         for stage, st in self.stages.items():
             for key in ("state", "batch_job"):
                 if key in st:

@@ -58,6 +58,14 @@ class Settings:
     # Memorystore with in-transit encryption: REDIS_URL is rediss://:AUTH@host:port and this is the
     # server CA (PEM text). Empty: the system trust store.
     redis_ca_cert: str = ""
+    # Memorystore replicates asynchronously: an accept is answered only once this many replicas
+    # hold it (Redis WAIT, at most REDIS_ACK_TIMEOUT_MS), or else once Firestore does
+    # (functions.intake.accept). 0: no waiting (the local stack's one Redis fsyncs every write).
+    redis_replicas_to_ack: int = 0
+    redis_ack_timeout_ms: int = 500
+    # How long a finished request's record stays in Redis once Firestore holds its final version;
+    # then Firestore alone answers for it (functions.lifecycle.access). 0: kept in Redis for ever.
+    record_retention_seconds: int = 7 * 24 * 3600
     # Local stack only: the local Workflows engine's Executions API, gRPC ("127.0.0.1:PORT").
     workflows_emulator_host: str = ""
     # Local stack only: the local Batch runner's jobs REST API ("127.0.0.1:PORT").

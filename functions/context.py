@@ -11,7 +11,7 @@ from functions.dispatch.kick import DispatchKick
 from functions.edge.caller import IdTokenVerifier
 from functions.queue_store import connection as redis_conn
 from functions.queue_store.rate_limit import SlidingWindowLimiter
-from functions.queue_store.store import RequestQueue
+from functions.queue_store.store import Replication, RequestQueue
 from functions.status.mirror import StatusMirror
 from functions.status.output_links import OutputLinker
 
@@ -37,7 +37,8 @@ class Services:
 
 def build(settings: Settings) -> Services:
     client = redis_conn.client(settings)
-    queue = RequestQueue(client)
+    queue = RequestQueue(client, replication=Replication(settings.redis_replicas_to_ack,
+                                                         settings.redis_ack_timeout_ms))
     return Services(
         settings=settings,
         queue=queue,

@@ -12,6 +12,10 @@ One pass:
    request back within minutes. If the executor refuses, the request goes back at its place and
    the pass stops starting more.
 3. The Firestore mirror copies whatever is pending in its outbox.
+4. Durability and retention, with the mirror on: a live record Firestore holds and Redis does not
+   (an accept Firestore confirmed when no Redis replica did, then lost in a failover) is put back
+   QUEUED; finished records mirrored more than `RECORD_RETENTION_SECONDS` ago leave Redis
+   (Firestore answers for them: functions.lifecycle.access).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from core import logs
 from functions.context import Services
 from functions.dispatch import batch_job, request_file
 from functions.dispatch.executions import ACTIVE_STATES, Executor, ExecutorError
+from functions.errors import UnavailableError
 from functions.queue_store.store import IllegalTransitionError, RecordNotFoundError
 from functions.status import events
 
@@ -139,6 +144,37 @@ def run(svc: Services, executor: Executor) -> dict[str, Any]:
         if mirrored["synced"] or mirrored["pending"]:
             log.info("mirror: %(synced)d synced, %(pending)d pending", mirrored)
         log_outbox(svc, mirrored["pending"])
+        restore_lost(svc)
+        evict_finished(svc)
     log_queue_stats(svc)
     return {"started": started, "requeued": requeued, "running": svc.queue.running(),
             "max": svc.settings.max_concurrent_jobs}
+
+
+LIVE_SCAN_LIMIT = 1000  # live records read from Firestore per pass (the queue's depth is far below)
+
+
+def restore_lost(svc: Services) -> list[str]:
+    """Put back, QUEUED, every live record Firestore holds and Redis lost; the ids put back."""
+    assert svc.mirror is not None
+    try:
+        live = {r.request_id: r for r in svc.mirror.live(LIVE_SCAN_LIMIT)}
+    except UnavailableError:
+        return []  # Firestore is down: a later pass looks again
+    restored = [rid for rid in svc.queue.missing(live) if svc.queue.restore(live[rid])]
+    for rid in restored:
+        log.warning("request %s: Firestore holds it %s but Redis lost it; put back QUEUED", rid, live[rid].state)
+        _changed(svc, rid)
+    return restored
+
+
+def evict_finished(svc: Services) -> list[str]:
+    """Retention: finished records mirrored long enough ago leave Redis; the ids evicted."""
+    keep = svc.settings.record_retention_seconds
+    if keep <= 0:
+        return []
+    now_ms = int(svc.queue.r.time()[0]) * 1000  # Redis's clock, as the scripts' `finished` scores
+    gone = svc.queue.evict_finished(now_ms - keep * 1000)
+    if gone:
+        log.info("retention: %d finished records left Redis (Firestore keeps them)", len(gone))
+    return gone

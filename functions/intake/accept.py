@@ -9,6 +9,14 @@ request happen off the request path, each where its guarantee already lives —
 - the poke to dispatch: marked due here and sent from a background thread (functions.dispatch.kick).
 So an outage of Cloud Storage, Firestore or dispatch adds no latency to an accept, and a crash
 right after the script loses nothing: dispatch (every minute at the latest) does the rest.
+
+Acknowledged means held by two machines. Memorystore replicates asynchronously and "acknowledged
+writes might be lost during a failover" (https://cloud.google.com/memorystore/docs/redis/high-availability),
+so with `REDIS_REPLICAS_TO_ACK` set the enqueue waits for the replica (WAIT, on the same
+connection: functions.queue_store.store). When no replica confirms in time (one is being rebuilt
+after a failover), the record is written to Firestore at once instead, and dispatch puts back any
+live record Firestore holds and Redis lost (functions.dispatch.admission). When neither confirms,
+the caller gets a 503 and its retry is answered with the same request (dedup).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 from core import logs
 from core.log_events import Event
 from functions.context import Services
+from functions.errors import UnavailableError
 from functions.intake import callback_token, dedup
 from functions.intake.dedup import DedupKey
 from functions.intake.validation import NewRequest
@@ -58,8 +67,22 @@ def accept(svc: Services, req: NewRequest, *, source: str,
     res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source, counted=counted)
     if res.decision is not None and not res.decision.allowed:
         raise RateLimitedError(res.decision)
+    if not res.replicated:
+        _keep_in_firestore(svc, res.request_id)
     if not res.created:
         return Accepted(res.request_id, False, res.state, None, res.decision)
     logs.emit(Event.REQUEST_ACCEPTED, request_id=res.request_id, source=source)
     svc.kick()
     return Accepted(res.request_id, True, res.state, token, res.decision)
+
+
+def _keep_in_firestore(svc: Services, request_id: str) -> None:
+    """The second copy of an accepted request when no replica confirmed it: Firestore's, now."""
+    try:
+        if svc.mirror is not None and svc.mirror.sync(request_id):
+            return
+    except Exception as exc:
+        raise UnavailableError("the request could not be stored durably; retry it (the same request answers)",
+                               retry_after=1) from exc
+    raise UnavailableError("the request could not be stored durably; retry it (the same request answers)",
+                           retry_after=1)

@@ -26,6 +26,7 @@ from core.record import Record
 from functions.context import Services
 from functions.dispatch import batch_control, request_file
 from functions.errors import ConflictError, InvalidRequestError, NotFoundError
+from functions.lifecycle import access
 from functions.queue_store.store import IllegalTransitionError, RecordNotFoundError
 from functions.status import events
 
@@ -86,6 +87,7 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
             options: Mapping[str, Any] | None = None) -> Record:
     """Run a finished request again in its workspace (see the module docstring)."""
     rid = record.request_id
+    record = access.held(svc, record)
     if record.state not in {s.value for s in jobrecord.RESTARTABLE_STATES}:
         hint = "its workspace is gone" if record.state == jobrecord.State.DELETED.value \
             else "cancel it or wait for it to finish"
@@ -120,7 +122,7 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
         # restart made (QUEUED), not what a dispatch (the poke's, or the scheduler's tick during
         # the mirror's write) has made of it meanwhile.
         fresh = svc.queue.get(rid)
-    assert fresh is not None  # records are never removed
+    assert fresh is not None  # retention evicts only finished records
     _changed(svc, rid)
     svc.kick()
     return fresh
@@ -132,6 +134,7 @@ def restart(svc: Services, record: Record, from_stage: str | None = None,
 def delete(svc: Services, record: Record) -> Record:
     """Cancel if still active, make the record a DELETED tombstone, remove the workspace."""
     rid = record.request_id
+    record = access.held(svc, record)
     if record.state in ACTIVE_STATES:
         with contextlib.suppress(ConflictError):  # finished meanwhile: delete it as it is
             cancel(svc, record)
@@ -149,6 +152,4 @@ def delete(svc: Services, record: Record) -> Record:
             if getattr(exc, "code", None) != 404:
                 raise
     log.info("request %s: deleted (%d objects removed)", rid, removed)
-    fresh = svc.queue.get(rid)
-    assert fresh is not None
-    return fresh
+    return access.held(svc, record)

@@ -13,16 +13,22 @@ Keys (prefix `sp:`):
   token:{sha}   STRING callback token digest -> id
   session:{sid} ZSET   the session's request ids, score = arrival sequence (`GET /requests?session_id=`)
   dedup:{key}   STRING dedup key -> id, expiring after its window (see functions.intake.dedup)
+  finished      ZSET   finished ids whose final version is in Firestore, score = when they finished
+                       (ms): retention evicts them from Redis after `RECORD_RETENTION_SECONDS`
 
 The scripts are functions/queue_store/lua/*.lua (each documents its KEYS and ARGV). They read the clock with
 Redis TIME, so every function instance shares one clock; each runs atomically, so concurrent
 callers never hand out a request twice or make an illegal transition.
-With AOF on, a restart keeps all of it.
+With AOF on, a restart keeps all of it. Memorystore has no AOF and replicates asynchronously
+(https://cloud.google.com/memorystore/docs/redis/high-availability: "acknowledged writes might be
+lost during a failover"): `Replication` makes a write wait (Redis WAIT, a supported command:
+https://cloud.google.com/memorystore/docs/redis/supported-commands) until a replica holds it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +46,8 @@ from functions.queue_store.rate_limit import Decision, WindowCall
 
 PREFIX = "sp:"
 
+log = logging.getLogger("splatpipe.queue")
+
 # One encoder for every call: json.dumps with non-default arguments builds a new one each time.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -49,16 +57,18 @@ def _lua_set(members: Iterable[str]) -> str:
 
 # jobrecord's states and bounds, and the best-effort stages of the registry (core.stages).
 _RESTARTABLE = f"local restartable = {_lua_set(jobrecord.RESTARTABLE_STATES)}"
+_TERMINAL = f"local terminal = {_lua_set(jobrecord.TERMINAL_STATES)}"
 _UPDATE_TABLES = "\n".join([
     "local legal = {" + ", ".join(f"{src} = {_lua_set(dsts)}" for src, dsts in jobrecord.LEGAL_TRANSITIONS.items()) + "}",
-    f"local terminal = {_lua_set(jobrecord.TERMINAL_STATES)}",
+    _TERMINAL,
     f"local best_effort = {_lua_set(s.name for s in stages.REGISTRY.values() if s.best_effort)}",
     f"local max_warnings, max_metrics = {jobrecord.MAX_WARNINGS}, {jobrecord.MAX_METRICS_PER_STAGE}",
 ])
 _DONE = frozenset({StageState.SUCCEEDED.value, StageState.SKIPPED.value})
 _SCRIPTS = {name: lua.script(name, *generated) for name, generated in {
     "enqueue": (lua.WINDOW,), "take": (), "update": (_UPDATE_TABLES,), "requeue": (), "renew_expired": (), "expired": (),
-    "stats": (), "outbox_ack": (), "restart": (_RESTARTABLE,), "tombstone": (_RESTARTABLE,)}.items()}
+    "stats": (), "outbox_ack": (_TERMINAL,), "restart": (_RESTARTABLE,), "tombstone": (_RESTARTABLE,),
+    "restore": (), "evict": (_TERMINAL,)}.items()}
 
 
 class RecordNotFoundError(LookupError):
@@ -74,11 +84,22 @@ class IllegalTransitionError(Exception):
 
 
 @dataclass(frozen=True)
+class Replication:
+    """How many replicas must hold a write before the queue calls it done: WAIT `replicas`
+    `timeout_ms` on the connection that wrote (WAIT waits for that connection's own writes).
+    0: no waiting (a lone redis-server whose AOF fsyncs every write, as locally)."""
+
+    replicas: int = 0
+    timeout_ms: int = 500
+
+
+@dataclass(frozen=True)
 class EnqueueResult:
     request_id: str
     created: bool  # False: a duplicate, `request_id` is the earlier request
     state: str
     decision: Decision | None = None  # the rate limit's, when the enqueue counted the call
+    replicated: bool = True  # False: `Replication.replicas` did not confirm it within the timeout
 
 
 @dataclass(frozen=True)
@@ -99,18 +120,40 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 class RequestQueue:
     """The queue's operations over one Redis client (`decode_responses=True`)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX, replication: Replication = Replication()) -> None:
         self.r = client
         self.prefix = prefix
+        self.replication = replication
         self.k_queue = prefix + "queue"
         self.k_leases = prefix + "leases"
         self.k_seq = prefix + "seq"
         self.k_counts = prefix + "counts"
         self.k_outbox = prefix + "outbox"
+        self.k_finished = prefix + "finished"
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], *args: Any) -> Any:
         return self._scripts[script](keys=keys, args=list(args))
+
+    def _run_replicated(self, script: str, keys: list[str], *args: Any) -> tuple[Any, bool]:
+        """`_run`, then WAIT on the same connection (one round trip): the script's reply and
+        whether `replication.replicas` replicas hold its writes."""
+        need = self.replication.replicas
+        if need <= 0:
+            return self._run(script, keys, *args), True
+        for attempt in range(2):
+            pipe = self.r.pipeline(transaction=False)
+            self._scripts[script](keys=keys, args=list(args), client=pipe)
+            pipe.wait(need, self.replication.timeout_ms)
+            try:
+                res, acked = pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                # A failover's new primary has no script cache; the pipeline checked it on a
+                # connection to the old one. Once more: the check now runs on the new primary.
+                if attempt:
+                    raise
+        return res, int(acked) >= need
 
     def record_key(self, request_id: str) -> str:
         return f"{self.prefix}req:{request_id}"
@@ -144,21 +187,24 @@ class RequestQueue:
                 *(self.dedup_key(k.key) for k, _ in dedup)]
         meta = ",".join(f"{max(1, int(ttl))}:{int(k.sticky)}" for k, ttl in dedup)
         window = (counted.limit, counted.window_ms, counted.member) if counted else (0, 0, "")
-        kind, found_id, state, n = self._run("enqueue", keys, rid, req.priority, meta, self.prefix + "req:",
-                                             _COMPACT.encode(doc), self.session_key(req.session_id), *window)
+        (kind, found_id, state, n), replicated = self._run_replicated(
+            "enqueue", keys, rid, req.priority, meta, self.prefix + "req:", _COMPACT.encode(doc),
+            self.session_key(req.session_id), *window)
         if kind == "limited":
             return EnqueueResult("", False, "", Decision(False, 0, max(0, int(n))))
-        return EnqueueResult(found_id, kind == "new", state, Decision(True, int(n), 0) if counted else None)
+        return EnqueueResult(found_id, kind == "new", state, Decision(True, int(n), 0) if counted else None,
+                             replicated)
 
     def take(self, lease_seconds: float, max_running: int = 0) -> Taken | None:
         """Hand out the highest-priority, oldest QUEUED request as PROCESSING with a lease.
 
         `max_running` > 0: only while fewer than that many requests hold a lease (admission).
         """
-        got = self._run("take", [self.k_queue, self.k_leases, self.k_counts, self.k_outbox],
-                        int(lease_seconds * 1000), int(max_running), self.prefix + "req:")
+        got, replicated = self._run_replicated("take", [self.k_queue, self.k_leases, self.k_counts, self.k_outbox],
+                                               int(lease_seconds * 1000), int(max_running), self.prefix + "req:")
         if not got:
             return None
+        self._unreplicated(replicated, "take", got[0])
         return Taken(got[0], int(got[1]), int(got[2]))
 
     # --- records --------------------------------------------------------------------------------
@@ -189,8 +235,8 @@ class RequestQueue:
         """Apply a validated `PUT /status` patch; the updated record. RecordNotFoundError / IllegalTransitionError."""
         if patch.get("stage_state") in _DONE:  # a stage done is done to the end
             patch = {**patch, "progress": {**patch.get("progress", {}), patch["stage"]: 1}}
-        res = self._run("update", self._lease_keys(request_id), request_id, _COMPACT.encode(patch),
-                        int(lease_seconds * 1000))
+        res, replicated = self._run_replicated("update", self._lease_keys(request_id), request_id,
+                                               _COMPACT.encode(patch), int(lease_seconds * 1000))
         if res[0] == "missing":
             raise RecordNotFoundError(request_id)
         if res[0] == "conflict":
@@ -203,7 +249,16 @@ class RequestQueue:
             else:
                 msg = f"illegal transition {cur} -> {want}"
             raise IllegalTransitionError(cur, msg)
+        self._unreplicated(replicated, "update", request_id)
         return Record.from_redis(_pairs(res[3]))
+
+    def _unreplicated(self, replicated: bool, what: str, request_id: str) -> None:
+        # Only an accept has a durable fallback (functions.intake.accept). A take or an update
+        # lost in a failover is redone: the lease brings the request back, the workflow's next
+        # status update writes the stage again.
+        if not replicated:
+            log.warning("request %s: %s not confirmed by %d replica(s) within %d ms", request_id, what,
+                        self.replication.replicas, self.replication.timeout_ms)
 
     # --- leases ---------------------------------------------------------------------------------
 
@@ -289,4 +344,31 @@ class RequestQueue:
 
     def outbox_ack(self, request_id: str, version: int) -> bool:
         """Mark `version` mirrored; False when a newer version arrived meanwhile (it stays pending)."""
-        return bool(self._run("outbox_ack", [self.k_outbox], request_id, version))
+        return bool(self._run("outbox_ack", [self.k_outbox, self.record_key(request_id), self.k_finished],
+                              request_id, version))
+
+    # --- retention and restore ------------------------------------------------------------------
+
+    def evict_finished(self, finished_before_ms: int, limit: int = 200) -> list[str]:
+        """Finished records mirrored to Firestore and finished at or before `finished_before_ms`
+        leave Redis with their token and session entries (evict.lua); the ids that went."""
+        return list(self._run("evict", [self.k_finished, self.k_outbox, self.k_counts], finished_before_ms, limit,
+                              self.prefix + "req:", self.prefix + "token:", self.prefix + "session:"))
+
+    def restore(self, record: Record) -> bool:
+        """Put back `record` (read from Firestore) unless Redis holds its id; a live one QUEUED
+        again. True when it was put back."""
+        state = record.state if record.state in {s.value for s in jobrecord.TERMINAL_STATES} else \
+            jobrecord.State.QUEUED.value
+        flat = [x for kv in record.redis_fields().items() for x in kv]
+        keys = [self.record_key(record.request_id), self.k_queue, self.k_seq, self.k_counts, self.k_outbox,
+                self.token_key(record.callback_token_sha256), self.session_key(record.session_id)]
+        return bool(self._run("restore", keys, record.request_id, state, record.version, *flat))
+
+    def missing(self, request_ids: Iterable[str]) -> list[str]:
+        """Those of `request_ids` Redis holds no record of."""
+        ids = list(request_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.exists(self.record_key(rid))
+        return [rid for rid, there in zip(ids, pipe.execute(), strict=True) if not there]

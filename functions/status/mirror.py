@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from core import record as jobrecord
 from core.gcs import firestore_client
+from functions.errors import UnavailableError
 from functions.queue_store.store import RequestQueue
 
 log = logging.getLogger("splatpipe.mirror")
@@ -262,3 +263,63 @@ class StatusMirror:
             self._failed(exc)
             return
         self._succeeded()
+
+    # --- the archive: records Redis no longer holds ---------------------------------------------
+
+    def _archive_read(self, work: Callable[[Any], T]) -> T:
+        """A read of the archive; UnavailableError when Firestore cannot answer (the breaker is
+        open, or the call fails): "no such request" would be a wrong answer then."""
+        if not self._admit():
+            raise UnavailableError("request records are unavailable; try again shortly", retry_after=15)
+        try:
+            out = work(self._firestore().collection(jobrecord.COLLECTION))
+        except Exception as exc:
+            self._failed(exc)
+            raise UnavailableError("request records are unavailable; try again shortly", retry_after=15) from exc
+        self._succeeded()
+        return out
+
+    @staticmethod
+    def _record(snap: Any) -> jobrecord.Record | None:
+        d = snap.to_dict() if snap.exists else None
+        if not d or "callback_token_sha256" not in d:  # a stage's progress write before the mirror's first
+            return None
+        return jobrecord.Record.from_firestore(snap.id, d, int(d.get(MIRROR_VERSION) or 0))
+
+    def archived(self, request_id: str) -> jobrecord.Record | None:
+        """The record Firestore holds for `request_id`, or None."""
+        return self._archive_read(lambda col: self._record(col.document(request_id).get(
+            retry=None, timeout=self.timeout)))
+
+    def archived_by_token(self, token_sha256: str) -> jobrecord.Record | None:
+        """The record whose callback token has this digest, or None."""
+        def find(col: Any) -> jobrecord.Record | None:
+            snaps = col.where(filter=_field_is("callback_token_sha256", token_sha256)).limit(1).get(
+                retry=None, timeout=self.timeout)
+            return next((r for r in map(self._record, snaps) if r is not None), None)
+        return self._archive_read(find)
+
+    def archived_session(self, session_id: str, limit: int) -> list[jobrecord.Record]:
+        """The session's records Firestore holds (at most `limit`; any order)."""
+        def find(col: Any) -> list[jobrecord.Record]:
+            snaps = col.where(filter=_field_is("session_id", session_id)).limit(limit).get(
+                retry=None, timeout=self.timeout)
+            return [r for r in map(self._record, snaps) if r is not None]
+        return self._archive_read(find)
+
+    def live(self, limit: int) -> list[jobrecord.Record]:
+        """Records Firestore holds as QUEUED or PROCESSING (at most `limit`)."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        def find(col: Any) -> list[jobrecord.Record]:
+            states = [jobrecord.State.QUEUED.value, jobrecord.State.PROCESSING.value]
+            snaps = col.where(filter=FieldFilter("state", "in", states)).limit(limit).get(
+                retry=None, timeout=self.timeout)
+            return [r for r in map(self._record, snaps) if r is not None]
+        return self._archive_read(find)
+
+
+def _field_is(name: str, value: str) -> Any:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(name, "==", value)

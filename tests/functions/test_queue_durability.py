@@ -60,3 +60,37 @@ def test_queue_and_records_survive_a_redis_crash(fn_apps: FnApps, fn_env: dict, 
         assert fn_apps.queue.get(f"/status/{taken}").get_json()["lease_expires_at"]
     finally:
         svc_redis.stop()
+
+
+def test_a_live_record_redis_lost_is_put_back_from_firestore(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                             firestore_host: str, monkeypatch, services_now) -> None:
+    """Redis loses everything (a failover after Firestore alone confirmed the accepts, or a
+    restore from an old snapshot): dispatch's pass puts back every live record Firestore holds,
+    QUEUED, with its token; a finished one stays in Firestore only."""
+    monkeypatch.setenv("FIRESTORE_MIRROR", "1")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "0")
+    out = [post_json(fn_apps.queue, "/enqueue", {"session_id": "lost", "priority": p, "webhook_url": "https://example.com/h",
+                                                 "input": f"gs://{buckets.uploads}/lost/{p}.mp4"}).get_json()
+           for p in (3, 1)]
+    done = post_json(fn_apps.queue, "/enqueue", {"session_id": "lost",
+                                                 "input": f"gs://{buckets.uploads}/lost/done.mp4"}).get_json()
+    put_json(fn_apps.queue, f"/status/{done['request_id']}", {"state": "CANCELLED"})
+    taken = fn_apps.queue.get("/next").get_json()["request_id"]
+    assert taken == out[1]["request_id"]
+    svc = services_now()
+    svc.mirror.reconcile()
+    svc.queue.r.flushall()
+
+    assert fn_apps.dispatch.post("/", data="{}", content_type="application/json").status_code == 200
+    for o in out:
+        rec = svc.queue.get(o["request_id"])
+        assert rec is not None and rec.state == "QUEUED" and rec.webhook_url == "https://example.com/h"
+        body = fn_apps.api.get(f"/status?callback_token={o['callback_token']}").get_json()
+        assert body["request_id"] == o["request_id"] and body["state"] == "QUEUED"
+    assert svc.queue.get(done["request_id"]) is None  # finished: the archive answers for it
+    assert fn_apps.api.get(f"/status?callback_token={done['callback_token']}").get_json()["state"] == "CANCELLED"
+    # Back in the queue by priority; the mirror's copy follows (a newer version than it held).
+    assert [fn_apps.queue.get("/next").get_json()["request_id"] for _ in range(2)] == [o["request_id"] for o in out[::-1]]
+    svc.mirror.reconcile()
+    assert svc.queue.outbox() == {}
