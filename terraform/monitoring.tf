@@ -247,7 +247,8 @@ resource "google_monitoring_uptime_check_config" "api" {
 # denominator_filter it compares the ratio of two; condition_absent fires when a series stops
 # (https://cloud.google.com/monitoring/alerts/policies-in-api, "Types of conditions"). Such a
 # filter names the metric type and the resource type: these events come from the functions, whose
-# entries Cloud Logging files under cloud_run_revision (2nd gen functions run on Cloud Run).
+# container logs Cloud Logging files under cloud_run_revision (2nd gen functions are Cloud Run
+# services: https://cloud.google.com/run/docs/logging).
 
 resource "google_monitoring_alert_policy" "failure_rate" {
   project               = var.project_id
@@ -383,6 +384,8 @@ resource "google_monitoring_alert_policy" "api_uptime" {
 
 # --- The dashboard -----------------------------------------------------------------------------
 
+# The template's `$${label}` is a chart legend's `${label}` (XyChart.DataSet.legendTemplate),
+# escaped from templatefile().
 resource "google_monitoring_dashboard" "splatpipe" {
   project = var.project_id
   dashboard_json = templatefile("${path.module}/dashboard.json.tftpl", {
