@@ -29,7 +29,6 @@ from core.record import Record
 
 STAGE_MACHINE_KEY = "machine"
 """The record's `stages.{s}.machine`: `Machine.as_json()` of what the stage's Batch job ran on."""
-PRICE_TABLE_ENV = "PRICE_TABLE"
 PROVISIONING_MODELS = ("STANDARD", "SPOT")
 """Batch's provisioning models (AllocationPolicy.ProvisioningModel) that a table prices."""
 
@@ -172,7 +171,7 @@ def parse_table(text: str) -> PriceTable:
 
 def configured() -> PriceTable:
     """The price table of this process: PRICES with the PRICE_TABLE variable's entries."""
-    return parse_table(os.environ.get(PRICE_TABLE_ENV, ""))
+    return parse_table(os.environ.get("PRICE_TABLE", ""))
 
 
 def _rates(value: Any, name: str) -> dict[str, Rate]:

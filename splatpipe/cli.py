@@ -200,10 +200,25 @@ def follow(handle: RequestHandle, quiet: bool = False, out: Path | None = None) 
     return last
 
 
+def cost_line(status: Mapping[str, Any]) -> str | None:
+    """The status's estimated cost in one line (`cost`: the server prices each stage's machine
+    time from its price table), or None when no stage has been priced."""
+    cost = status.get("cost") or {}
+    priced = {s: c["usd"] for s, c in (cost.get("stages") or {}).items() if c.get("usd") is not None}
+    if not priced:
+        return None
+    prices = cost.get("prices") or {}
+    parts = ", ".join(f"{s} ${usd:.4f}" for s, usd in priced.items())
+    return (f"estimated cost: ${cost.get('estimated_usd', 0.0):.4f} ({parts}; {prices.get('region')} prices "
+            f"of {prices.get('as_of')})")
+
+
 def _finish(handle: RequestHandle, status: Mapping[str, Any], out: Path | None) -> int:
     state = status.get("state")
     for w in status.get("warnings") or []:
         print(f"warning [{w.get('stage')}] {w.get('code')}: {w.get('message')}", file=sys.stderr)
+    if (line := cost_line(status)) is not None:
+        print(line)
     if state != "COMPLETED":
         err = status.get("error") or {}
         print(f"request {handle.request_id} ended {state}: [{err.get('code')}] {err.get('message')} "

@@ -61,6 +61,7 @@ locals {
     MAX_ATTEMPTS          = tostring(var.max_attempts)
     FIRESTORE_MIRROR      = "true"
     SIGNED_URL_SECONDS    = tostring(var.signed_url_seconds)
+    PRICE_TABLE           = var.price_table
   }
 
   # What dispatch alone reads besides: the machines, identity and network of the Batch jobs whose

@@ -101,6 +101,12 @@ variable "use_spot" {
   default     = true
 }
 
+variable "price_table" {
+  description = "Prices for the estimated cost of each request (PRICE_TABLE on every function): JSON {\"machines\": {TYPE: {\"STANDARD\": usd_per_hour, \"SPOT\": usd_per_hour}}, \"accelerators\": {GPU_TYPE: {...per GPU}}, \"region\", \"source\", \"as_of\"}, each entry replacing core/pricing.py's table (us-central1, read 2026-12-07). Set it for another region, other machine types, or your billing export's prices. Empty: that table."
+  type        = string
+  default     = ""
+}
+
 variable "job_image_name" {
   description = "Name of the Batch job image inside the Artifact Registry repository."
   type        = string

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core import gcs
+from core import gcs, pricing
 from core import record as jobrecord
 from core.options import OptionsError, normalize_options
 from functions.errors import InvalidRequestError, NotFoundError
@@ -212,7 +212,7 @@ def new_request(body: Mapping[str, Any], allowed_buckets: Iterable[str], *, allo
 # --- PUT /status/{id} ----------------------------------------------------------------------------
 
 STATUS_FIELDS = frozenset({"state", "stage", "stage_state", "batch_job", "progress", "outputs", "error",
-                           "execution", "warnings", "metrics"})
+                           "execution", "warnings", "metrics", "machine"})
 _STAGE_STATES = tuple(s.value for s in jobrecord.StageState if s is not jobrecord.StageState.PENDING)
 
 
@@ -252,6 +252,13 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
         if "stage" not in out:
             raise InvalidRequestError("batch_job needs stage")
         out["batch_job"] = _text(patch["batch_job"], "batch_job")
+    if "machine" in patch:  # the stage's Batch job's InstancePolicy; the record keeps the Machine it names
+        if "stage" not in out:
+            raise InvalidRequestError("machine needs stage", "invalid_machine")
+        try:
+            out[pricing.STAGE_MACHINE_KEY] = pricing.Machine.from_policy(patch["machine"]).as_json()
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), "invalid_machine") from exc
     if "execution" in patch:
         out["execution"] = _text(patch["execution"], "execution")
     if "progress" in patch:

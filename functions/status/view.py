@@ -16,6 +16,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from core import pricing
 from core.record import (
     LATEST_SPLAT_OUTPUT,
     STAGE_HEARTBEAT_KEY,
@@ -69,6 +70,7 @@ def record_status(record: Record, link: Callable[[str], str] = str) -> dict[str,
         "outputs": {name: link(uri) for name, uri in record.outputs.items()},
         "error": record.error, "warnings": [dict(w) for w in record.warnings],
         "metrics": {stage: dict(m) for stage, m in record.metrics.items()},
+        "cost": pricing.summary(record, pricing.configured()),  # estimated, from the stages' machines and times
         "created_at": iso(record.created_at), "updated_at": iso(record.updated_at),
     }
 

@@ -117,6 +117,16 @@ function metricRow(body, key, label, value) {
   cell(row, fmt(value), "num");
 }
 
+// The server's estimate (`cost`, core/pricing.py): each stage's machine time at its price table's rate.
+function costRows(cost) {
+  const priced = Object.entries((cost || {}).stages || {}).filter(([, c]) => c.usd !== null && c.usd !== undefined);
+  if (!priced.length) return [];
+  const usd = (v) => `$${v.toFixed(4)}`;
+  const prices = cost.prices || {};
+  return [...priced.map(([name, c]) => [`cost.${name}`, `${name} cost (est.)`, usd(c.usd)]),
+    ["cost.total", `estimated cost (${prices.region} prices of ${prices.as_of})`, usd(cost.estimated_usd)]];
+}
+
 function renderMetrics(st) {
   const metrics = st.metrics || {};
   const body = $("metrics").tBodies[0];
@@ -131,6 +141,7 @@ function renderMetrics(st) {
     const t = seconds(s.started_at, s.finished_at);
     if (t !== null) rows.push([`${name}.seconds`, `${name} (s)`, t]);
   }
+  rows.push(...costRows(st.cost));
   if (!rows.length) return;
   body.replaceChildren();
   for (const [key, label, v] of rows) metricRow(body, key, label, v);

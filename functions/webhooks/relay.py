@@ -2,7 +2,7 @@
 the target checked again at sending time.
 
 The workflow builds the webhook body (it knows the final state, outputs, error and warnings) and
-hands it here instead of posting to the caller's URL itself: Cloud Workflows' `http.post` would
+hands it here, which adds the request's estimated `cost` (core.pricing, from the record), instead of posting to the caller's URL itself: Cloud Workflows' `http.post` would
 connect to whatever the name resolves to by then, an internal address included. Here the URL is
 the one stored with the request (never one from the body), and `functions.webhooks.sender.deliver`
 resolves it now, refuses it if any address is internal, and connects to the address it checked.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import flask
 
+from core import pricing
 from functions.context import Services
 from functions.edge.json_api import ApiError, json_response, read_json_object
 from functions.edge.routing import Route, collect
@@ -32,10 +33,12 @@ ROUTES: list[Route] = []
 def send(request: flask.Request, svc: Services, request_id: str) -> flask.Response:
     validation.request_id(request_id)
     body = read_json_object(request)
-    url = access.lookup(svc, request_id).webhook_url
-    if not url:
+    record = access.lookup(svc, request_id)
+    if not record.webhook_url:
         raise NotFoundError("the request has no webhook_url", "no_webhook")
-    outcome = webhook.deliver(url, body, local=svc.settings.local_mode)
+    # The workflow does not know the price; the record's stages (machines and times) do.
+    body = {**body, "cost": pricing.summary(record, pricing.configured())}
+    outcome = webhook.deliver(record.webhook_url, body, local=svc.settings.local_mode)
     if outcome.delivered:
         return json_response(outcome.to_json())
     if outcome.error and outcome.error.startswith("refused"):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from wfcheck import error_payload, result
 
+from core import pricing
 from core.batch_task import EXIT_MAX_RUN_DURATION, EXIT_PREEMPTED
 from core.options import normalize_options
 from emulator.batch.runner import BatchApiError, LocalBatch
@@ -125,8 +126,11 @@ def test_a_stage_runs_as_a_batch_job_and_the_request_completes(
                    "error": None, "warnings": []}
     running, done, completed = puts(http_server, ws["request_id"])
     (job,) = local_batch.list_jobs(PARENT)
+    # The RUNNING update names the VM the job asks for (its InstancePolicy), which the stage is priced by.
+    policy = arg["jobs"]["frames"]["job"]["allocationPolicy"]["instances"][0]["policy"]
     assert running == {"stage": "frames", "stage_state": "RUNNING", "batch_job": job["name"],
-                       "execution": ex.name, "progress": {"frames": 0}}
+                       "execution": ex.name, "progress": {"frames": 0}, "machine": policy}
+    assert pricing.Machine.from_policy(running["machine"]).machine_type == "n2-standard-8"
     metrics = done.pop("metrics")
     assert done == {"stage": "frames", "stage_state": "SUCCEEDED", "batch_job": job["name"],
                     "progress": {"frames": 1}, "warnings": []}

@@ -13,6 +13,7 @@ import pytest
 from fn_testlib import Buckets, FnApps, put_json
 
 from core import gcs
+from core.pricing import PRICES
 from emulator.stack import STATE_FILE, StackInfo
 from splatpipe import cli
 from splatpipe.client import CHUNK_BYTES, Client, SplatpipeError
@@ -177,10 +178,13 @@ def test_cli_follow_ends_with_the_outputs_in_out(local_stack_env: Path, buckets:
         assert fn_apps.queue.get("/next").status_code == 200
         time.sleep(1.0)
         put_json(fn_apps.queue, f"/status/{rid}", {"stage": "frames", "stage_state": "RUNNING",
-                                                   "progress": {"frames": 0.5}})
+                                                   "progress": {"frames": 0.5},
+                                                   "machine": {"machineType": "n2-standard-8",
+                                                               "provisioningModel": "SPOT"}})
         time.sleep(1.0)
         gcs.client("splatpipe-local").bucket(buckets.data).blob(f"jobs/{rid}/frames/report.json").upload_from_string(
             b"{}")
+        put_json(fn_apps.queue, f"/status/{rid}", {"stage": "frames", "stage_state": "SUCCEEDED"})
         put_json(fn_apps.queue, f"/status/{rid}", {"state": "COMPLETED", "outputs": {
             "frames_report": f"gs://{buckets.data}/jobs/{rid}/frames/report.json"}})
 
@@ -190,7 +194,18 @@ def test_cli_follow_ends_with_the_outputs_in_out(local_stack_env: Path, buckets:
     worker.join()
     assert code == 0, err
     assert "frames" in err and "COMPLETED" in out
+    # A minute (the billing minimum) of a Spot n2-standard-8, from the server's price table.
+    minute = f"${PRICES.machines['n2-standard-8'].spot / 60:.4f}"
+    assert f"estimated cost: {minute} (frames {minute}; us-central1 prices of {PRICES.as_of})" in out, out
     assert (tmp_path / "out" / "frames" / "report.json").read_bytes() == b"{}"
+
+
+def test_the_cost_line_sums_the_priced_stages() -> None:
+    assert cli.cost_line({}) is None and cli.cost_line({"cost": {"estimated_usd": 0.0, "stages": {}}}) is None
+    status = {"cost": {"estimated_usd": 0.25337, "prices": {"region": "us-central1", "as_of": "2026-12-07"},
+                       "stages": {"sfm": {"usd": 0.0127}, "splat": {"usd": 0.24067}, "mesh": {"usd": None}}}}
+    assert cli.cost_line(status) == ("estimated cost: $0.2534 (sfm $0.0127, splat $0.2407; us-central1 prices "
+                                     "of 2026-12-07)")
 
 
 def test_cli_follow_keeps_the_latest_snapshot_in_out(local_stack_env: Path, buckets: Buckets, fn_apps: FnApps,

@@ -135,7 +135,55 @@ def test_the_machine_is_the_one_the_batch_jobs_instance_policy_asks_for() -> Non
 
 
 def test_the_configured_table_is_the_price_table_variable_over_prices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(pricing.PRICE_TABLE_ENV, raising=False)
+    monkeypatch.delenv("PRICE_TABLE", raising=False)
     assert pricing.configured() is PRICES
-    monkeypatch.setenv(pricing.PRICE_TABLE_ENV, '{"machines": {"n2-standard-8": {"STANDARD": 0.5, "SPOT": 0.2}}}')
+    monkeypatch.setenv("PRICE_TABLE", '{"machines": {"n2-standard-8": {"STANDARD": 0.5, "SPOT": 0.2}}}')
     assert pricing.configured().hourly(CPU_SPOT) == 0.2
+
+
+# --- through the functions: the workflow's updates record the machine, the status and the webhook
+# show the cost ---------------------------------------------------------------------------------
+
+GPU_POLICY = {"machineType": "g2-standard-8", "provisioningModel": "SPOT", "bootDisk": {"sizeGb": 100},
+              "accelerators": [{"type": "nvidia-l4", "count": 1}]}
+
+
+def test_the_status_and_the_webhook_show_the_cost_of_a_spot_gpu_stage(fn_apps: Any, fn_env: dict,
+                                                                      buckets: Any) -> None:
+    from fn_testlib import RecordingServer, post_json, put_json, trigger_body
+
+    with RecordingServer(lambda m, p, b: (200, {"ok": True})) as srv:
+        made = post_json(fn_apps.api, "/trigger-reconstruction",
+                         trigger_body(buckets, webhook_url=f"http://{srv.host}/hook")).get_json()
+        rid, token = made["request_id"], made["callback_token"]
+        assert fn_apps.queue.get("/next").get_json()["request_id"] == rid
+        # The workflow's RUNNING update carries the job's InstancePolicy (workflows/reconstruct.yaml).
+        resp = put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING",
+                                                           "batch_job": "jobs/s-1", "machine": GPU_POLICY})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        running = fn_apps.api.get(f"/status?callback_token={token}").get_json()["cost"]
+        assert running["stages"]["splat"]["usd"] is None and running["estimated_usd"] == 0.0
+        put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "SUCCEEDED", "batch_job": "jobs/s-1"})
+        cost = fn_apps.api.get(f"/status?callback_token={token}").get_json()["cost"]
+        spot = PRICES.machines["g2-standard-8"].spot + PRICES.accelerators["nvidia-l4"].spot
+        entry = cost["stages"]["splat"]
+        assert entry["usd_per_hour"] == pytest.approx(spot) and entry["run_seconds"] < 60
+        assert entry["usd"] == pytest.approx(spot / 60, abs=1e-6)  # a billed minute at the Spot rate
+        assert {k: entry[k] for k in ("machine_type", "provisioning_model", "accelerator", "accelerator_count")} == {
+            "machine_type": "g2-standard-8", "provisioning_model": "SPOT", "accelerator": "nvidia-l4",
+            "accelerator_count": 1}
+        assert cost["estimated_usd"] == entry["usd"] and set(cost["stages"]) == {"splat"}
+        assert fn_apps.queue.get(f"/status/{rid}").get_json()["cost"] == cost
+        body = {"request_id": rid, "state": "COMPLETED", "outputs": {}, "error": None, "warnings": []}
+        assert post_json(fn_apps.queue, f"/webhook/{rid}", body).status_code == 200
+        ((_, _, sent, _),) = srv.requests
+        assert json.loads(sent) == {**body, "cost": cost}
+
+
+def test_a_malformed_machine_update_is_refused(fn_apps: Any, fn_env: dict, buckets: Any) -> None:
+    from fn_testlib import assert_error, post_json, put_json, trigger_body
+
+    rid = post_json(fn_apps.api, "/trigger-reconstruction", trigger_body(buckets)).get_json()["request_id"]
+    assert_error(put_json(fn_apps.queue, f"/status/{rid}", {"machine": GPU_POLICY}), 422, "invalid_machine")
+    assert_error(put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "machine": {"machineType": 8}}),
+                 422, "invalid_machine")

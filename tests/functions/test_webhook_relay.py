@@ -8,6 +8,7 @@ import json
 import pytest
 from fn_testlib import Buckets, FnApps, RecordingServer, assert_error, post_json, trigger_body
 
+from core import pricing
 from functions.webhooks import sender as webhook
 
 
@@ -22,7 +23,9 @@ def test_the_queue_sends_the_stored_webhook(fn_apps: FnApps, fn_env: dict, bucke
         assert resp.status_code == 200, resp.get_data(as_text=True)
         assert resp.get_json() == {"delivered": True, "status": 200, "error": None}
         ((method, path, sent, headers),) = srv.requests
-        assert (method, path) == ("POST", "/hook?x=1") and json.loads(sent) == body
+        # The workflow's body, and the request's estimated cost from its record (none run yet).
+        assert (method, path) == ("POST", "/hook?x=1") and json.loads(sent) == {**body, "cost": {
+            "estimated_usd": 0.0, "stages": {}, "prices": pricing.PRICES.describe()}}
         assert headers["Content-Type"] == "application/json"
         # Off the local stack, the same stored loopback URL is refused when it is sent.
         monkeypatch.setenv("K_SERVICE", "queue")

@@ -7,8 +7,9 @@
 -- KEYS[4]  counts    HASH state -> records
 -- KEYS[5]  outbox    HASH id -> version not yet mirrored
 -- ARGV[1]  the request id
--- ARGV[2]  the patch, JSON: state, stage, stage_state, batch_job, progress, outputs, error, warnings,
---          metrics, execution (each optional; Python has set progress[stage] = 1 for a stage done)
+-- ARGV[2]  the patch, JSON: state, stage, stage_state, batch_job, machine, progress, outputs, error,
+--          warnings, metrics, execution (each optional; Python has set progress[stage] = 1 for a stage
+--          done, and made machine core.pricing.Machine's JSON)
 -- ARGV[3]  the lease (ms) a PROCESSING request holds from now
 -- Returns {'ok', state, version, the record's fields}, {'missing'}, {'conflict', state} or
 -- {'conflict', state, the FAILED stage that is not best-effort} (refused COMPLETED).
@@ -31,7 +32,7 @@ if stage then set('stage', stage) end
 local here = stage or redis.call('HGET', rk, 'stage')
 if not here or here == '' then here = cjson.null end
 local stages_now = nil  -- the stages as this update leaves them, when it changes them
-if p['stage_state'] or p['batch_job'] then
+if p['stage_state'] or p['batch_job'] or p['machine'] then
   -- A stage's times: started when it turns RUNNING (a rerun starts afresh), finished when it
   -- turns anything else (started then too, if it never ran). Redis TIME, so not Python's.
   local stages = stored('stages', '{}')
@@ -43,6 +44,7 @@ if p['stage_state'] or p['batch_job'] then
     st['finished_at'] = ss ~= 'RUNNING' and now or nil
   end
   if p['batch_job'] then st['batch_job'] = p['batch_job'] end
+  if p['machine'] then st['machine'] = p['machine'] end  -- what its job runs on (core.pricing)
   stages[stage] = st
   stages_now = stages
   set('stages', cjson.encode(stages))
