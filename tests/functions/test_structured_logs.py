@@ -174,6 +174,39 @@ def test_a_run_logs_each_stage_and_the_end_once(fn_apps: FnApps, fn_env: dict, b
         assert set(e) - {"time", "severity", "message", "logger", "event"} <= set(FIELDS[Event(e["event"])])
 
 
+def test_a_finished_stage_says_what_it_ran_on_and_cost(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                       services_now, lines: Lines,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from core import pricing
+    from functions.status import events
+
+    monkeypatch.delenv("PRICE_TABLE", raising=False)
+    rid = _trigger(fn_apps, buckets)["request_id"]
+    record = services_now().queue.get(rid)
+    l4_spot = pricing.Machine("g2-standard-8", "SPOT", "nvidia-l4", 1).as_json()
+    cpu = pricing.Machine("n2-standard-8", "STANDARD").as_json()
+    record = dataclasses.replace(record, state="COMPLETED", updated_at=record.created_at + 700_000, stages={
+        "frames": {"state": "SUCCEEDED", "started_at": 1_000, "finished_at": 91_000, pricing.STAGE_MACHINE_KEY: cpu},
+        "splat": {"state": "SUCCEEDED", "started_at": 100_000, "finished_at": 700_000,
+                  pricing.STAGE_MACHINE_KEY: l4_spot},
+        "depth": {"state": "SKIPPED", "started_at": 95_000, "finished_at": 95_000}})
+    for stage in ("frames", "splat", "depth"):
+        events.stage_finished(record, stage, pricing.PRICES)
+    events.request_finished(record, pricing.PRICES)
+    done = {e["stage"]: e for e in lines.events(Event.STAGE_FINISHED)}
+    splat, frames, depth = done["splat"], done["frames"], done["depth"]
+    assert splat["duration_s"] == 600 and splat["gpu_seconds"] == 600 and splat["accelerator"] == "nvidia-l4"
+    assert splat["machine_type"] == "g2-standard-8" and splat["provisioning_model"] == "SPOT"
+    assert splat["cost_usd"] == round(pricing.stage_cost(record, "splat"), 6) > 0
+    assert frames["gpu_seconds"] == 0 and frames["accelerator"] == "" and frames["cost_usd"] > 0
+    assert "machine_type" not in depth and "cost_usd" not in depth  # no Batch job was made for it
+    (finished,) = lines.events(Event.REQUEST_FINISHED)
+    assert finished["cost_usd"] == pytest.approx(splat["cost_usd"] + frames["cost_usd"], abs=2e-6)
+    assert finished["duration_s"] == 700
+
+
 def test_a_cancel_finishes_the_request(fn_apps: FnApps, fn_env: dict, buckets: Buckets, lines: Lines) -> None:
     acc = _trigger(fn_apps, buckets)
     resp = fn_apps.api.post(f"/requests/{acc['request_id']}/cancel", headers={TOKEN_HEADER: acc["callback_token"]})
