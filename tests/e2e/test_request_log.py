@@ -61,7 +61,10 @@ def test_a_request_followed_by_its_id_through_every_log(stack: StackClient, vide
         assert any(line.get("stage") == stage and line["logger"].startswith("batch_jobs") for line in lines), stage
     assert ("stage.finished", "depth", "SKIPPED") in events and ("stage.started", "depth", None) not in events
     finished = {line["stage"]: line for line in lines if line.get("event") == "stage.finished"}
-    assert all(finished[s]["duration_s"] > 0 for s in RAN)
+    for s in RAN:  # what its Batch job ran on, and the estimate (core.pricing)
+        assert finished[s]["duration_s"] > 0 and finished[s]["machine_type"] and finished[s]["cost_usd"] > 0, s
+    (done,) = [line for line in lines if line.get("event") == "request.finished"]
+    assert done["cost_usd"] == pytest.approx(sum(finished[s]["cost_usd"] for s in RAN), abs=1e-5)
 
     # 2. The log route: the same lines, in order; line=N resumes.
     page = stack.http.get(f"{api}/requests/{rid}/log", headers={TOKEN_HEADER: token}, timeout=30).json()
