@@ -3,10 +3,10 @@
 What a stage ran on is its `Machine` (machine type, GPUs, provisioning model): the workflow sends
 the InstancePolicy of the stage's Batch job (the body dispatch built, functions.dispatch.batch_job)
 with the stage's RUNNING update, and the queue keeps the machine it names in the record as
-`stages.{s}.machine` (STAGE_MACHINE_KEY). How long it ran is the stage's `started_at` to `finished_at` in
-the record, both stamped by the queue: from just before its first Batch job is created to the
-update after its last one ended, so it counts the wait for a VM and up to a minute of polling as
-well; the estimate errs high. Google bills vCPUs, memory and GPUs per second with a minimum of
+`stages.{s}.machine` (core.record.STAGE_MACHINE_KEY; mirrored to Firestore with the stage). How
+long it ran is the stage's `started_at` to `finished_at` in the record, both stamped by the queue:
+from just before its first Batch job is created to the update after its last one ended, so it
+counts the wait for a VM and up to a minute of polling as well; the estimate errs high. Google bills vCPUs, memory and GPUs per second with a minimum of
 one minute (https://cloud.google.com/compute/vm-instance-pricing, "Billing model"), hence
 BILLING_MINIMUM_SECONDS. Boot disks and storage are not counted.
 
@@ -25,10 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.record import Record
+from core.record import STAGE_MACHINE_KEY, Record
 
-STAGE_MACHINE_KEY = "machine"
-"""The record's `stages.{s}.machine`: `Machine.as_json()` of what the stage's Batch job ran on."""
 PROVISIONING_MODELS = ("STANDARD", "SPOT")
 """Batch's provisioning models (AllocationPolicy.ProvisioningModel) that a table prices."""
 
@@ -221,6 +219,16 @@ def stage_cost(record: Record, stage: str, table: PriceTable = PRICES) -> float 
 def request_cost(record: Record, table: PriceTable = PRICES) -> float:
     """The estimated USD cost of the request so far: the sum of its stages' costs."""
     return sum(c for s in record.stages if (c := stage_cost(record, s, table)) is not None)
+
+
+def configured_summary(record: Record) -> dict[str, Any] | None:
+    """`summary` at the configured prices; None when PRICE_TABLE is malformed (a deployment error
+    that must not fail a status read or a webhook: Terraform's variable validation catches it first)."""
+    try:
+        table = configured()
+    except ValueError:
+        return None
+    return summary(record, table)
 
 
 def summary(record: Record, table: PriceTable = PRICES) -> dict[str, Any]:

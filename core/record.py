@@ -71,6 +71,7 @@ STAGE_HEARTBEAT_KEY = "heartbeat_at"
 STAGE_LIVE_PREVIEW_KEY = "live_preview_at"  # when the stage last rewrote workspace.LIVE_PREVIEW
 STAGE_LATEST_SPLAT_KEY = "latest_splat_at"  # when the stage last rewrote workspace.LATEST_SPLAT
 STAGE_LATEST_SPLAT_STEP_KEY = "latest_splat_step"  # the training step that snapshot holds
+STAGE_MACHINE_KEY = "machine"  # what the stage's Batch job ran on: core.pricing.Machine's JSON (queue-written)
 _STAGE_WRITTEN_KEYS = frozenset({"message", STAGE_HEARTBEAT_KEY, STAGE_LIVE_PREVIEW_KEY, STAGE_LATEST_SPLAT_KEY,
                                  STAGE_LATEST_SPLAT_STEP_KEY})
 """What a running stage writes into `stages.{s}` itself: not the record's (the mirror's) part."""
@@ -168,7 +169,7 @@ class Record:
     created_at: int
     updated_at: int
     stage: str | None  # the stage the last update named
-    stages: dict[str, dict[str, Any]]  # {stage: {state, started_at, finished_at, batch_job}}
+    stages: dict[str, dict[str, Any]]  # {stage: {state, started_at, finished_at, batch_job, machine}}
     progress: dict[str, float]
     outputs: dict[str, str]  # {name: gs:// URI}
     error: dict[str, Any] | None  # {code, message, stage}
@@ -250,7 +251,7 @@ class Record:
             "callback_token_sha256": self.callback_token_sha256, "execution": self.execution,
             "attempts": self.attempts, "source": self.source, "webhook_url": self.webhook_url}.items())
         for stage, st in self.stages.items():
-            for key in ("state", "batch_job"):
+            for key in ("state", "batch_job", STAGE_MACHINE_KEY):
                 if key in st:
                     yield ("stages", stage, key), st[key]
             for key in ("started_at", "finished_at"):

@@ -105,6 +105,11 @@ variable "price_table" {
   description = "Prices for the estimated cost of each request (PRICE_TABLE on every function): JSON {\"machines\": {TYPE: {\"STANDARD\": usd_per_hour, \"SPOT\": usd_per_hour}}, \"accelerators\": {GPU_TYPE: {...per GPU}}, \"region\", \"source\", \"as_of\"}, each entry replacing core/pricing.py's table (us-central1, read 2026-12-07). Set it for another region, other machine types, or your billing export's prices. Empty: that table."
   type        = string
   default     = ""
+
+  validation {
+    condition     = var.price_table == "" || can(keys(jsondecode(var.price_table)))
+    error_message = "price_table must be empty or a JSON object (see its description)."
+  }
 }
 
 variable "job_image_name" {

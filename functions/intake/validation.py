@@ -256,7 +256,7 @@ def status_patch(body: Mapping[str, Any]) -> dict[str, Any]:
         if "stage" not in out:
             raise InvalidRequestError("machine needs stage", "invalid_machine")
         try:
-            out[pricing.STAGE_MACHINE_KEY] = pricing.Machine.from_policy(patch["machine"]).as_json()
+            out[jobrecord.STAGE_MACHINE_KEY] = pricing.Machine.from_policy(patch["machine"]).as_json()
         except ValueError as exc:
             raise InvalidRequestError(str(exc), "invalid_machine") from exc
     if "execution" in patch:

@@ -70,7 +70,7 @@ def record_status(record: Record, link: Callable[[str], str] = str) -> dict[str,
         "outputs": {name: link(uri) for name, uri in record.outputs.items()},
         "error": record.error, "warnings": [dict(w) for w in record.warnings],
         "metrics": {stage: dict(m) for stage, m in record.metrics.items()},
-        "cost": pricing.summary(record, pricing.configured()),  # estimated, from the stages' machines and times
+        "cost": pricing.configured_summary(record),  # estimated, from the stages' machines and times
         "created_at": iso(record.created_at), "updated_at": iso(record.updated_at),
     }
 

@@ -37,7 +37,7 @@ def send(request: flask.Request, svc: Services, request_id: str) -> flask.Respon
     if not record.webhook_url:
         raise NotFoundError("the request has no webhook_url", "no_webhook")
     # The workflow does not know the price; the record's stages (machines and times) do.
-    body = {**body, "cost": pricing.summary(record, pricing.configured())}
+    body = {**body, "cost": pricing.configured_summary(record)}
     outcome = webhook.deliver(record.webhook_url, body, local=svc.settings.local_mode)
     if outcome.delivered:
         return json_response(outcome.to_json())

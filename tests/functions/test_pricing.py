@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from core import pricing
-from core.pricing import PRICES, STAGE_MACHINE_KEY, Machine
-from core.record import Record
+from core.pricing import PRICES, Machine
+from core.record import STAGE_MACHINE_KEY, Record, nested
 
 T0 = 1_700_000_000_000  # ms
 CPU_SPOT = Machine("n2-standard-8", "SPOT")
@@ -136,9 +136,20 @@ def test_the_machine_is_the_one_the_batch_jobs_instance_policy_asks_for() -> Non
 
 def test_the_configured_table_is_the_price_table_variable_over_prices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PRICE_TABLE", raising=False)
-    assert pricing.configured() is PRICES
+    assert pricing.configured() is PRICES and pricing.configured_summary(typical()) == pricing.summary(typical())
     monkeypatch.setenv("PRICE_TABLE", '{"machines": {"n2-standard-8": {"STANDARD": 0.5, "SPOT": 0.2}}}')
     assert pricing.configured().hourly(CPU_SPOT) == 0.2
+    # A malformed table costs the status and the webhook their `cost`, not their answer.
+    monkeypatch.setenv("PRICE_TABLE", '{"machines": []}')
+    assert pricing.configured_summary(typical()) is None
+
+
+def test_an_archived_record_keeps_its_machines_and_so_its_cost() -> None:
+    """Firestore answers for a record Redis no longer keeps (core.record.Record.from_firestore)."""
+    rec = typical()
+    archived = Record.from_firestore(rec.request_id, nested(rec.firestore_fields()), rec.version)
+    assert archived.stages["splat"][STAGE_MACHINE_KEY] == GPU_SPOT.as_json()
+    assert pricing.summary(archived) == pricing.summary(rec)
 
 
 # --- through the functions: the workflow's updates record the machine, the status and the webhook
