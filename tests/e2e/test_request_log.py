@@ -22,17 +22,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RAN = ("frames", "sfm")
 
 
+def _logged_by(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of one log file (a process's other output is skipped)."""
+    found = []
+    for raw in path.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            found.append(line)
+    return found
+
+
 def _logged(run_dir: Path, request_id: str) -> list[dict[str, Any]]:
     """Every JSON line of the stack's logs that names the request, oldest first."""
-    found = []
-    for path in sorted(run_dir.rglob("*.log")):
-        for raw in path.read_text(errors="replace").splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("request_id") == request_id:
-                found.append(line)
+    found = [line for path in sorted(run_dir.rglob("*.log")) for line in _logged_by(path)
+             if line.get("request_id") == request_id]
     return sorted(found, key=lambda line: line["time"])
 
 
@@ -65,6 +71,10 @@ def test_a_request_followed_by_its_id_through_every_log(stack: StackClient, vide
         assert finished[s]["duration_s"] > 0 and finished[s]["machine_type"] and finished[s]["cost_usd"] > 0, s
     (done,) = [line for line in lines if line.get("event") == "request.finished"]
     assert done["cost_usd"] == pytest.approx(sum(finished[s]["cost_usd"] for s in RAN), abs=1e-5)
+
+    # Dispatch's passes look at the queue and the mirror's backlog (no request of their own).
+    passes = [line.get("event") for line in _logged_by(stack.info.run_dir / "fn-dispatch.log")]
+    assert "queue.stats" in passes and "mirror.outbox" in passes
 
     # 2. The log route: the same lines, in order; line=N resumes.
     page = stack.http.get(f"{api}/requests/{rid}/log", headers={TOKEN_HEADER: token}, timeout=30).json()

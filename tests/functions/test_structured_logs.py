@@ -215,6 +215,23 @@ def test_a_cancel_finishes_the_request(fn_apps: FnApps, fn_env: dict, buckets: B
     assert finished["state"] == "CANCELLED" and "error_code" not in finished
 
 
+def test_a_lease_expired_too_often_finishes_the_request(fn_apps: FnApps, fn_env: dict, buckets: Buckets,
+                                                        services_now, lines: Lines,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from functions.dispatch import admission
+
+    monkeypatch.setenv("LEASE_SECONDS", "1")
+    monkeypatch.setenv("MAX_ATTEMPTS", "1")
+    rid = _trigger(fn_apps, buckets)["request_id"]
+    assert fn_apps.queue.get("/next").get_json()["request_id"] == rid  # a worker that vanishes
+    time.sleep(1.15)
+    admission.requeue_expired(services_now(), services_now().executor())  # no execution: not asked
+    (finished,) = lines.events(Event.REQUEST_FINISHED, request_id=rid)
+    assert finished["state"] == "FAILED" and finished["error_code"] == "lease_expired"
+
+
 def test_dispatch_logs_the_queue(fn_apps: FnApps, fn_env: dict, buckets: Buckets, services_now,
                                  lines: Lines) -> None:
     from functions.dispatch import admission
