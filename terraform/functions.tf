@@ -62,6 +62,11 @@ locals {
     FIRESTORE_MIRROR      = "true"
     SIGNED_URL_SECONDS    = tostring(var.signed_url_seconds)
     PRICE_TABLE           = var.price_table
+    # STANDARD_HA replicates asynchronously to its one replica: an accept waits for it (WAIT), or
+    # is written to Firestore when it does not answer in time (functions/intake/accept.py).
+    REDIS_REPLICAS_TO_ACK    = "1"
+    REDIS_ACK_TIMEOUT_MS     = tostring(var.redis_ack_timeout_ms)
+    RECORD_RETENTION_SECONDS = tostring(var.record_retention_days * 86400)
   }
 
   # What dispatch alone reads besides: the machines, identity and network of the Batch jobs whose

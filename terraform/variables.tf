@@ -160,6 +160,28 @@ variable "dedup_window_seconds" {
   default     = 3600
 }
 
+variable "redis_ack_timeout_ms" {
+  description = "REDIS_ACK_TIMEOUT_MS: how long an accept waits for the Memorystore replica to confirm it (Redis WAIT) before writing the request to Firestore instead."
+  type        = number
+  default     = 500
+
+  validation {
+    condition     = var.redis_ack_timeout_ms >= 10
+    error_message = "redis_ack_timeout_ms must be at least 10."
+  }
+}
+
+variable "record_retention_days" {
+  description = "RECORD_RETENTION_SECONDS, in days: how long a finished request's record stays in Redis once Firestore holds it; Firestore keeps answering for it afterwards. 0 keeps records in Redis for ever."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.record_retention_days >= 0
+    error_message = "record_retention_days must be 0 or more."
+  }
+}
+
 variable "lease_seconds" {
   description = "LEASE_SECONDS: how long a PROCESSING request may go without an update before dispatch re-queues it."
   type        = number

@@ -173,7 +173,8 @@ def evict_finished(svc: Services) -> list[str]:
     keep = svc.settings.record_retention_seconds
     if keep <= 0:
         return []
-    now_ms = int(svc.queue.r.time()[0]) * 1000  # Redis's clock, as the scripts' `finished` scores
+    sec, usec = svc.queue.r.time()  # Redis's clock, as the scripts' `finished` scores
+    now_ms = int(sec) * 1000 + int(usec) // 1000
     gone = svc.queue.evict_finished(now_ms - keep * 1000)
     if gone:
         log.info("retention: %d finished records left Redis (Firestore keeps them)", len(gone))
