@@ -35,6 +35,7 @@ from core.batch_task import (  # noqa: F401  (read here and by the tests as batc
     GPUS_ENV,
     NO_RETRY_EXIT_CODES,
 )
+from core.pricing import PROVISIONING_MODELS  # the models a price table prices, and Batch knows
 from core.record import PRIORITY_MAX, PRIORITY_MIN
 from functions.config import Settings
 
@@ -47,7 +48,6 @@ GPU_BOOT_IMAGE = "batch-debian"
 # priorities run from PRIORITY_MIN (first) to PRIORITY_MAX, spread evenly over it.
 BATCH_PRIORITY_TOP = 99
 _PRIORITY_STEP = BATCH_PRIORITY_TOP // max(1, PRIORITY_MAX - PRIORITY_MIN)
-PROVISIONING_MODELS = ("STANDARD", "SPOT")
 # What the task asks of the VM: all of its vCPUs and most of its memory (the OS, the Batch agent
 # and the container runtime keep the rest).
 MEMORY_FRACTION = 0.9

@@ -198,3 +198,18 @@ def test_a_malformed_machine_update_is_refused(fn_apps: Any, fn_env: dict, bucke
     assert_error(put_json(fn_apps.queue, f"/status/{rid}", {"machine": GPU_POLICY}), 422, "invalid_machine")
     assert_error(put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "machine": {"machineType": 8}}),
                  422, "invalid_machine")
+
+
+def test_the_table_prices_the_machines_dispatch_asks_for_by_default() -> None:
+    """What the workflow sends is the job body's InstancePolicy: at the defaults (BatchSettings,
+    terraform/variables.tf) a GPU stage on Spot is a g2-standard-8 with one L4, and the table has
+    both machines at both rates."""
+    from functions.dispatch import batch_job
+
+    bs = batch_job.BatchSettings(project="p", region="us-central1", job_image="img", data_bucket="d")
+    for stage, options, expected in (("splat", {"spot": True}, GPU_SPOT), ("depth", {}, GPU_STANDARD),
+                                     ("sfm", {"spot": True}, CPU_SPOT)):
+        body = batch_job.job_body(stage, "r1", "gs://d/jobs/r1", options, 5, bs)
+        machine = Machine.from_policy(body["allocationPolicy"]["instances"][0]["policy"])
+        assert machine == expected and PRICES.hourly(machine) is not None
+        assert PRICES.hourly(dataclasses.replace(machine, provisioning_model="STANDARD")) is not None
