@@ -105,7 +105,8 @@ def test_a_request_that_failed_while_training_shows_its_last_snapshot(api_url: s
                      {"session_id": "page-failed", "input": f"gs://{buckets.uploads}/page-failed/v.mp4"}).get_json()
     rid, token = made["request_id"], made["callback_token"]
     assert fn_apps.queue.get("/next").get_json()["request_id"] == rid
-    put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING"})
+    put_json(fn_apps.queue, f"/status/{rid}", {"stage": "splat", "stage_state": "RUNNING", "machine": {
+        "machineType": "g2-standard-8", "provisioningModel": "SPOT", "accelerators": [{"type": "nvidia-l4", "count": 1}]}})
     publish_snapshot(f"gs://{buckets.data}/jobs/{rid}", rid, 700, small_spz(800, seed=7))
     put_json(fn_apps.queue, f"/status/{rid}", {"state": "FAILED", "stage": "splat", "stage_state": "FAILED",
                                                "error": {"code": "stage_timeout", "message": "too slow"}})
@@ -121,3 +122,8 @@ def test_a_request_that_failed_while_training_shows_its_last_snapshot(api_url: s
         note = browser.evaluate("document.getElementById('viewer-note').textContent")
         assert "FAILED" in note and "step 700" in note, note
         assert _canvas(browser) > 0.01
+        # The failed stage's Spot L4 minute is priced among the figures (the status's `cost`).
+        minute = f"${st['cost']['stages']['splat']['usd']:.4f}"
+        row = "(k) => (document.querySelector(`#metrics tr[data-metric='${k}']`) || {}).textContent"
+        assert browser.evaluate(f"({row})('cost.splat')") == f"splat cost (est.){minute}"
+        assert browser.evaluate(f"({row})('cost.total')").endswith(minute)
