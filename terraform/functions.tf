@@ -126,11 +126,23 @@ resource "google_storage_bucket_object" "functions_source" {
 
 # What differs between the functions (the key is the entry point); the resource sets the rest
 # the same for all of them.
+#
+# Capacity, from bench/function_capacity.py (docs/benchmarks.md "Function capacity"): one `api`
+# instance pinned to one core, accepting with the replica's WAIT, ran 671 accepts/s at request
+# concurrency 1 (p99 1.9 ms), 1,167/s at 16 (p99 28.6 ms) and 1,091/s at 32 (p99 60.8 ms), at a
+# peak of 88-93 MiB. So `api` and `queue` take 16 requests at once on 1 vCPU (concurrency above 1
+# needs at least 1 vCPU: https://cloud.google.com/functions/docs/configuring/concurrency), in
+# 512M; a burst then waits on a busy instance rather than on a cold start, and `queue`'s cap of
+# 10 instances is 160 requests in flight before a 429 (its callers, the workflow's status calls,
+# retry a 429). `on_upload` (not measured: it reads object metadata) and `dispatch` (one pass at
+# a time is the point) keep one request per instance.
 locals {
   functions = {
     api = {
       description   = "splatpipe public API: trigger, preprocess, status."
       timeout       = 60
+      cpu           = "1"
+      concurrency   = 16
       max_instances = var.api_max_instances
       ingress       = "ALLOW_ALL"
       sa            = "api"
@@ -140,6 +152,8 @@ locals {
     queue = {
       description   = "splatpipe queue service: enqueue, next, status, queue statistics (IAM-only)."
       timeout       = 60
+      cpu           = "1"
+      concurrency   = 16
       max_instances = 10
       ingress       = var.internal_ingress
       sa            = "api"
@@ -149,6 +163,8 @@ locals {
     on_upload = {
       description   = "splatpipe upload handler: a finalized video or _UPLOAD_COMPLETE marker becomes a request."
       timeout       = 120
+      cpu           = "0.5"
+      concurrency   = 1
       max_instances = 10
       ingress       = "ALLOW_INTERNAL_ONLY" # Eventarc deliveries are internal
       sa            = "upload"
@@ -158,6 +174,8 @@ locals {
     dispatch = {
       description   = "splatpipe admission control: starts workflow executions, re-queues expired leases (IAM-only)."
       timeout       = 300
+      cpu           = "0.5"
+      concurrency   = 1
       max_instances = 3
       ingress       = var.internal_ingress
       sa            = "dispatch"
@@ -191,15 +209,17 @@ resource "google_cloudfunctions2_function" "function" {
   }
 
   service_config {
-    available_memory               = var.functions_memory
-    timeout_seconds                = each.value.timeout
-    max_instance_count             = each.value.max_instances
-    ingress_settings               = each.value.ingress
-    all_traffic_on_latest_revision = true
-    service_account_email          = google_service_account.sa[each.value.sa].email
-    vpc_connector                  = google_vpc_access_connector.functions.id
-    vpc_connector_egress_settings  = "ALL_TRAFFIC"
-    environment_variables          = each.value.batch_env ? merge(local.function_env, local.batch_env) : local.function_env
+    available_memory                 = var.functions_memory
+    available_cpu                    = each.value.cpu
+    max_instance_request_concurrency = each.value.concurrency
+    timeout_seconds                  = each.value.timeout
+    max_instance_count               = each.value.max_instances
+    ingress_settings                 = each.value.ingress
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.sa[each.value.sa].email
+    vpc_connector                    = google_vpc_access_connector.functions.id
+    vpc_connector_egress_settings    = "ALL_TRAFFIC"
+    environment_variables            = each.value.batch_env ? merge(local.function_env, local.batch_env) : local.function_env
 
     secret_environment_variables {
       key        = "REDIS_URL"

@@ -253,9 +253,9 @@ variable "internal_ingress" {
 }
 
 variable "api_max_instances" {
-  description = "Most instances of the public api function (a cost ceiling; the per-caller rate limit is in code)."
+  description = "Most instances of the public api function (a cost ceiling; the per-caller rate limit is in code). Each takes 16 requests at once; one measured about 1,100 accepts/s (bench/function_capacity.py), so 10 carry twenty times the 500/s goal."
   type        = number
-  default     = 20
+  default     = 10
 }
 
 variable "functions_memory" {

@@ -191,9 +191,10 @@ def traced_settings_reads() -> set[str]:
 
 def deployment_env_names() -> set[str]:
     """What a deployment must set on the functions: every read, less the local-stack-only
-    `*_EMULATOR_HOST` switches and what the runtime sets itself."""
+    `*_EMULATOR_HOST` switches and `LOCAL_*` settings, and what the runtime sets itself."""
     names = static_env_reads() | traced_settings_reads()
-    return {n for n in names if not n.endswith("_EMULATOR_HOST") and n not in RUNTIME_PROVIDED}
+    return {n for n in names if not n.endswith("_EMULATOR_HOST") and not n.startswith("LOCAL_")
+            and n not in RUNTIME_PROVIDED}
 
 
 def batch_env_names() -> set[str]:
