@@ -199,7 +199,18 @@ def require_gpus() -> None:
         raise StageError(NO_CUDA, f"this VM was given {wanted} GPU(s) but CUDA is unusable: {exc}") from exc
     if seen < wanted:
         raise StageError(NO_CUDA, f"this VM was given {wanted} GPU(s) but CUDA sees {seen}: the NVIDIA driver "
-                                  f"is not visible in the container (boot image / installGpuDrivers)")
+                                  f"is not visible in the container (boot image / installGpuDrivers), or it is "
+                                  f"too old for the image's CUDA {torch.version.cuda} ({_driver_cuda(torch)}; "
+                                  f"GPU_DRIVER_VERSION pins one)")
+
+
+def _driver_cuda(torch: Any) -> str:
+    """The CUDA version the installed driver supports, as text ("no driver" when none loads)."""
+    try:
+        v = int(torch._C._cuda_getDriverVersion())  # e.g. 12080; 0 without a driver
+    except Exception:
+        return "the driver's CUDA version unknown"
+    return f"the driver supports CUDA {v // 1000}.{v % 1000 // 10}" if v else "no driver"
 
 
 def _existing_success(workspace: str, stage: str) -> dict[str, Any] | None:

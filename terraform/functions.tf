@@ -77,6 +77,7 @@ locals {
     GPU_MACHINE_TYPE      = var.gpu_machine_type
     GPU_TYPE              = var.gpu_type
     GPU_COUNT             = tostring(var.gpu_count)
+    GPU_DRIVER_VERSION    = var.gpu_driver_version
     PROVISIONING_MODEL    = var.use_spot ? "SPOT" : "STANDARD"
     BATCH_SERVICE_ACCOUNT = google_service_account.sa["batch"].email
     BATCH_NETWORK         = google_compute_network.vpc.id

@@ -41,6 +41,17 @@ variable "gpu_type" {
   }
 }
 
+variable "gpu_driver_version" {
+  description = "GPU_DRIVER_VERSION: the NVIDIA driver Batch installs on the GPU VMs (accelerators[].driverVersion, e.g. \"570.172.08\"); empty: the one Batch's installer picks. The job image is CUDA 12.8, which needs a 12.x driver (570 or newer for 12.8's own features)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9]+(\\.[0-9]+){1,2})?$", var.gpu_driver_version))
+    error_message = "gpu_driver_version must be empty or a driver version such as 570.172.08."
+  }
+}
+
 variable "gpu_count" {
   description = "GPUs per GPU stage VM: the number the machine type carries (g2-standard-8: 1 nvidia-l4; g2-standard-24: 2; a2-highgpu types name theirs, e.g. a2-highgpu-2g: 2); on an n1 type 1, 2 or 4 (8 for nvidia-tesla-v100)."
   type        = number

@@ -13,7 +13,13 @@
   on the Batch Debian image Batch installs the driver and exposes it to container runnables
   (https://cloud.google.com/batch/docs/create-run-job-gpus,
   https://cloud.google.com/batch/docs/vm-os-environment-overview). The stage runner checks CUDA
-  before it starts (GPUS_ENV; batch_jobs.runner.require_gpus) and fails with `no_cuda`;
+  before it starts (GPUS_ENV; batch_jobs.runner.require_gpus) and fails with `no_cuda`, naming
+  the driver's CUDA version against the image's. Batch installs the driver its installer pins
+  (GoogleCloudPlatform/compute-gpu-installation) unless `accelerators[].driverVersion` names one
+  ("Batch will install the specific accelerator driver if qualified": the Batch v1
+  `AllocationPolicy.Accelerator` reference); `GPU_DRIVER_VERSION` sets it. The image is CUDA
+  12.8 (batch_jobs/Dockerfile), which needs a driver of the 12.x line (CUDA minor version
+  compatibility; 570 or newer for the 12.8 features);
 - `maxRunDuration` and `maxRetryCount` from the registry; exit code 3 (bad input) and 50005
   (past maxRunDuration) fail the task without a retry (a lifecycle policy);
 - Spot or standard VMs, the job's service account and network, labels, Cloud Logging.
@@ -134,6 +140,7 @@ class BatchSettings:
     service_account: str = ""
     network: str = ""
     subnetwork: str = ""
+    gpu_driver_version: str = ""  # "": the driver Batch's installer picks
 
     def __post_init__(self) -> None:
         if self.provisioning_model not in PROVISIONING_MODELS:
@@ -159,6 +166,7 @@ class BatchSettings:
             service_account=env.get("BATCH_SERVICE_ACCOUNT", "").strip(),
             network=env.get("BATCH_NETWORK", "").strip(),
             subnetwork=env.get("BATCH_SUBNETWORK", "").strip(),
+            gpu_driver_version=env.get("GPU_DRIVER_VERSION", "").strip(),
         )
 
     @property
@@ -201,6 +209,8 @@ def job_body(stage: str, request_id: str, workspace: str, options: Mapping[str, 
                               "bootDisk": {"sizeGb": BOOT_DISK_GB}}
     if st.gpu:
         policy["accelerators"] = [{"type": bs.gpu_type, "count": bs.gpu_count}]
+        if bs.gpu_driver_version:
+            policy["accelerators"][0]["driverVersion"] = bs.gpu_driver_version
         policy["bootDisk"]["image"] = GPU_BOOT_IMAGE
     allocation: dict[str, Any] = {"instances": [{"policy": policy, "installGpuDrivers": st.gpu}],
                                   "labels": labels}

@@ -168,3 +168,22 @@ def test_disabled_stages_get_no_job() -> None:
 def test_job_ids_fit_the_api() -> None:
     prefix = batch_job.job_id_prefix("splat", "A_Very_Long_Request_Id_" + "x" * 80)
     assert len(prefix + "-1780000000000") <= 63 and prefix == prefix.lower()
+
+
+def test_a_pinned_gpu_driver_reaches_the_gpu_stages_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    pinned = replace(BS, gpu_driver_version="570.172.08")
+    options = normalize_options({"preset": "preview"})
+    for name in stages.ORDER:
+        job = _proto(batch_job.job_body(name, "Req_1", "gs://data/jobs/Req_1", options, 5, pinned))
+        accelerators = list(job.allocation_policy.instances[0].policy.accelerators)
+        if stages.stage(name).gpu:
+            assert [a.driver_version for a in accelerators] == ["570.172.08"]
+        else:
+            assert accelerators == []
+    # Unpinned: no driverVersion, Batch's installer picks.
+    job = _proto(batch_job.job_body("splat", "Req_1", "gs://data/jobs/Req_1", options, 5, BS))
+    assert job.allocation_policy.instances[0].policy.accelerators[0].driver_version == ""
+    monkeypatch.setenv("GPU_DRIVER_VERSION", " 570.172.08 ")
+    assert BatchSettings.from_env(Settings(job_image="x")).gpu_driver_version == "570.172.08"
