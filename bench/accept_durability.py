@@ -32,6 +32,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import redis
 
 from bench.api_load import Result, _run
+from core import stages
 from emulator import services
 
 CLIENTS = (1, 8, 32)
@@ -63,7 +64,7 @@ def _finish(svc: Any, rid: str) -> None:
     """The updates a real run makes: each stage RUNNING then SUCCEEDED with its job and
     metrics, then COMPLETED with the outputs."""
     svc.queue.update(rid, {"state": "PROCESSING"}, 3600)
-    for stage in ("frames", "sfm", "depth", "splat", "mesh"):
+    for stage in stages.ORDER:
         svc.queue.update(rid, {"stage": stage, "stage_state": "RUNNING",
                                "batch_job": f"projects/p/locations/us-central1/jobs/sp-{stage}-{rid[:12]}"}, 3600)
         svc.queue.update(rid, {"stage": stage, "stage_state": "SUCCEEDED",
