@@ -30,6 +30,8 @@ class State(enum.StrEnum):
 
 
 TERMINAL_STATES: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.DELETED})
+LIVE_STATES: frozenset[State] = frozenset(State) - TERMINAL_STATES
+"""QUEUED and PROCESSING: a request not finished yet."""
 
 # A finished request may run again (`POST /requests/{id}/restart`, the same workspace) or be deleted
 # (`DELETE /requests/{id}`); neither goes through `PUT /status/{id}`.
@@ -47,6 +49,9 @@ LEGAL_TRANSITIONS: Mapping[State, frozenset[State]] = {
 
 # Besides these, `dispatch` alone puts a request whose lease expired back from PROCESSING to
 # QUEUED (never through the HTTP API; functions/queue_store/store.py).
+
+_NO_STAGE_ERROR_STATES = frozenset({State.COMPLETED, State.DELETED, State.QUEUED})
+"""States in which no stage is running, so the record's `error` (or none) is the Firestore copy's."""
 
 STAGES: tuple[str, ...] = ORDER
 """The pipeline's stages, in order (the stage registry, core.stages)."""
@@ -258,11 +263,11 @@ class Record:
                 yield ("stages", stage, key), _ts(st.get(key))
         for stage, frac in self.progress.items():
             yield ("progress", stage), float(frac)
-        for name, uri in self.outputs.items():
-            yield ("outputs", name), uri
-        if self.error or self.state == State.COMPLETED:
-            # A best-effort stage that failed wrote its error here; the completed request has none
-            # (that failure is one of its warnings).
+        # The whole map: a delete or a restart empties it, and the copy must not keep old ones.
+        yield ("outputs",), dict(self.outputs)
+        if self.error or self.state in _NO_STAGE_ERROR_STATES:
+            # A failing stage writes its error here itself; a request that is completed (that
+            # failure is one of its warnings), deleted or queued again has none.
             yield ("error",), dict(self.error) if self.error else None
         yield ("warnings",), [dict(w) for w in self.warnings]
         yield ("metrics",), {stage: dict(m) for stage, m in self.metrics.items()}

@@ -26,6 +26,7 @@ from typing import Any
 
 from core import log_events as ev
 from core import logs
+from core.record import LIVE_STATES
 from functions.context import Services
 from functions.dispatch import batch_job, request_file
 from functions.dispatch.executions import ACTIVE_STATES, Executor, ExecutorError
@@ -155,16 +156,24 @@ LIVE_SCAN_LIMIT = 1000  # live records read from Firestore per pass (the queue's
 
 
 def restore_lost(svc: Services) -> list[str]:
-    """Put back, QUEUED, every live record Firestore holds and Redis lost; the ids put back."""
-    assert svc.mirror is not None
+    """Put back every live record Firestore holds and Redis lost (restore.lua: QUEUED in the
+    queue, PROCESSING with an expired lease); the ids put back."""
+    mirror = svc.mirror
+    assert mirror is not None
+    restored: list[str] = []
     try:
-        live = {r.request_id: r for r in svc.mirror.live(LIVE_SCAN_LIMIT)}
+        live = [r.request_id for r in mirror.live(LIVE_SCAN_LIMIT)]
+        for rid in svc.queue.missing(live):
+            # Read again now that Redis is known not to hold it: another pass may have mirrored its
+            # end and evicted it since the query (eviction waits for the mirror), and a finished
+            # request must not come back to life.
+            record = mirror.archived(rid)
+            if record is not None and record.state in LIVE_STATES and svc.queue.restore(record):
+                restored.append(rid)
+                log.warning("request %s: Firestore holds it %s but Redis lost it; put back", rid, record.state)
+                _changed(svc, rid)
     except UnavailableError:
-        return []  # Firestore is down: a later pass looks again
-    restored = [rid for rid in svc.queue.missing(live) if svc.queue.restore(live[rid])]
-    for rid in restored:
-        log.warning("request %s: Firestore holds it %s but Redis lost it; put back QUEUED", rid, live[rid].state)
-        _changed(svc, rid)
+        pass  # Firestore is down: a later pass looks again
     return restored
 
 

@@ -16,7 +16,7 @@ so with `REDIS_REPLICAS_TO_ACK` set the enqueue waits for the replica (WAIT, on 
 connection: functions.queue_store.store). When no replica confirms in time (one is being rebuilt
 after a failover), the record is written to Firestore at once instead, and dispatch puts back any
 live record Firestore holds and Redis lost (functions.dispatch.admission). When neither confirms,
-the caller gets a 503 and its retry is answered with the same request (dedup).
+the new record is withdrawn and the caller gets a 503: its retry is a new accept.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from functions.intake import callback_token, dedup
 from functions.intake.dedup import DedupKey
 from functions.intake.validation import NewRequest
 from functions.queue_store.rate_limit import Decision, RateLimitedError
+from functions.queue_store.store import EnqueueResult
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ def accept(svc: Services, req: NewRequest, *, source: str,
     res = svc.queue.enqueue(req, token_sha256=token_sha, dedup=keys, source=source, counted=counted)
     if res.decision is not None and not res.decision.allowed:
         raise RateLimitedError(res.decision)
-    if not res.replicated:
-        _keep_in_firestore(svc, res.request_id)
+    if not res.replicated and not _kept_in_firestore(svc, res.request_id):
+        _refuse(svc, res, token_sha, req.session_id, [k.key for k, _ in keys])
     if not res.created:
         return Accepted(res.request_id, False, res.state, None, res.decision)
     logs.emit(Event.REQUEST_ACCEPTED, request_id=res.request_id, source=source)
@@ -76,13 +77,20 @@ def accept(svc: Services, req: NewRequest, *, source: str,
     return Accepted(res.request_id, True, res.state, token, res.decision)
 
 
-def _keep_in_firestore(svc: Services, request_id: str) -> None:
-    """The second copy of an accepted request when no replica confirmed it: Firestore's, now."""
+def _refuse(svc: Services, res: EnqueueResult, token_sha: str, session_id: str, dedup_keys: list[str]) -> None:
+    """Neither copy confirmed: a new request is withdrawn, so the caller's retry creates it again
+    and gets its callback token (a duplicate's earlier request is left as it is), then 503. Unless
+    dispatch took it meanwhile (a take waits for the replica too): then it is under way."""
+    if not res.created or svc.queue.withdraw(res.request_id, token_sha, session_id, dedup_keys):
+        raise UnavailableError("the request could not be stored durably; retry it", retry_after=1)
+
+
+def _kept_in_firestore(svc: Services, request_id: str) -> bool:
+    """The second copy of an accepted request when no replica confirmed it: Firestore's, now
+    (the record as Redis holds it: none, no copy)."""
+    if svc.mirror is None:
+        return False
     try:
-        if svc.mirror is not None and svc.mirror.sync(request_id):
-            return
-    except Exception as exc:
-        raise UnavailableError("the request could not be stored durably; retry it (the same request answers)",
-                               retry_after=1) from exc
-    raise UnavailableError("the request could not be stored durably; retry it (the same request answers)",
-                           retry_after=1)
+        return svc.mirror.sync(request_id, require=True)
+    except Exception:  # Firestore unreachable: no copy
+        return False

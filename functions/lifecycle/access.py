@@ -9,7 +9,7 @@ import secrets
 
 from core.record import Record
 from functions.context import Services
-from functions.errors import NotFoundError
+from functions.errors import NotFoundError, UnavailableError
 from functions.intake import callback_token
 
 MAX_LISTED = 200
@@ -54,10 +54,12 @@ def by_token(svc: Services, token: str) -> Record:
 def held(svc: Services, record: Record) -> Record:
     """`record` as Redis holds it now, put back from the archive first if retention evicted it:
     a restart or a delete changes the record in Redis. NotFoundError if it is gone altogether."""
+    svc.queue.unfinish(record.request_id)  # first: retention must not take it from under the change
     fresh = svc.queue.get(record.request_id)
     if fresh is None:
         svc.queue.restore(record)
-        fresh = svc.queue.get(record.request_id)
+        svc.queue.unfinish(record.request_id)  # first: retention must not take it from under the change
+    fresh = svc.queue.get(record.request_id)
     if fresh is None:
         raise NotFoundError("no such request")
     return fresh
@@ -69,7 +71,11 @@ def session_records(svc: Services, session_id: str) -> list[Record]:
     records = [r for r in (svc.queue.get(i) for i in reversed(ids)) if r is not None]
     if svc.mirror is not None and len(records) < MAX_LISTED:
         held_ids = {r.request_id for r in records}
-        records += [r for r in svc.mirror.archived_session(session_id, MAX_LISTED) if r.request_id not in held_ids]
+        try:
+            archived = svc.mirror.archived_session(session_id, MAX_LISTED)
+        except UnavailableError:  # Firestore down: what Redis holds (the recent ones) still answers
+            archived = []
+        records += [r for r in archived if r.request_id not in held_ids]
         records.sort(key=lambda r: r.created_at, reverse=True)
     return records[:MAX_LISTED]
 

@@ -32,7 +32,7 @@ from functions.status import events
 
 log = logging.getLogger("splatpipe.lifecycle")
 
-ACTIVE_STATES = frozenset({jobrecord.State.QUEUED.value, jobrecord.State.PROCESSING.value})
+ACTIVE_STATES = jobrecord.LIVE_STATES
 
 
 @contextlib.contextmanager

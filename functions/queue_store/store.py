@@ -15,6 +15,7 @@ Keys (prefix `sp:`):
   dedup:{key}   STRING dedup key -> id, expiring after its window (see functions.intake.dedup)
   finished      ZSET   finished ids whose final version is in Firestore, score = when they finished
                        (ms): retention evicts them from Redis after `RECORD_RETENTION_SECONDS`
+  acks          STRING a counter each replicated write bumps before its WAIT (`_run_replicated`)
 
 The scripts are functions/queue_store/lua/*.lua (each documents its KEYS and ARGV). They read the clock with
 Redis TIME, so every function instance shares one clock; each runs atomically, so concurrent
@@ -68,7 +69,7 @@ _DONE = frozenset({StageState.SUCCEEDED.value, StageState.SKIPPED.value})
 _SCRIPTS = {name: lua.script(name, *generated) for name, generated in {
     "enqueue": (lua.WINDOW,), "take": (), "update": (_UPDATE_TABLES,), "requeue": (), "renew_expired": (), "expired": (),
     "stats": (), "outbox_ack": (_TERMINAL,), "restart": (_RESTARTABLE,), "tombstone": (_RESTARTABLE,),
-    "restore": (), "evict": (_TERMINAL,)}.items()}
+    "restore": (_TERMINAL,), "evict": (_TERMINAL,), "withdraw": ()}.items()}
 
 
 class RecordNotFoundError(LookupError):
@@ -130,6 +131,7 @@ class RequestQueue:
         self.k_counts = prefix + "counts"
         self.k_outbox = prefix + "outbox"
         self.k_finished = prefix + "finished"
+        self.k_acks = prefix + "acks"
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], *args: Any) -> Any:
@@ -144,9 +146,13 @@ class RequestQueue:
         for attempt in range(2):
             pipe = self.r.pipeline(transaction=False)
             self._scripts[script](keys=keys, args=list(args), client=pipe)
+            # WAIT waits for this connection's last write, and a script that wrote nothing (a
+            # duplicate: the record another call wrote) leaves that behind the record's write.
+            # One write of our own after the script puts it past everything written before.
+            pipe.incr(self.k_acks)
             pipe.wait(need, self.replication.timeout_ms)
             try:
-                res, acked = pipe.execute()
+                res, _, acked = pipe.execute()
                 break
             except redis.exceptions.NoScriptError:
                 # A failover's new primary has no script cache; the pipeline checked it on a
@@ -356,14 +362,26 @@ class RequestQueue:
                               self.prefix + "req:", self.prefix + "token:", self.prefix + "session:"))
 
     def restore(self, record: Record) -> bool:
-        """Put back `record` (read from Firestore) unless Redis holds its id; a live one QUEUED
-        again. True when it was put back."""
-        state = record.state if record.state in {s.value for s in jobrecord.TERMINAL_STATES} else \
-            jobrecord.State.QUEUED.value
+        """Put back `record` (read from Firestore) unless Redis holds its id (restore.lua says
+        how each state comes back). True when it was put back."""
+        state = record.state
         flat = [x for kv in record.redis_fields().items() for x in kv]
         keys = [self.record_key(record.request_id), self.k_queue, self.k_seq, self.k_counts, self.k_outbox,
-                self.token_key(record.callback_token_sha256), self.session_key(record.session_id)]
+                self.token_key(record.callback_token_sha256), self.session_key(record.session_id), self.k_leases]
         return bool(self._run("restore", keys, record.request_id, state, record.version, *flat))
+
+    def unfinish(self, request_id: str) -> None:
+        """Take `request_id` off retention's list (a restart or a delete is about to change it;
+        the mirror's acknowledgement of its next finished version puts it back)."""
+        self.r.zrem(self.k_finished, request_id)
+
+    def withdraw(self, request_id: str, token_sha256: str, session_id: str, dedup_keys: Iterable[str]) -> bool:
+        """Undo an accept that could not be made durable: the record goes, with everything that
+        names it, if it is still as the enqueue left it (QUEUED, version 1). True when it went;
+        False when something has moved it on (dispatch took it: it is accepted after all)."""
+        keys = [self.record_key(request_id), self.k_queue, self.k_counts, self.k_outbox,
+                self.token_key(token_sha256), self.session_key(session_id), *map(self.dedup_key, dedup_keys)]
+        return bool(self._run("withdraw", keys, request_id))
 
     def missing(self, request_ids: Iterable[str]) -> list[str]:
         """Those of `request_ids` Redis holds no record of."""

@@ -119,8 +119,10 @@ class StatusMirror:
         """A record that is gone has nothing left to mirror: its outbox entry goes."""
         self.queue.r.hdel(self.queue.k_outbox, request_id)
 
-    def sync(self, request_id: str) -> bool:
+    def sync(self, request_id: str, *, require: bool = False) -> bool:
         """Copy the record's current version to Firestore; True when it is (or already was) there.
+        A record Redis does not hold has nothing to copy: True, unless `require` (False then: an
+        accept must not be confirmed by a copy of nothing).
 
         Raises the client's error when Firestore cannot be reached.
         """
@@ -129,7 +131,7 @@ class StatusMirror:
         record = self.queue.get(request_id)
         if record is None:
             self._forget(request_id)
-            return True
+            return not require
         version = record.version
         fields = self._fields(record)
         client = self._firestore()

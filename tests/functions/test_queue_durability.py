@@ -66,7 +66,7 @@ def test_a_live_record_redis_lost_is_put_back_from_firestore(fn_apps: FnApps, fn
                                                              firestore_host: str, monkeypatch, services_now) -> None:
     """Redis loses everything (a failover after Firestore alone confirmed the accepts, or a
     restore from an old snapshot): dispatch's pass puts back every live record Firestore holds,
-    QUEUED, with its token; a finished one stays in Firestore only."""
+    with its token (a PROCESSING one with an expired lease); a finished one stays in Firestore only."""
     monkeypatch.setenv("FIRESTORE_MIRROR", "1")
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
     monkeypatch.setenv("MAX_CONCURRENT_JOBS", "0")
@@ -82,6 +82,13 @@ def test_a_live_record_redis_lost_is_put_back_from_firestore(fn_apps: FnApps, fn
     svc.mirror.reconcile()
     svc.queue.r.flushall()
 
+    assert fn_apps.dispatch.post("/", data="{}", content_type="application/json").status_code == 200
+    queued, taken_back = svc.queue.get(out[0]["request_id"]), svc.queue.get(taken)
+    assert queued.state == "QUEUED" and queued.webhook_url == "https://example.com/h"
+    # The taken one comes back PROCESSING with an expired lease: the next pass asks Workflows about
+    # its execution (it has none here, so it is re-queued), never a second run beside a live one.
+    assert taken_back.state == "PROCESSING" and taken_back.lease_expires_at is not None
+    assert svc.queue.expired_leases() == [taken]
     assert fn_apps.dispatch.post("/", data="{}", content_type="application/json").status_code == 200
     for o in out:
         rec = svc.queue.get(o["request_id"])

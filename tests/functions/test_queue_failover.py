@@ -151,6 +151,7 @@ def test_a_failover_loses_no_acknowledged_request(fn_apps: FnApps, fn_env: dict,
     # Those Firestore acknowledged while the replica lagged died with the primary; dispatch's pass
     # (Cloud Scheduler's every minute) puts them back from Firestore.
     lost_at_first = _lost(run["acked"], failover.replica.port)
+    assert lost_at_first, "no accept was confirmed by Firestore alone: the put-back path went untested"
     assert fn_apps.dispatch.post("/", data="{}", content_type="application/json").status_code == 200
     assert _lost(run["acked"], failover.replica.port) == []
     # The promoted replica answers for every one of them, token included.
@@ -175,3 +176,21 @@ def test_without_waiting_for_the_replica_the_same_failover_loses_acknowledged_re
     assert lost, "the control run lost nothing: the failover above does not test what it claims"
     # The lost ones are those acknowledged while the replica lagged, and only those.
     assert set(lost) <= set(run["acked"][ACKNOWLEDGED_GOAL // 3 - WORKERS:run["at_kill"] + WORKERS])
+
+
+def test_an_accept_neither_copy_confirms_is_withdrawn_and_its_retry_is_a_new_request(
+        fn_apps: FnApps, fn_env: dict, buckets: Buckets, monkeypatch: pytest.MonkeyPatch, services_now) -> None:
+    """No replica answers WAIT and there is no Firestore to write instead: 503, and nothing of the
+    request is left (so the retry gets a request of its own, with its callback token)."""
+    monkeypatch.setenv("REDIS_REPLICAS_TO_ACK", "1")  # the test Redis has no replica
+    monkeypatch.setenv("REDIS_ACK_TIMEOUT_MS", "50")
+    body = {"session_id": "wd", "input": f"gs://{buckets.uploads}/wd/v.mp4", "idempotency_key": "k-1"}
+    resp = post_json(fn_apps.api, "/trigger-reconstruction", body)
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.get_json()["error"]["code"] == "unavailable"
+    q = services_now().queue
+    assert q.stats()["counts"]["QUEUED"] == 0 and q.outbox() == {} and q.session_requests("wd") == []
+    assert not q.r.keys("sp:dedup:*") and not q.r.keys("sp:token:*") and not q.r.keys("sp:req:*")
+    monkeypatch.setenv("REDIS_REPLICAS_TO_ACK", "0")
+    again = post_json(fn_apps.api, "/trigger-reconstruction", body)
+    assert again.status_code == 202 and again.get_json()["callback_token"]

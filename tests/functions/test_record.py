@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
-from core.record import Record
+from core.record import Record, nested
 from functions.status.view import internal_record_status, record_status
 
 T0 = 1_700_000_000_000  # ms; 2023-11-14T22:13:20Z
@@ -81,12 +82,27 @@ def test_firestore_fields() -> None:
     assert fields[("stages_requested",)] == ["frames", "sfm", "mesh"] and fields[("attempts",)] == 1
     assert fields[("stages", "frames", "batch_job")] == "jobs/f" and fields[("stages", "frames", "started_at")] == at
     assert fields[("stages", "mesh", "finished_at")] is None and ("stages", "sfm", "batch_job") not in fields
-    assert fields[("progress", "frames")] == 1.0 and fields[("outputs", "frames_zip")] == "gs://d/f.zip"
+    assert fields[("progress", "frames")] == 1.0 and fields[("outputs",)] == {"frames_zip": "gs://d/f.zip"}
     assert fields[("error",)] == ERROR and fields[("warnings",)] == [WARNING]
     # A COMPLETED request has no error (a best-effort stage's failure is one of its warnings).
     completed = dict(Record.from_redis(_hash(state="COMPLETED", error="")).firestore_fields())
     assert completed[("error",)] is None
-    assert ("error",) not in dict(Record.from_redis(_hash(state="QUEUED", error="")).firestore_fields())
+    # Nor a deleted one or one queued again; a running one leaves `error` to its failing stage.
+    for state in ("DELETED", "QUEUED"):
+        assert dict(Record.from_redis(_hash(state=state, error="", outputs="")).firestore_fields())[("error",)] is None
+    running = dict(Record.from_redis(_hash(state="PROCESSING", error="", outputs="")).firestore_fields())
+    assert ("error",) not in running and running[("outputs",)] == {}
+
+
+def test_a_record_round_trips_through_its_firestore_copy_and_its_redis_hash() -> None:
+    """What the mirror writes is what `from_firestore` reads back (the archive, the restore), and
+    `redis_fields` is the hash `from_redis` reads (restore.lua adds the queue's bookkeeping)."""
+    rec = Record.from_redis(_hash())
+    back = Record.from_firestore(rec.request_id, nested(rec.firestore_fields()), rec.version)
+    assert replace(back, seq=rec.seq) == rec
+    h = {"request_id": rec.request_id, "state": rec.state, "updated_at": str(rec.updated_at), "seq": str(rec.seq),
+         "version": str(rec.version), **rec.redis_fields()}
+    assert Record.from_redis(h) == rec
 
 
 def test_execution_argument() -> None:

@@ -77,14 +77,30 @@ def test_finished_records_leave_redis_and_still_answer(fn_apps: FnApps, buckets:
     assert svc.queue.outbox() == {}
 
 
-def test_nothing_leaves_redis_before_firestore_holds_it(fn_apps: FnApps, buckets: Buckets, retained: None,
-                                                        services_now, monkeypatch: pytest.MonkeyPatch) -> None:
-    rid, _ = _enqueue(fn_apps, buckets, "unmirrored")
-    # Firestore down from here: the final version is only in Redis, so it must stay there.
+def test_nothing_leaves_redis_before_firestore_holds_its_final_version(
+        fn_apps: FnApps, buckets: Buckets, retained: None, firestore_host: str, services_now,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    kept, _ = _enqueue(fn_apps, buckets, "unmirrored")
+    deleted, token = _enqueue(fn_apps, buckets, "deleted-later")
+    put_json(fn_apps.queue, f"/status/{deleted}", {"state": "CANCELLED"})
+    _dispatch(fn_apps)  # CANCELLED mirrored: on retention's list
+    # Firestore down from here: what changes now is only in Redis, so it must stay there.
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
     svc = services_now()
-    put_json(fn_apps.queue, f"/status/{rid}", {"state": "CANCELLED"})
+    put_json(fn_apps.queue, f"/status/{kept}", {"state": "CANCELLED"})  # never mirrored
+    assert fn_apps.api.delete(f"/requests/{deleted}", headers={TOKEN: token}).status_code == 200  # DELETED: not mirrored
     time.sleep(1.2)
     _dispatch(fn_apps)
-    assert svc.queue.get(rid).state == "CANCELLED"
-    assert rid in svc.queue.outbox()
+    assert svc.queue.get(kept).state == "CANCELLED" and svc.queue.get(deleted).state == "DELETED"
+    assert {kept, deleted} <= set(svc.queue.outbox())
+    # Firestore back: the final versions are mirrored, and only then do they leave.
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    # The mirror's breaker would let a probe through after BREAKER_SECONDS; the test does not wait.
+    monkeypatch.setattr(svc.mirror, "_down_until", 0.0)
+    _dispatch(fn_apps)
+    time.sleep(1.2)
+    _dispatch(fn_apps)
+    svc = services_now()
+    assert svc.queue.get(kept) is None and svc.queue.get(deleted) is None
+    gone = fn_apps.api.get(f"/status/{deleted}", headers={TOKEN: token}).get_json()
+    assert gone["state"] == "DELETED" and not gone.get("outputs")  # the archive kept no old outputs
