@@ -58,8 +58,7 @@ def held(svc: Services, record: Record) -> Record:
     fresh = svc.queue.get(record.request_id)
     if fresh is None:
         svc.queue.restore(record)
-        svc.queue.unfinish(record.request_id)  # first: retention must not take it from under the change
-    fresh = svc.queue.get(record.request_id)
+        fresh = svc.queue.get(record.request_id)
     if fresh is None:
         raise NotFoundError("no such request")
     return fresh

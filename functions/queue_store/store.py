@@ -364,11 +364,10 @@ class RequestQueue:
     def restore(self, record: Record) -> bool:
         """Put back `record` (read from Firestore) unless Redis holds its id (restore.lua says
         how each state comes back). True when it was put back."""
-        state = record.state
         flat = [x for kv in record.redis_fields().items() for x in kv]
         keys = [self.record_key(record.request_id), self.k_queue, self.k_seq, self.k_counts, self.k_outbox,
                 self.token_key(record.callback_token_sha256), self.session_key(record.session_id), self.k_leases]
-        return bool(self._run("restore", keys, record.request_id, state, record.version, *flat))
+        return bool(self._run("restore", keys, record.request_id, record.state, record.version, *flat))
 
     def unfinish(self, request_id: str) -> None:
         """Take `request_id` off retention's list (a restart or a delete is about to change it;

@@ -293,35 +293,21 @@ class StatusMirror:
         return self._archive_read(lambda col: self._record(col.document(request_id).get(
             retry=None, timeout=self.timeout)))
 
+    def _where(self, field: str, op: str, value: Any, limit: int) -> list[jobrecord.Record]:
+        """The records of a query on one field (at most `limit`, any order)."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        return self._archive_read(lambda col: [r for r in map(self._record, col.where(
+            filter=FieldFilter(field, op, value)).limit(limit).get(retry=None, timeout=self.timeout)) if r is not None])
+
     def archived_by_token(self, token_sha256: str) -> jobrecord.Record | None:
         """The record whose callback token has this digest, or None."""
-        def find(col: Any) -> jobrecord.Record | None:
-            snaps = col.where(filter=_field_is("callback_token_sha256", token_sha256)).limit(1).get(
-                retry=None, timeout=self.timeout)
-            return next((r for r in map(self._record, snaps) if r is not None), None)
-        return self._archive_read(find)
+        return next(iter(self._where("callback_token_sha256", "==", token_sha256, 1)), None)
 
     def archived_session(self, session_id: str, limit: int) -> list[jobrecord.Record]:
         """The session's records Firestore holds (at most `limit`; any order)."""
-        def find(col: Any) -> list[jobrecord.Record]:
-            snaps = col.where(filter=_field_is("session_id", session_id)).limit(limit).get(
-                retry=None, timeout=self.timeout)
-            return [r for r in map(self._record, snaps) if r is not None]
-        return self._archive_read(find)
+        return self._where("session_id", "==", session_id, limit)
 
     def live(self, limit: int) -> list[jobrecord.Record]:
         """Records Firestore holds as QUEUED or PROCESSING (at most `limit`)."""
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
-        def find(col: Any) -> list[jobrecord.Record]:
-            states = [jobrecord.State.QUEUED.value, jobrecord.State.PROCESSING.value]
-            snaps = col.where(filter=FieldFilter("state", "in", states)).limit(limit).get(
-                retry=None, timeout=self.timeout)
-            return [r for r in map(self._record, snaps) if r is not None]
-        return self._archive_read(find)
-
-
-def _field_is(name: str, value: str) -> Any:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    return FieldFilter(name, "==", value)
+        return self._where("state", "in", sorted(s.value for s in jobrecord.LIVE_STATES), limit)
