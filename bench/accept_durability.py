@@ -85,10 +85,7 @@ def main() -> int:
     primary = services.start_redis(run_dir, aof=False, name="primary")
     replica = services.start_redis(run_dir, aof=False, name="replica")
     try:
-        r = redis.Redis(port=replica.port)
-        r.replicaof("127.0.0.1", primary.port)
-        while r.info("replication").get("master_link_status") != "up":
-            time.sleep(0.05)
+        services.replicate(replica.port, primary.port)
         url = primary.env["REDIS_URL"]
         plain, waiting = _services(url, 0), _services(url, 1)
         print("| accept | clients | requests | requests/s | p50 ms | p99 ms | not created |\n|---|---|---|---|---|---|---|")

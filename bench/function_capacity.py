@@ -26,7 +26,6 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import redis
 
 from bench.api_load import Result, _http_caller, _run
 from emulator import services
@@ -59,10 +58,7 @@ def main() -> int:
     ff = Path(sys.executable).with_name("functions-framework")
     results: list[tuple[int, Result, int]] = []
     try:
-        r = redis.Redis(port=replica.port)
-        r.replicaof("127.0.0.1", primary.port)
-        while r.info("replication").get("master_link_status") != "up":
-            time.sleep(0.05)
+        services.replicate(replica.port, primary.port)
         env = {**os.environ, "REDIS_URL": primary.env["REDIS_URL"], "REDIS_REPLICAS_TO_ACK": "1",
                "RATE_LIMIT_PER_MINUTE": "100000000", "FIRESTORE_MIRROR": "0", "UPLOADS_BUCKET": "uploads",
                "DISPATCH_URL": "", "GUNICORN_LOG_LEVEL": "error"}

@@ -71,6 +71,22 @@ def start_redis(run_dir: Path, port: int | None = None, *, aof: bool = True, nam
     return Service(name, proc, port, {"REDIS_URL": f"redis://{HOST}:{port}/0"})
 
 
+def replicate(replica_port: int, primary_port: int, timeout: float = 20.0) -> None:
+    """Make the redis-server on `replica_port` an asynchronous replica of `primary_port` (as
+    Memorystore's standard tier replicates) and wait until it is in sync."""
+    import time
+
+    import redis
+
+    r = redis.Redis(host=HOST, port=replica_port)
+    r.replicaof(HOST, primary_port)
+    deadline = time.monotonic() + timeout
+    while r.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the replica on port {replica_port} never synced with port {primary_port}")
+        time.sleep(0.05)
+
+
 # The gcloud emulators are JVMs. On a small machine they share the CPU with everything under test
 # (on Google Cloud the managed services never do): one serial GC thread and the quick C1 compiler
 # only keep the JVM's own background work (parallel GC, C2 compiles) from taking cores from the

@@ -41,12 +41,7 @@ class Failover:
         self.link.up()
         self.front = TcpProxy(self.primary.port)
         self.front.up()
-        r = redis.Redis(port=self.replica.port)
-        r.replicaof("127.0.0.1", self.link.port)
-        deadline = time.monotonic() + 20
-        while r.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica never synced"
-            time.sleep(0.05)
+        services.replicate(self.replica.port, self.link.port)
 
     @property
     def url(self) -> str:
