@@ -29,6 +29,10 @@ is 8 px off centre, this halves the camera-centre error and cuts the rotation er
 camera tilt (measured on the synthetic orbit: refining it moved it 5 px and turned every
 camera by 0.6 degrees).
 
+Where the principal point is not refined and the self-calibration mapped every image sanely,
+GLOMAP is deferred: the incremental model is verified first, GLOMAP runs only if it fails
+(`remaining`, which also runs the incremental mapper after a global model that failed).
+
 A model is *sane* when it registers nearly every image, its reprojection error is small, and
 its focal lengths, principal points and distortion are plausible. An insane global model falls
 back to incremental mapping of every image (unless the self-calibration already was one); of the
@@ -298,11 +302,17 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
     `has_priors`: every image's camera has an EXIF focal prior in the database. Without, `auto`
     and `global` self-calibrate first (module docstring). `refine_principal_point`: the caller's
     judgement that the input observes it (a photo set of one camera); applied to the global
-    mapper when there are enough images. `max_spacing`: see self_calibrate."""
+    mapper when there are enough images. Where it is not refined and `auto`'s self-calibration
+    mapped every image sanely, that incremental model is the candidate and GLOMAP runs only if
+    it fails verification (`remaining`): on `fox` (a video) four GLOMAP runs on the same matches
+    were 0.17, 0.53, 0.84 and 83 % of the rig radius off (the last caught by verification), the
+    incremental model 0.33-0.34 % in all four (docs/benchmarks.md, "SfM robustness").
+    `max_spacing`: see self_calibrate."""
     import pycolmap
 
     pycolmap.set_random_seed(SEED)
     total = len(names)
+    refine_pp = refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES
     attempts: list[Attempt] = []
     if mapper in ("auto", "global"):
         focal_source = "prior"
@@ -313,9 +323,11 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
                                                      lambda f, m: progress(0.4 * f, m), max_spacing)
             attempts.append(cal)
             focal_source = "self_calibration"
+            if mapper == "auto" and not refine_pp and cal.images is None and cal.check is not None and cal.check.sane:
+                release_focal_priors(database, exif)
+                return choose(attempts), attempts
         g = run_global(database, image_dir, work / "global", total, has_priors,
-                       lambda f, m: progress(0.4 + 0.4 * f, m),
-                       refine_principal_point=refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES,
+                       lambda f, m: progress(0.4 + 0.4 * f, m), refine_principal_point=refine_pp,
                        focal_source=focal_source)
         attempts.append(g)
         release_focal_priors(database, exif)
@@ -329,3 +341,24 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
     attempts.append(run_incremental(database, image_dir, work / "incremental", total,
                                     lambda f, m: progress(0.8 + 0.2 * f if mapper != "incremental" else f, m)))
     return choose(attempts), attempts
+
+
+def remaining(database: Path, image_dir: Path, work: Path, names: list[str], attempts: list[Attempt],
+              progress: Progress) -> list[Attempt]:
+    """When no model of `attempts` verified: the mappers of every image that have not run on this
+    database, GLOMAP (on the self-calibration's focal lengths when there is one) then incremental
+    mapping (COLMAP's own mapper). Returns the new attempts."""
+    total = len(names)
+    out: list[Attempt] = []
+    whole = [a for a in attempts if a.images is None]
+    if not any(a.mapper == "global" for a in attempts):
+        cal = next((a for a in whole if a.mapper == "incremental" and a.model is not None), None)
+        if cal is not None:
+            exif = prior_cameras(database)
+            has_priors = set_focal_priors(database, cal.model)
+            out.append(run_global(database, image_dir, work / "global", total, has_priors, progress,
+                                  focal_source="self_calibration"))
+            release_focal_priors(database, exif)
+    if not any(a.mapper == "incremental" for a in whole):
+        out.append(run_incremental(database, image_dir, work / "incremental", total, progress))
+    return out
