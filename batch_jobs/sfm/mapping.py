@@ -29,9 +29,14 @@ is 8 px off centre, this halves the camera-centre error and cuts the rotation er
 camera tilt (measured on the synthetic orbit: refining it moved it 5 px and turned every
 camera by 0.6 degrees).
 
-Where the principal point is not refined and the self-calibration mapped every image sanely,
-GLOMAP is deferred: the incremental model is verified first, GLOMAP runs only if it fails
-(`remaining`, which also runs the incremental mapper after a global model that failed).
+When the self-calibration mapped every image sanely, its model (its principal point refined by
+one more bundle adjustment where the input observes it) is the candidate, and GLOMAP runs only
+if it fails verification (`remaining`, which also runs the incremental mapper after a global
+model that failed). Measured (docs/benchmarks.md, "SfM robustness"): on `fox` GLOMAP on the same
+matches was 0.17, 0.18, 0.53, 0.84 and twice 82-83 % of the rig radius off across thread counts
+(the last caught by verification); the incremental model with its principal point refined
+0.18-0.19 %; on the LiDAR sets 0.106 % (Herz-Jesus-P8, GLOMAP 0.12 %) and 0.062 % (fountain-P11,
+GLOMAP 0.06 %), in less time.
 
 A model is *sane* when it registers nearly every image, its reprojection error is small, and
 its focal lengths, principal points and distortion are plausible. An insane global model falls
@@ -41,6 +46,7 @@ models made, the largest sane one is kept, the global one first where they tie.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,12 +103,14 @@ class Attempt:
     focal_source: str | None = None  # global: "prior" | "self_calibration" | "calibrate_view_graph"
     images: int | None = None  # the images it was asked to map, when not all (self-calibration)
     refined_principal_point: bool = False
+    principal_point_evidence: float | None = None  # with_principal_point's test statistic, when run
     verification: sfm_verify.Verification | None = None  # once the model was verified
 
     def to_dict(self) -> dict[str, Any]:
         v = self.verification
         return {"mapper": self.mapper, "seconds": round(self.seconds, 3), "error": self.error,
                 "focal_source": self.focal_source, "images": self.images, "refined_principal_point": self.refined_principal_point,
+                "principal_point_evidence": self.principal_point_evidence,
                 **(self.check.to_dict() if self.check else {}),
                 "verification": None if v is None else {"passed": v.passed, "problems": v.problems,
                                                         "figures": v.figures}}
@@ -230,6 +238,43 @@ def self_calibrate(database: Path, image_dir: Path, out: Path, names: list[str],
     return a, set_focal_priors(database, a.model)
 
 
+def with_principal_point(a: Attempt, total: int) -> Attempt:
+    """`a`'s model after one more bundle adjustment that also refines the principal point (COLMAP's
+    incremental mapper keeps it at the image centre), when the photos show where it is; else `a`.
+
+    Whether they show it is the Bayesian information criterion for the two added parameters: the
+    likelihood ratio, 2 N (e0^2 - e1^2) / e1^2 over N observations of mean error e0 before and
+    e1 after (Gaussian pixel noise), must exceed 2 ln N. Where every camera looks at one point from
+    one distance (an orbit), the principal point trades off against a common tilt: measured on the
+    synthetic 12-photo orbit (true principal point at the centre), refining moved it 6.4 px and
+    tilted every camera 0.7 deg for a ratio of 13.6-13.8 (2 ln N = 16.8); on the real captures the ratio
+    was 186 (Herz-Jesus-P8), 600 (fountain-P11) and 1144 (fox), where refining took fox's camera
+    centres from 0.33 to 0.18 % of the rig radius off."""
+    import pycolmap
+
+    if a.model is None:
+        return a
+    t0 = time.perf_counter()
+    rec = pycolmap.Reconstruction(a.model)
+    n, e0 = rec.compute_num_observations(), rec.compute_mean_reprojection_error()
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_principal_point = True
+    opts.print_summary = False
+    opts.ceres.use_gpu = sfm_features.use_gpu()
+    try:
+        pycolmap.bundle_adjustment(rec, opts)
+    except Exception:  # the unrefined model stands
+        return a
+    e1 = rec.compute_mean_reprojection_error()
+    evidence = 2.0 * n * (e0 ** 2 - e1 ** 2) / max(e1 ** 2, 1e-12)
+    a.principal_point_evidence = round(float(evidence), 1)
+    check = check_model(rec, total)
+    if evidence <= 2.0 * math.log(max(n, 2)) or not check.sane:
+        return a
+    return Attempt(a.mapper, a.seconds + time.perf_counter() - t0, rec, check, None, a.focal_source,
+                   images=a.images, refined_principal_point=True, principal_point_evidence=a.principal_point_evidence)
+
+
 def set_focal_priors(database: Path, model: Any) -> bool:
     """Write the focal lengths of `model`'s cameras to the database's cameras of the same ids that
     have no prior yet (EXIF priors stay), marked as priors; True when every camera of the
@@ -302,11 +347,9 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
     `has_priors`: every image's camera has an EXIF focal prior in the database. Without, `auto`
     and `global` self-calibrate first (module docstring). `refine_principal_point`: the caller's
     judgement that the input observes it (a photo set of one camera); applied to the global
-    mapper when there are enough images. Where it is not refined and `auto`'s self-calibration
-    mapped every image sanely, that incremental model is the candidate and GLOMAP runs only if
-    it fails verification (`remaining`): on `fox` (a video) four GLOMAP runs on the same matches
-    were 0.17, 0.53, 0.84 and 83 % of the rig radius off (the last caught by verification), the
-    incremental model 0.33-0.34 % in all four (docs/benchmarks.md, "SfM robustness").
+    mapper, or to the self-calibration's model (`with_principal_point`), when there are enough
+    images. When `auto`'s self-calibration mapped every image sanely, that model is the candidate
+    and GLOMAP runs only if it fails verification (module docstring, `remaining`).
     `max_spacing`: see self_calibrate."""
     import pycolmap
 
@@ -323,7 +366,9 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
                                                      lambda f, m: progress(0.4 * f, m), max_spacing)
             attempts.append(cal)
             focal_source = "self_calibration"
-            if mapper == "auto" and not refine_pp and cal.images is None and cal.check is not None and cal.check.sane:
+            if mapper == "auto" and cal.images is None and cal.check is not None and cal.check.sane:
+                if refine_pp:
+                    attempts[-1] = with_principal_point(cal, total)
                 release_focal_priors(database, exif)
                 return choose(attempts), attempts
         g = run_global(database, image_dir, work / "global", total, has_priors,

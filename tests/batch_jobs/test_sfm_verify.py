@@ -131,9 +131,11 @@ def test_ground_truth_sets_are_accurate(dataset_run: dict) -> None:
         assert 100 * errors.center_rmse / pa.rig_radius(truth) < 0.5, errors.summary()
         assert errors.rotation_mean_deg < 0.6, errors.summary()
         return
-    # Plain pycolmap incremental on the full-size photos: 0.0093 m (fountain), 0.0154 m (Herz-Jesus),
-    # measured by bench/sfm_accuracy.py; both presets must do at least as well.
-    assert errors.center_rmse < 0.016 and errors.rotation_mean_deg < 0.2, errors.summary()
+    # Plain pycolmap incremental on the full-size photos: 0.0093-0.011 m and 0.39 deg (fountain),
+    # 0.0134-0.0154 m and 0.44 deg (Herz-Jesus), measured by bench/sfm_accuracy.py; both presets must
+    # do at least as well. Ours: 0.0028 m / 0.22-0.24 deg and 0.006 m / 0.19-0.21 deg (GLOMAP's
+    # rotations were 0.14 deg, its centres no better: sfm_mapping.reconstruct says why it is not first).
+    assert errors.center_rmse < 0.016 and errors.rotation_mean_deg < 0.3, errors.summary()
 
 
 # -- a broken model -----------------------------------------------------------------------------
@@ -197,6 +199,26 @@ def _breaking(run: Any, names: Sequence[str] = BROKEN_NAMES) -> Any:
     return broken
 
 
+def _breaking_refinement(refine: Any, names: Sequence[str] = BROKEN_NAMES) -> Any:
+    """`sfm_mapping.with_principal_point` whose model has those of `names` turned away after its
+    bundle adjustment (which would otherwise pull a broken self-calibration back)."""
+    def broken(a: Any, total: int) -> Any:
+        out = refine(a, total)
+        if out.model is not None and out is not a:
+            break_model(out.model, [n for n in names if n in {im.name for im in out.model.images.values()
+                                                              if im.has_pose}])
+            out.check = sfm_mapping.check_model(out.model, total)
+        return out
+    return broken
+
+
+def _break_every_mapper(monkeypatch: pytest.MonkeyPatch, names: Sequence[str] = BROKEN_NAMES) -> None:
+    monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global, names))
+    monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental, names))
+    monkeypatch.setattr(sfm_mapping, "with_principal_point", _breaking_refinement(sfm_mapping.with_principal_point,
+                                                                                  names))
+
+
 @pytest.fixture
 def herz_frames(tmp_path: Path) -> Path:
     ws = _request(tmp_path / "ws", SHARED_DATASETS / "Herz-Jesus-P8" / "images", {"preset": "preview"})
@@ -204,18 +226,21 @@ def herz_frames(tmp_path: Path) -> Path:
     return ws
 
 
-def test_broken_global_mapper_is_caught_and_incremental_recovers(herz_frames: Path,
+def test_broken_self_calibration_is_caught_and_glomap_recovers(herz_frames: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global))
+    """The self-calibration's model of all 8 photos (no EXIF) is the first candidate; broken, it
+    fails verification, and GLOMAP on the same matches, run only then, is published."""
+    monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental))
+    monkeypatch.setattr(sfm_mapping, "with_principal_point", _breaking_refinement(sfm_mapping.with_principal_point))
     res = _stage(herz_frames, "sfm")
     assert res.exit_code == EXIT_OK, res.error
     report = json.loads((herz_frames / "sfm" / "report.json").read_text())
-    glob = next(a for a in report["solves"][0]["attempts"] if a["mapper"] == "global")
-    assert glob["problems"] == [] and glob["focal_source"] == "self_calibration"  # it looked sane
-    assert not glob["verification"]["passed"]
-    assert any(", ".join(BROKEN_NAMES) in p for p in glob["verification"]["problems"])
-    # The self-calibration's incremental model of all 8 photos is the next candidate: no retry needed.
-    assert report["solve"] == "preset" and report["mapper"] == "incremental"
+    cal, glob = report["solves"][0]["attempts"]
+    assert cal["mapper"] == "incremental" and cal["problems"] == [] and cal["refined_principal_point"]
+    assert not cal["verification"]["passed"]  # it looked sane
+    assert any(", ".join(BROKEN_NAMES) in p for p in cal["verification"]["problems"])
+    assert glob["mapper"] == "global" and glob["focal_source"] == "self_calibration"
+    assert report["solve"] == "preset" and report["mapper"] == "global"  # no retry needed
     assert report["verification"]["passed"] and report["registered"] == 8
     errors = pa.pose_errors(pa.poses_from_model_dir(herz_frames / "sfm" / "sparse" / "0"),
                             pa.load_truth(SHARED_DATASETS / "Herz-Jesus-P8" / "cameras.json"))
@@ -223,15 +248,14 @@ def test_broken_global_mapper_is_caught_and_incremental_recovers(herz_frames: Pa
     # the broken cameras were off by 8 deg.
     assert errors.center_rmse < 0.03 and errors.rotation_max_deg < 1.5, errors.summary()
     metrics = json.loads((herz_frames / "sfm" / "_SUCCESS.json").read_text())["metrics"]
-    assert metrics["mapper"] == "incremental" and metrics["verify_passed"] is True
+    assert metrics["mapper"] == "global" and metrics["verify_passed"] is True
 
 
 def test_every_mapper_broken_leaves_out_the_contradicted_photos(herz_frames: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """No model of every photo verifies: the photos the evidence does not contradict are mapped
     on their own, verified, and published, with a warning naming the two left out."""
-    monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global))
-    monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental))
+    _break_every_mapper(monkeypatch)
     res = _stage(herz_frames, "sfm")
     assert res.exit_code == EXIT_OK, res.error
     report = json.loads((herz_frames / "sfm" / "report.json").read_text())
@@ -254,8 +278,7 @@ def test_nothing_usable_left_fails_sfm_unreliable(herz_frames: Path, monkeypatch
     """Five of eight cameras broken by every mapper: the three left are fewer than the stage
     needs, so it fails, publishing nothing, and says what to capture differently."""
     broken = ("0001.jpg", "0002.jpg", "0004.jpg", "0005.jpg", "0006.jpg")
-    monkeypatch.setattr(sfm_mapping, "run_global", _breaking(sfm_mapping.run_global, broken))
-    monkeypatch.setattr(sfm_mapping, "run_incremental", _breaking(sfm_mapping.run_incremental, broken))
+    _break_every_mapper(monkeypatch, broken)
     res = _stage(herz_frames, "sfm")
     assert res.exit_code == EXIT_BAD_INPUT
     err = json.loads((herz_frames / "sfm" / "_ERROR.json").read_text())
