@@ -87,6 +87,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from batch_jobs.gaussians.evaluate import evaluate
     from batch_jobs.gaussians.params import init_params, to_arrays
     from batch_jobs.gaussians.render import render
+    from batch_jobs.gaussians.strategy import gaussian_budget
     from batch_jobs.gaussians.trainer import Checkpointing, TrainConfig, Trainer
 
     started = time.perf_counter()
@@ -123,8 +124,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mcmc = strategy == "mcmc"
     params = init_params(model.points, model.colors, sh_degree, seed=seed, device=device,
                          init_opacity=0.5 if mcmc else 0.1, init_scale=0.1 if mcmc else 1.0)
+    cap = gaussian_budget(int(p["cap_max"]), float(p["cap_per_pixel"]),
+                          sum(v.width * v.height for v in train_views))
     cfg = TrainConfig(steps=steps, sh_degree=sh_degree, strategy=strategy, depth_loss=depth_loss,
-                      cap_max=int(p["cap_max"]), seed=seed)
+                      cap_max=cap, seed=seed)
     trainer = Trainer(params, train_views, cfg, scene_scale)
     store = CheckpointStore(ctx.checkpoint_uri(), ctx.key_digest)
     saves: list[Saved] = []
@@ -204,6 +207,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "heldout_ssim": held["ssim"],
         "train_psnr": seen["psnr"],
         "gaussians": stats.n_gaussians,
+        "gaussian_cap": cap,
         "steps": stats.steps,
         "steps_per_s": round(stats.steps_per_s, 3),
         "train_seconds": round(stats.seconds, 2),

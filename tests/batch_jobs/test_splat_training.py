@@ -16,7 +16,7 @@ from batch_jobs.gaussians import losses, ply, spz
 from batch_jobs.gaussians.camera import load_views
 from batch_jobs.gaussians.evaluate import evaluate
 from batch_jobs.gaussians.params import init_params
-from batch_jobs.gaussians.strategy import binomials, relocation_torch
+from batch_jobs.gaussians.strategy import binomials, gaussian_budget, relocation_torch
 from batch_jobs.gaussians.trainer import TrainConfig, train
 from batch_jobs.sparse_model import held_out, read_sparse_model
 from core.batch_task import EXIT_BAD_INPUT
@@ -32,6 +32,14 @@ def test_ssim_and_psnr() -> None:
     b = (a + 0.1 * torch.randn(40, 50, 3, generator=g)).clamp(0, 1)
     assert 0.3 < float(losses.ssim(a, b)) < 0.95
     assert losses.psnr(torch.full((4, 4, 3), 0.5), torch.full((4, 4, 3), 0.6)) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_gaussian_budget_scales_with_the_training_pixels() -> None:
+    assert gaussian_budget(40_000, 0.02, 9 * 320 * 237) == 13_651  # kermit's 9 training views at preview
+    assert gaussian_budget(40_000, 0.02, 35 * 320 * 180) == 40_000  # fox's 35: the preset's cap binds
+    assert gaussian_budget(40_000, 0.0, 100) == 40_000  # no per-pixel limit (the GPU presets)
+    assert gaussian_budget(0, 0.02, 1000) == 20  # no cap: the per-pixel limit alone
+    assert gaussian_budget(40_000, 0.02, 10) == 1
 
 
 def test_relocation_matches_the_mcmc_formula() -> None:
@@ -132,6 +140,9 @@ def test_splat_stage_outputs_quick(small_gt_workspace: GTWorkspace, tmp_path: Pa
     assert m["n_test_views"] == 2 and m["n_train_views"] == SMALL.n_frames - 2  # views 0 and 8 held out
     assert set(report["held_out"]["views"]) == {small_gt_workspace.names[0], small_gt_workspace.names[8]}
     assert m["heldout_psnr"] is not None and m["steps"] == 40
+    params = res.success["params"]  # the cap follows the training pixels, within the preset's cap
+    pixels = m["n_train_views"] * report["resolution"][0] * report["resolution"][1]
+    assert m["gaussian_cap"] == gaussian_budget(params["cap_max"], params["cap_per_pixel"], pixels)
     cloud = ply.read_ply(out / "point_cloud.ply")
     assert len(cloud["means"]) == m["gaussians"] and cloud["shN"].shape[1] == 8
     packed = spz.read_spz(out / "scene.spz")
