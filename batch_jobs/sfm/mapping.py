@@ -35,7 +35,7 @@ if it fails verification (`remaining`, which also runs the incremental mapper af
 model that failed). Measured (docs/benchmarks.md, "SfM robustness"): on `fox` GLOMAP on the same
 matches was 0.17, 0.18, 0.53, 0.84 and twice 82-83 % of the rig radius off across thread counts
 (the last caught by verification); the incremental model with its principal point refined
-0.18-0.19 %; on the LiDAR sets 0.106 % (Herz-Jesus-P8, GLOMAP 0.12 %) and 0.062 % (fountain-P11,
+0.18-0.20 % on 1, 2, 4 and 8 threads; on the LiDAR sets 0.106 % (Herz-Jesus-P8, GLOMAP 0.12 %) and 0.062 % (fountain-P11,
 GLOMAP 0.06 %), in less time.
 
 A model is *sane* when it registers nearly every image, its reprojection error is small, and
