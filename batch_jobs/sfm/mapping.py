@@ -1,4 +1,4 @@
-"""Mapping: GLOMAP global SfM on known focal lengths, incremental SfM where the global model fails.
+"""Mapping: incremental SfM (COLMAP's) and GLOMAP global SfM, the one checking the other.
 
 Global mapping needs calibrated two-view geometries, so it needs the focal lengths first:
 - from focal priors (EXIF) set before matching;
@@ -35,13 +35,16 @@ if it fails verification (`remaining`, which also runs the incremental mapper af
 model that failed). Measured (docs/benchmarks.md, "SfM robustness"): on `fox` GLOMAP on the same
 matches was 0.17, 0.18, 0.53, 0.84 and twice 82-83 % of the rig radius off across thread counts
 (the last caught by verification); the incremental model with its principal point refined
-0.18-0.20 % on 1, 2, 4 and 8 threads; on the LiDAR sets 0.106 % (Herz-Jesus-P8, GLOMAP 0.12 %) and 0.062 % (fountain-P11,
-GLOMAP 0.06 %), in less time.
+0.18-0.20 % on 1, 2, 4 and 8 threads; on the LiDAR sets 0.106 % (Herz-Jesus-P8, GLOMAP
+0.12 %) and 0.062 % (fountain-P11, GLOMAP 0.06 %), in less time.
 
 A model is *sane* when it registers nearly every image, its reprojection error is small, and
 its focal lengths, principal points and distortion are plausible. An insane global model falls
 back to incremental mapping of every image (unless the self-calibration already was one); of the
-models made, the largest sane one is kept, the global one first where they tie.
+models made, the largest sane one is kept, the global one first where they tie (with EXIF
+priors, or `mapper: global`; in `auto` without them a sane self-calibration of every image
+stops before GLOMAP). `mapper: incremental` runs COLMAP's mapper only, `mapper: global` GLOMAP
+first, then incremental mapping if its model fails verification.
 """
 
 from __future__ import annotations
@@ -242,37 +245,45 @@ def with_principal_point(a: Attempt, total: int) -> Attempt:
     """`a`'s model after one more bundle adjustment that also refines the principal point (COLMAP's
     incremental mapper keeps it at the image centre), when the photos show where it is; else `a`.
 
-    Whether they show it is the Bayesian information criterion for the two added parameters: the
-    likelihood ratio, 2 N (e0^2 - e1^2) / e1^2 over N observations of mean error e0 before and
-    e1 after (Gaussian pixel noise), must exceed 2 ln N. Where every camera looks at one point from
-    one distance (an orbit), the principal point trades off against a common tilt: measured on the
-    synthetic 12-photo orbit (true principal point at the centre), refining moved it 6.4 px and
-    tilted every camera 0.7 deg for a ratio of 13.6-13.8 (2 ln N = 16.8); on the real captures the ratio
-    was 186 (Herz-Jesus-P8), 600 (fountain-P11) and 1144 (fox), where refining took fox's camera
+    Whether they show it is the Bayesian information criterion for the two added parameters:
+    the same bundle adjustment without them is the control, and the likelihood ratio
+    2 N (e0^2 - e1^2) / e1^2 over N observations of mean error e0 (control) and e1 (refined),
+    Gaussian pixel noise assumed, must exceed 2 ln(2N) (2N residuals). Where every camera looks at
+    one point from one distance (an orbit), the principal point trades off against a common tilt:
+    measured on the synthetic 12-photo orbit (true principal point at the centre), refining moved
+    it 6.4 px and tilted every camera 0.7 deg for a ratio far under the bar; on the real captures
+    it was far over it (docs/benchmarks.md, "SfM robustness"), and refining took fox's camera
     centres from 0.33 to 0.18 % of the rig radius off."""
     import pycolmap
 
     if a.model is None:
         return a
     t0 = time.perf_counter()
-    rec = pycolmap.Reconstruction(a.model)
-    n, e0 = rec.compute_num_observations(), rec.compute_mean_reprojection_error()
-    opts = pycolmap.BundleAdjustmentOptions()
-    opts.refine_principal_point = True
-    opts.print_summary = False
-    opts.ceres.use_gpu = sfm_features.use_gpu()
-    try:
-        pycolmap.bundle_adjustment(rec, opts)
-    except Exception:  # the unrefined model stands
-        return a
-    e1 = rec.compute_mean_reprojection_error()
+    errors = []
+    models = []
+    for refine in (False, True):
+        rec = pycolmap.Reconstruction(a.model)
+        opts = pycolmap.BundleAdjustmentOptions()
+        opts.refine_principal_point = refine
+        opts.print_summary = False
+        opts.ceres.use_gpu = sfm_features.use_gpu()
+        try:
+            pycolmap.bundle_adjustment(rec, opts)
+        except Exception:  # the unrefined model stands
+            a.seconds += time.perf_counter() - t0
+            return a
+        errors.append(rec.compute_mean_reprojection_error())
+        models.append(rec)
+    n = a.model.compute_num_observations()
+    e0, e1 = errors
     evidence = 2.0 * n * (e0 ** 2 - e1 ** 2) / max(e1 ** 2, 1e-12)
     a.principal_point_evidence = round(float(evidence), 1)
-    check = check_model(rec, total)
-    if evidence <= 2.0 * math.log(max(n, 2)) or not check.sane:
+    a.seconds += time.perf_counter() - t0
+    check = check_model(models[1], total)
+    if evidence <= 2.0 * math.log(max(2 * n, 2)) or not check.sane:
         return a
-    return Attempt(a.mapper, a.seconds + time.perf_counter() - t0, rec, check, None, a.focal_source,
-                   images=a.images, refined_principal_point=True, principal_point_evidence=a.principal_point_evidence)
+    return Attempt(a.mapper, a.seconds, models[1], check, None, a.focal_source, images=a.images,
+                   refined_principal_point=True, principal_point_evidence=a.principal_point_evidence)
 
 
 def set_focal_priors(database: Path, model: Any) -> bool:
@@ -332,7 +343,8 @@ def choose(attempts: list[Attempt]) -> Attempt | None:
 
 def preference(a: Attempt) -> tuple[bool, bool, int, bool, float]:
     """Sort key, best first: sane, of every image (not a self-calibration subset), most
-    registered, global (it refines the principal point; measured more accurate), lowest error."""
+    registered, global (with EXIF priors it refines the principal point; measured more accurate
+    than incremental mapping without), lowest error."""
     assert a.check is not None
     return (not a.check.sane, a.images is not None, -a.check.registered, a.mapper != "global",
             a.check.reprojection_error)
@@ -389,21 +401,38 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
 
 
 def remaining(database: Path, image_dir: Path, work: Path, names: list[str], attempts: list[Attempt],
-              progress: Progress) -> list[Attempt]:
+              mapper: str, progress: Progress, refine_principal_point: bool = False) -> list[Attempt]:
     """When no model of `attempts` verified: the mappers of every image that have not run on this
-    database, GLOMAP (on the self-calibration's focal lengths when there is one) then incremental
-    mapping (COLMAP's own mapper). Returns the new attempts."""
+    database and `mapper` allows, GLOMAP (on the self-calibration's focal lengths when it was
+    sane, with the principal point refined as `reconstruct` would) then incremental mapping
+    (COLMAP's own mapper). Returns the new attempts."""
     total = len(names)
     out: list[Attempt] = []
     whole = [a for a in attempts if a.images is None]
-    if not any(a.mapper == "global" for a in attempts):
-        cal = next((a for a in whole if a.mapper == "incremental" and a.model is not None), None)
-        if cal is not None:
-            exif = prior_cameras(database)
-            has_priors = set_focal_priors(database, cal.model)
+    if mapper != "incremental" and not any(a.mapper == "global" for a in attempts):
+        cal = next((a for a in whole if a.mapper == "incremental" and a.model is not None
+                    and a.check is not None and a.check.sane), None)
+        exif = prior_cameras(database)
+        try:
+            has_priors = set_focal_priors(database, cal.model) if cal is not None else _all_priors(database)
+            source = "prior" if _all_priors(database, exif) else "self_calibration"
             out.append(run_global(database, image_dir, work / "global", total, has_priors, progress,
-                                  focal_source="self_calibration"))
+                                  refine_principal_point=refine_principal_point
+                                  and total >= REFINE_PRINCIPAL_MIN_IMAGES, focal_source=source))
+        finally:
             release_focal_priors(database, exif)
     if not any(a.mapper == "incremental" for a in whole):
         out.append(run_incremental(database, image_dir, work / "incremental", total, progress))
     return out
+
+
+def _all_priors(database: Path, among: set[int] | None = None) -> bool:
+    """Every camera of the database has a focal prior (of `among`, when given: EXIF's)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        ids = {int(c.camera_id) for c in db.read_all_cameras()}
+    finally:
+        db.close()
+    return ids <= (among if among is not None else prior_cameras(database))

@@ -6,16 +6,20 @@
 2. Matching chosen by the input (`matcher: auto`): a photo set of up to
    `exhaustive_max_images` is matched exhaustively; a video (or a larger set, in name order)
    sequentially, with loop closure to spaced keyframes (see `sfm_pairs`).
-3. GLOMAP global mapping on known focal lengths (EXIF priors, else self-calibrated by
-   incremental mapping), falling back to incremental mapping when the global model is not sane
-   (see `sfm_mapping`); the largest model is kept.
+3. Mapping (see `sfm_mapping`): with EXIF focal lengths, GLOMAP global mapping, falling back
+   to incremental mapping when the global model is not sane. Without, self-calibration by
+   incremental mapping; when it maps every image sanely its model (principal point refined for
+   a one-camera photo set the photos show it in) is the candidate, else GLOMAP on its focal
+   lengths. The largest sane model is kept.
 4. Verification against the evidence (`sfm_verify`): every verified image pair's inlier matches
    against the epipolar geometry of the model's two cameras. A model that fails is not
-   published, nor one of too few images. A solve whose models all fail verification maps every
-   image incrementally on the same matches too (when it has not), then the stage retries,
-   cheapest first: plain COLMAP's own configuration (a fresh database, its default SIFT, every
-   pair matched; mapped globally, then incrementally as COLMAP does: so a failure here is one
-   COLMAP would share), then doubled features. When no model of every photo verifies, a verified model of
+   published, nor one of too few images. A solve whose models all fail verification runs the
+   mappers it has not run yet on the same matches (GLOMAP, then incremental mapping:
+   `sfm_mapping.remaining`), then the stage retries, cheapest first: plain COLMAP's own features
+   and matching (a fresh database, its default SIFT, every pair matched; mapped as above, and
+   incrementally as COLMAP does when nothing else verifies: so a failure here is one COLMAP
+   would very likely share, its focal lengths only seeded by our self-calibration), then
+   doubled features. When no model of every photo verifies, a verified model of
    the photos the evidence does not contradict is published (`partial`, at least
    `min_registered_fraction` of them) with a `sfm_partial` warning naming the photos left out
    and why. Only when nothing usable is left does the stage fail `sfm_unreliable` (exit 3),
@@ -169,10 +173,10 @@ def retries(first: Solve, n_images: int, long_side: int, params: dict[str, Any])
     """What to try, cheapest first, when the preset's solution fails verification or registers
     too few images: plain COLMAP's configuration (its default SIFT on a fresh database, every pair
     matched where affordable), when it differs from the preset's; more and finer features. Each
-    is mapped globally first (measured on `lund`, a forward walk: COLMAP's features registered 2
-    of 29 photos incrementally and all 29 globally, in 4 s of a 55 s solve), then incrementally
-    on the same matches when no global model verifies (`run`), so a failure is one plain COLMAP
-    shares."""
+    is mapped like the preset (`sfm_mapping.reconstruct`: with EXIF, GLOMAP first; measured on
+    `lund`, a forward walk: COLMAP's features registered 2 of 29 photos incrementally and all 29
+    globally, in 4 s of a 55 s solve), then by the mappers not run yet when nothing verifies
+    (`sfm_mapping.remaining`, in `run`), incremental mapping among them."""
     exhaustive_ok = n_images <= RETRY_EXHAUSTIVE_FACTOR * int(params["exhaustive_max_images"])
     matcher = "exhaustive" if exhaustive_ok else first.matcher
     out = []
@@ -248,7 +252,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
             found = first_verified(solve.attempts, database)
         if found is None:  # the mappers that have not run yet, on the same matches
             with ctx.timed("mapping_more" if first else f"retry_{k}_mapping_more"):
-                more = sfm_mapping.remaining(database, image_dir, work / f"models-{k}", names, solve.attempts, progress)
+                more = sfm_mapping.remaining(database, image_dir, work / f"models-{k}", names, solve.attempts,
+                                             solve.mapper, lambda f, m: ctx.progress.update(
+                                                 PHASES["verify"][0], f"the model did not verify; {m}"),
+                                             refine_principal_point=refine_pp)
             solve.attempts.extend(more)
             with ctx.timed("verify_more" if first else f"retry_{k}_verify_more"):
                 found = first_verified(more, database)

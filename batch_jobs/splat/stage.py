@@ -124,8 +124,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mcmc = strategy == "mcmc"
     params = init_params(model.points, model.colors, sh_degree, seed=seed, device=device,
                          init_opacity=0.5 if mcmc else 0.1, init_scale=0.1 if mcmc else 1.0)
-    cap = gaussian_budget(int(p["cap_max"]), float(p["cap_per_pixel"]),
-                          sum(v.width * v.height for v in train_views))
+    # Never under the SfM points the training starts from: the cap bounds growth only.
+    cap = max(gaussian_budget(int(p["cap_max"]), float(p["cap_per_pixel"]),
+                              sum(v.width * v.height for v in train_views)), int(model.points.shape[0]))
     cfg = TrainConfig(steps=steps, sh_degree=sh_degree, strategy=strategy, depth_loss=depth_loss,
                       cap_max=cap, seed=seed)
     trainer = Trainer(params, train_views, cfg, scene_scale)

@@ -240,6 +240,7 @@ def test_broken_self_calibration_is_caught_and_glomap_recovers(herz_frames: Path
     assert not cal["verification"]["passed"]  # it looked sane
     assert any(", ".join(BROKEN_NAMES) in p for p in cal["verification"]["problems"])
     assert glob["mapper"] == "global" and glob["focal_source"] == "self_calibration"
+    assert glob["refined_principal_point"]  # one camera, 8 photos: as reconstruct would have
     assert report["solve"] == "preset" and report["mapper"] == "global"  # no retry needed
     assert report["verification"]["passed"] and report["registered"] == 8
     errors = pa.pose_errors(pa.poses_from_model_dir(herz_frames / "sfm" / "sparse" / "0"),
