@@ -370,7 +370,7 @@ def reconstruct(database: Path, image_dir: Path, work: Path, names: list[str], m
 
     pycolmap.set_random_seed(SEED)
     total = len(names)
-    refine_pp = refine_principal_point and total >= REFINE_PRINCIPAL_MIN_IMAGES
+    refine_pp = _refines_principal_point(refine_principal_point, total)
     attempts: list[Attempt] = []
     if mapper in ("auto", "global"):
         focal_source = "prior"
@@ -420,13 +420,18 @@ def remaining(database: Path, image_dir: Path, work: Path, names: list[str], att
             has_priors = set_focal_priors(database, cal.model) if cal is not None else _all_priors(database)
             source = "prior" if _all_priors(database, exif) else "self_calibration"
             out.append(run_global(database, image_dir, work / "global", total, has_priors, progress,
-                                  refine_principal_point=refine_principal_point
-                                  and total >= REFINE_PRINCIPAL_MIN_IMAGES, focal_source=source))
+                                  refine_principal_point=_refines_principal_point(refine_principal_point, total),
+                                  focal_source=source))
         finally:
             release_focal_priors(database, exif)
     if not any(a.mapper == "incremental" for a in whole):
         out.append(run_incremental(database, image_dir, work / "incremental", total, progress))
     return out
+
+
+def _refines_principal_point(asked: bool, total: int) -> bool:
+    """The caller's judgement that the input shows the principal point, with enough images."""
+    return asked and total >= REFINE_PRINCIPAL_MIN_IMAGES
 
 
 def _all_priors(database: Path, among: set[int] | None = None) -> bool:
