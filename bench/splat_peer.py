@@ -4,7 +4,9 @@ For each real capture under `../shared/datasets/*` (`--scenes`, default `fox`), 
 
 1. our `frames` and `sfm` stages at the preset (once; `--reuse-sfm` keeps an earlier run's
    workspace) give the undistorted PINHOLE model `sfm/sparse/0` and images `sfm/images/`;
-2. ours: the `splat` stage through the runner at the preset (`--steps` overrides its steps);
+2. ours: the `splat` stage through the runner at the preset (`--steps` overrides its steps,
+   `--long-side` its working size: the larger budget, e.g. `--steps 3000 --long-side 640`; the
+   size is set in this process's stage registry, as no request option sets it);
    wall = the stage (load, training, evaluation, export);
 3. OpenSplat (built by `bench/peers/build_opensplat.sh`, CPU): a COLMAP project written from
    the same model with only the training views, each image already at our working size (the
@@ -24,7 +26,7 @@ Prints per view and per capture: PSNR, SSIM, wall, Gaussians, and the ratios aga
 in the same run; writes `<work>/results.json`.
 
     flock /tmp/splatpipe-heavy.lock .venv/bin/python bench/splat_peer.py [--scenes fox,kermit]
-        [--preset preview] [--steps N] [--work .cache/splat_peer] [--reuse-sfm]
+        [--preset preview] [--steps N] [--long-side PX] [--work .cache/splat_peer] [--reuse-sfm]
 """
 
 from __future__ import annotations
@@ -188,17 +190,27 @@ def run_sfm(scene: Path, ws: Path, preset: str, reuse: bool) -> float:
     return time.perf_counter() - t0
 
 
+def budget_tag(steps: int | None, long_side: int | None) -> str:
+    """'' at the preset's budget, else e.g. '-3000x640': names the results and OpenSplat's project."""
+    if steps is None and long_side is None:
+        return ""
+    return f"-{steps or 'preset'}x{long_side or 'preset'}"
+
+
 def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat: Path,
-              reuse: bool, eval_only: bool = False) -> dict[str, Any]:
+              reuse: bool, eval_only: bool = False, long_side: int | None = None) -> dict[str, Any]:
     ws = work / scene.name / "ws"
     sfm_s = run_sfm(scene, ws, preset, reuse)
     options: dict[str, Any] = {"preset": preset}
     if steps is not None:
         options["splat_steps"] = steps
+    if long_side is not None:
+        stages.REGISTRY["splat"].presets[preset]["max_long_side"] = long_side
     params = stages.resolve("splat", options)
     n_steps = int(params["steps"])
+    tag = budget_tag(steps, long_side)
 
-    prior = json.loads((work / f"results-{scene.name}.json").read_text()) if eval_only else None
+    prior = json.loads((work / f"results-{scene.name}{tag}.json").read_text()) if eval_only else None
     if prior is None:
         t0 = time.perf_counter()
         r = run_stage("splat", str(ws), options=options, force=True)
@@ -214,7 +226,7 @@ def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat
     test_i = [i for i in range(len(views)) if held_out(i, HOLDOUT_EVERY)]
     train_i = [i for i in range(len(views)) if not held_out(i, HOLDOUT_EVERY)]
     test = [views[i] for i in test_i]
-    proj = work / scene.name / "opensplat"
+    proj = work / scene.name / f"opensplat{tag}"
     write_colmap_project(model, [shot(views[i], model.views[i]) for i in train_i], proj)
     ply_out = proj / "splat.ply"
     cmd = [str(opensplat), str(proj), "-o", str(ply_out), "-n", str(n_steps), "--num-downscales", "0",
@@ -267,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", default="fox", help="comma-separated folders of ../shared/datasets")
     ap.add_argument("--preset", default="preview")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's splat steps (both trainers)")
+    ap.add_argument("--long-side", type=int, default=None,
+                    help="override the preset's working size, the photos' long side in px (both trainers)")
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "splat_peer")
     ap.add_argument("--opensplat", type=Path, default=OPENSPLAT)
     ap.add_argument("--reuse-sfm", action="store_true", help="keep an earlier run's frames + sfm")
@@ -280,11 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.scenes.split(","):
         res = run_scene(DATASETS / name, args.work, args.preset, args.steps, args.opensplat, args.reuse_sfm or args.eval_only,
-                        args.eval_only)
+                        args.eval_only, args.long_side)
         print_scene(res)
         results.append(res)
         args.work.mkdir(parents=True, exist_ok=True)
-        (args.work / f"results-{name}.json").write_text(json.dumps(res, indent=1))
+        (args.work / f"results-{name}{budget_tag(args.steps, args.long_side)}.json").write_text(json.dumps(res, indent=1))
     print(f"\n{'capture':<16}{'ours PSNR/SSIM':>18}{'OS PSNR/SSIM':>18}{'ours wall':>11}{'OS wall':>9}{'speed':>7}")
     for r in results:
         o, p = r["ours"], r["opensplat"]

@@ -15,6 +15,12 @@ Why we reach inside gsplat's public API:
   `step_post_backward` calls and which reads `self.grow_grad2d` and the state's `grad2d` and
   `count`; `DefaultStrategyGrowth` turns that method into a hook (`grow`) a subclass overrides,
   and `mean_grad2d` reads that state.
+- `DefaultStrategy.step_post_backward` in 1.5.3 never performs the 3DGS opacity reset its
+  `reset_every` documents: its test `step % self.reset_every == 0 & step > 0` parses as
+  `step % reset_every == (0 & step) > 0`, always false. `DefaultStrategyGrowth` performs it
+  (`reset_opacities`, with gsplat's own `ops.reset_opa`) when `opacity_reset` is set;
+  tests/batch_jobs/test_gsplat_internals.py holds that gsplat's own still does not, so a
+  release that fixes it is noticed (then both would reset).
 
 Nothing of this is gsplat's public API, so any gsplat release may change it: pyproject.toml's
 `jobs` extra and constraints.txt pin gsplat to `GSPLAT_VERSION`, and
@@ -123,8 +129,26 @@ class DefaultStrategyGrowth(DefaultStrategy):
     """gsplat's DefaultStrategy with its growth step as a hook: override `grow`, and call
     `default_grow` for gsplat's own clone + split (gsplat's private `_grow_gs`)."""
 
-    if TYPE_CHECKING:  # gsplat ships no types; a dataclass field of DefaultStrategy
+    if TYPE_CHECKING:  # gsplat ships no types; dataclass fields of DefaultStrategy
         grow_grad2d: float
+        prune_opa: float
+        reset_every: int
+        refine_stop_iter: int
+
+    # Reset every opacity to 2 x prune_opa each `reset_every` steps before `refine_stop_iter`
+    # (3DGS's schedule, which gsplat 1.5.3 documents but never runs: see the module docstring).
+    opacity_reset: bool = False
+
+    def step_post_backward(self, params: Any, optimizers: Any, state: dict[str, Any], step: int,
+                           info: dict[str, Any], packed: bool = False) -> None:
+        DefaultStrategy.step_post_backward(self, params, optimizers, state, step, info, packed=packed)
+        if self.opacity_reset and 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
+            self.reset_opacities(params, optimizers, state)
+
+    @torch.no_grad()
+    def reset_opacities(self, params: Any, optimizers: Any, state: dict[str, Any]) -> None:
+        """Clamp every opacity to at most 2 x `prune_opa` and zero its Adam moments (gsplat's `reset_opa`)."""
+        _strategy_ops.reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
     @torch.no_grad()
     def _grow_gs(self, params: Any, optimizers: Any, state: dict[str, Any], step: int) -> tuple[int, int]:

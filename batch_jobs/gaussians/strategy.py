@@ -70,11 +70,23 @@ def schedule(steps: int) -> dict[str, int]:
     }
 
 
-def make_strategy(name: str, steps: int, scene_scale: float, cap_max: int) -> tuple[Any, dict[str, Any]]:
-    """(strategy, its state) for `name` in {"default", "mcmc"}."""
+# The fewest steps between two opacity resets: after a reset the opacities must grow back from
+# 0.01. Measured at `preview` (docs/benchmarks.md, "Splat against OpenSplat"): resets every 75
+# steps (300-step runs) cost 0.05 and 0.33 dB held out; every 250 steps, -0.15 to +0.81 dB.
+MIN_RESET_INTERVAL = 250
+
+
+def make_strategy(name: str, steps: int, scene_scale: float, cap_max: int,
+                  opacity_reset: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(strategy, its state) for `name` in {"default", "mcmc"}; `opacity_reset`: the default
+    strategy's 3DGS opacity reset every `reset_every` steps, if that is at least
+    `MIN_RESET_INTERVAL` (MCMC has none)."""
     sched = schedule(steps)
     if name == "default":
-        strategy = CappedDefaultStrategy(cap_max=cap_max, reset_every=min(3000, max(1, steps // 4)), **sched)
+        reset_every = min(3000, max(1, steps // 4))
+        strategy = CappedDefaultStrategy(cap_max=cap_max, reset_every=reset_every,
+                                         opacity_reset=opacity_reset and reset_every >= MIN_RESET_INTERVAL,
+                                         **sched)
         return strategy, strategy.initialize_state(scene_scale=scene_scale)
     if name == "mcmc":
         enable_cpu_mcmc()

@@ -32,6 +32,7 @@ class TrainConfig:
     depth_loss: bool
     cap_max: int
     seed: int
+    opacity_reset: bool
     # The recipe's constants, not request parameters.
     depth_lambda: float = 0.05
     ssim_lambda: float = 0.2
@@ -101,7 +102,8 @@ class Trainer:
         self.optimizers = make_optimizers(params, scene_scale, cfg)
         self.means_sched = torch.optim.lr_scheduler.ExponentialLR(
             self.optimizers["means"], gamma=cfg.lr_means_final ** (1.0 / max(1, cfg.steps)))
-        self.strategy, self.strategy_state = make_strategy(cfg.strategy, cfg.steps, scene_scale, cfg.cap_max)
+        self.strategy, self.strategy_state = make_strategy(cfg.strategy, cfg.steps, scene_scale, cfg.cap_max,
+                                                           cfg.opacity_reset)
         self.strategy.check_sanity(params, self.optimizers)
         dev = params["means"].device
         # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.

@@ -128,7 +128,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cap = max(gaussian_budget(int(p["cap_max"]), float(p["cap_per_pixel"]),
                               sum(v.width * v.height for v in train_views)), int(model.points.shape[0]))
     cfg = TrainConfig(steps=steps, sh_degree=sh_degree, strategy=strategy, depth_loss=depth_loss,
-                      cap_max=cap, seed=seed)
+                      cap_max=cap, seed=seed, opacity_reset=bool(p["opacity_reset"]))
     trainer = Trainer(params, train_views, cfg, scene_scale)
     store = CheckpointStore(ctx.checkpoint_uri(), ctx.key_digest)
     saves: list[Saved] = []

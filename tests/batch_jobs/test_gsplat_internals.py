@@ -234,3 +234,55 @@ def test_growth_hook_grows_above_the_threshold_given() -> None:
         GROW, "it did not clone exactly the Gaussians above `grow_grad2d`")
     assert strategy.grow_grad2d == 2e-4 and len(params["means"]) == n + 2 and len(state["grad2d"]) == n + 2
     assert strategy._grow_gs(params, optimizers, state, step=100) == (n + 2, 0)  # the hook: gsplat's growth
+
+
+# -- DefaultStrategy's opacity reset --------------------------------------------------------------
+
+POST = "gsplat.strategy.DefaultStrategy.step_post_backward"
+
+
+def reset_case(strategy: DefaultStrategy) -> tuple[torch.Tensor, dict[str, torch.optim.Adam], torch.Tensor]:
+    """Run `strategy.step_post_backward` at step `reset_every` (no refinement then) on 4 opaque
+    Gaussians whose Adam moments are non-zero; (opacities before, optimizers, opacities after)."""
+    n = 4
+    params = torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.zeros(n, 3)),
+        "scales": torch.nn.Parameter(torch.full((n, 3), -5.0)),
+        "quats": torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1)),
+        "opacities": torch.nn.Parameter(torch.full((n,), 3.0)),  # sigmoid 0.95
+    })
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    params["opacities"].sum().backward()
+    optimizers["opacities"].step()
+    before = torch.sigmoid(params["opacities"].detach())
+    state = strategy.initialize_state(scene_scale=1.0)
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.sum().backward()
+    info = {"width": 8, "height": 8, "n_cameras": 1, "radii": torch.ones(1, n, 2), "gaussian_ids": None,
+            "means2d": means2d}
+    strategy.step_post_backward(params, optimizers, state, strategy.reset_every, info)
+    return before, optimizers, torch.sigmoid(params["opacities"].detach())
+
+
+def test_gsplat_1_5_3_never_resets_opacities_itself() -> None:
+    """gsplat 1.5.3's reset test `step % reset_every == 0 & step > 0` is always false; the day a
+    release fixes it, its own reset would run beside `DefaultStrategyGrowth`'s: drop ours then."""
+    strategy = DefaultStrategy(refine_start_iter=1000, refine_stop_iter=2000, reset_every=100)
+    before, _, after = reset_case(strategy)
+    assert torch.equal(after, before), changed(
+        POST, "it now resets opacities itself: remove DefaultStrategyGrowth's reset (opacity_reset)")
+
+
+def test_growth_strategy_resets_opacities_when_asked() -> None:
+    on = gsplat_internals.DefaultStrategyGrowth(refine_start_iter=1000, refine_stop_iter=2000, reset_every=100,
+                                                opacity_reset=True)
+    _, optimizers, opacities = reset_case(on)
+    assert torch.allclose(opacities, torch.full((4,), 2 * on.prune_opa))  # 3DGS: clamp to 2 x the prune threshold
+    moments = optimizers["opacities"].state[optimizers["opacities"].param_groups[0]["params"][0]]
+    assert not moments["exp_avg"].any() and not moments["exp_avg_sq"].any()  # Adam starts afresh
+    off = gsplat_internals.DefaultStrategyGrowth(refine_start_iter=1000, refine_stop_iter=2000, reset_every=100)
+    before, _, after = reset_case(off)
+    assert torch.equal(after, before)
+    late = gsplat_internals.DefaultStrategyGrowth(refine_start_iter=1000, refine_stop_iter=100, reset_every=100,
+                                                  opacity_reset=True)
+    assert reset_case(late)[2].min() > 0.9  # not at or after refine_stop_iter, as 3DGS

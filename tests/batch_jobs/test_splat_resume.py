@@ -53,7 +53,7 @@ def _trainer(small_scene: tuple, strategy: str) -> Trainer:
     torch.manual_seed(0)
     params = init_params(model.points, model.colors, sh_degree=1, seed=0,
                          init_opacity=0.5 if strategy == "mcmc" else 0.1, init_scale=0.1 if strategy == "mcmc" else 1.0)
-    cfg = TrainConfig(steps=STEPS, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, cap_max=int(1.5 * len(params["means"])))
+    cfg = TrainConfig(steps=STEPS, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, opacity_reset=True, cap_max=int(1.5 * len(params["means"])))
     return Trainer(params, views, cfg, model.scene_extent()[1])
 
 
