@@ -82,7 +82,7 @@ def slowdown(steps: int, every: int) -> None:
     for label in ("none", "every", "none", "every"):  # interleaved: both see the same machine
         torch.manual_seed(0)
         params = init_params(model.points, model.colors, sh_degree=1, seed=0)
-        trainer = Trainer(params, views, TrainConfig(steps=steps, sh_degree=1, strategy="default", depth_loss=False, seed=0, opacity_reset=True, cap_max=40_000),
+        trainer = Trainer(params, views, TrainConfig(steps=steps, sh_degree=1, strategy="default", depth_loss=False, seed=0, opacity_reset=False, cap_max=40_000),
                           model.scene_extent()[1])
         with tempfile.TemporaryDirectory() as tmp:
             store = CheckpointStore(tmp, digest="bench")

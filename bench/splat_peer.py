@@ -220,6 +220,10 @@ def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat
     else:
         ours_wall = prior["ours"]["wall_s"]
     report = json.loads((ws / "splat" / "report.json").read_text())
+    if prior is not None and report["steps"] != n_steps:
+        # One splat per workspace: the last budget trained is the one --eval-only would score.
+        raise RuntimeError(f"{scene.name}: the workspace's splat is from a {report['steps']}-step run, not "
+                           f"{n_steps}: rerun this budget without --eval-only")
 
     model = read_sparse_model(ws / "sfm" / "sparse" / "0")
     views = load_views(model, ws / "sfm" / "images", int(params["max_long_side"]))

@@ -126,8 +126,9 @@ def mean_grad2d(state: dict[str, Any]) -> torch.Tensor:
 
 @dataclass
 class DefaultStrategyGrowth(DefaultStrategy):
-    """gsplat's DefaultStrategy with its growth step as a hook: override `grow`, and call
-    `default_grow` for gsplat's own clone + split (gsplat's private `_grow_gs`)."""
+    """gsplat's DefaultStrategy with its growth step as a hook (override `grow`, and call
+    `default_grow` for gsplat's own clone + split, gsplat's private `_grow_gs`) and with the
+    opacity reset that gsplat 1.5.3 skips (`opacity_reset`)."""
 
     if TYPE_CHECKING:  # gsplat ships no types; dataclass fields of DefaultStrategy
         grow_grad2d: float
@@ -135,7 +136,7 @@ class DefaultStrategyGrowth(DefaultStrategy):
         reset_every: int
         refine_stop_iter: int
 
-    # Reset every opacity to 2 x prune_opa each `reset_every` steps before `refine_stop_iter`
+    # Clamp every opacity to at most 2 x prune_opa each `reset_every` steps before `refine_stop_iter`
     # (3DGS's schedule, which gsplat 1.5.3 documents but never runs: see the module docstring).
     opacity_reset: bool = False
 

@@ -10,7 +10,8 @@ reference implementation) and leaves CUDA calls untouched. What of this reaches 
 (the routing, the default strategy's growth hook) is in `gsplat_internals`.
 
 Schedules are scaled to the run's length: a 600-step preview densifies early and often, a
-30k-step run uses the 3DGS numbers.
+30k-step run uses the 3DGS numbers. The default strategy's opacity reset, which gsplat 1.5.3
+skips, is `gsplat_internals.DefaultStrategyGrowth`'s, asked for by the registry's `opacity_reset`.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def schedule(steps: int) -> dict[str, int]:
 MIN_RESET_INTERVAL = 250
 
 
-def make_strategy(name: str, steps: int, scene_scale: float, cap_max: int,
-                  opacity_reset: bool = False) -> tuple[Any, dict[str, Any]]:
+def make_strategy(name: str, steps: int, scene_scale: float, cap_max: int, *,
+                  opacity_reset: bool) -> tuple[Any, dict[str, Any]]:
     """(strategy, its state) for `name` in {"default", "mcmc"}; `opacity_reset`: the default
     strategy's 3DGS opacity reset every `reset_every` steps, if that is at least
     `MIN_RESET_INTERVAL` (MCMC has none)."""

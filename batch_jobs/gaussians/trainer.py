@@ -103,7 +103,7 @@ class Trainer:
         self.means_sched = torch.optim.lr_scheduler.ExponentialLR(
             self.optimizers["means"], gamma=cfg.lr_means_final ** (1.0 / max(1, cfg.steps)))
         self.strategy, self.strategy_state = make_strategy(cfg.strategy, cfg.steps, scene_scale, cfg.cap_max,
-                                                           cfg.opacity_reset)
+                                                           opacity_reset=cfg.opacity_reset)
         self.strategy.check_sanity(params, self.optimizers)
         dev = params["means"].device
         # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.

@@ -26,7 +26,13 @@ from gsplat.cuda import _torch_impl
 from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
 from batch_jobs.gaussians import gsplat_internals
-from batch_jobs.gaussians.strategy import binomials, enable_cpu_mcmc, relocation_torch
+from batch_jobs.gaussians.strategy import (
+    MIN_RESET_INTERVAL,
+    binomials,
+    enable_cpu_mcmc,
+    make_strategy,
+    relocation_torch,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER = "batch_jobs/gaussians/gsplat_internals.py"
@@ -239,6 +245,15 @@ def test_growth_hook_grows_above_the_threshold_given() -> None:
 # -- DefaultStrategy's opacity reset --------------------------------------------------------------
 
 POST = "gsplat.strategy.DefaultStrategy.step_post_backward"
+RESET = "gsplat.strategy.ops.reset_opa"
+
+
+def test_reset_symbols_are_as_the_adapter_calls_them() -> None:
+    post = lookup(DefaultStrategy, "step_post_backward", POST)
+    assert params(post) == ["self", "params", "optimizers", "state", "step", "info", "packed"], changed(
+        POST, f"parameters {params(post)}: DefaultStrategyGrowth.step_post_backward passes them on")
+    reset = lookup(ops, "reset_opa", RESET)
+    assert params(reset) == ["params", "optimizers", "state", "value"], changed(RESET, f"parameters {params(reset)}")
 
 
 def reset_case(strategy: DefaultStrategy) -> tuple[torch.Tensor, dict[str, torch.optim.Adam], torch.Tensor]:
@@ -286,3 +301,13 @@ def test_growth_strategy_resets_opacities_when_asked() -> None:
     late = gsplat_internals.DefaultStrategyGrowth(refine_start_iter=1000, refine_stop_iter=100, reset_every=100,
                                                   opacity_reset=True)
     assert reset_case(late)[2].min() > 0.9  # not at or after refine_stop_iter, as 3DGS
+
+
+def test_opacity_reset_needs_room_to_recover() -> None:
+    """The reset runs only where its interval (a quarter of the steps, at most 3000) leaves
+    `MIN_RESET_INTERVAL` steps for the opacities to grow back."""
+    def resets(steps: int, asked: bool = True) -> bool:
+        return bool(make_strategy("default", steps, 1.0, 0, opacity_reset=asked)[0].opacity_reset)
+
+    assert resets(7000) and resets(4 * MIN_RESET_INTERVAL) and resets(30000)
+    assert not resets(4 * MIN_RESET_INTERVAL - 4) and not resets(300) and not resets(7000, asked=False)

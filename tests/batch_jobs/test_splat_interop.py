@@ -95,7 +95,7 @@ def trained_gaussians() -> dict[str, np.ndarray]:
     model = read_sparse_model(gt.workspace / "sfm" / "sparse" / "0")
     views = load_views(model, gt.workspace / "sfm" / "images", 120)
     params = init_params(model.points, model.colors, sh_degree=1, init_opacity=0.5, init_scale=0.1)
-    train(params, views, TrainConfig(steps=20, sh_degree=1, strategy="mcmc", depth_loss=False, seed=0, opacity_reset=True, cap_max=int(1.2 * len(model.points))),
+    train(params, views, TrainConfig(steps=20, sh_degree=1, strategy="mcmc", depth_loss=False, seed=0, opacity_reset=False, cap_max=int(1.2 * len(model.points))),
           scene_scale=model.scene_extent()[1])
     return to_arrays(params)
 

@@ -16,13 +16,7 @@ from batch_jobs.gaussians import losses, ply, spz
 from batch_jobs.gaussians.camera import load_views
 from batch_jobs.gaussians.evaluate import evaluate
 from batch_jobs.gaussians.params import init_params
-from batch_jobs.gaussians.strategy import (
-    MIN_RESET_INTERVAL,
-    binomials,
-    gaussian_budget,
-    make_strategy,
-    relocation_torch,
-)
+from batch_jobs.gaussians.strategy import binomials, gaussian_budget, relocation_torch
 from batch_jobs.gaussians.trainer import TrainConfig, train
 from batch_jobs.sparse_model import held_out, read_sparse_model
 from core.batch_task import EXIT_BAD_INPUT
@@ -46,17 +40,6 @@ def test_gaussian_budget_scales_with_the_training_pixels() -> None:
     assert gaussian_budget(40_000, 0.0, 100) == 40_000  # no per-pixel limit (the GPU presets)
     assert gaussian_budget(0, 0.02, 1000) == 20  # no cap: the per-pixel limit alone
     assert gaussian_budget(40_000, 0.02, 10) == 1
-
-
-def test_opacity_reset_needs_room_to_recover() -> None:
-    """The reset runs only where its interval (a quarter of the steps, at most 3000) leaves
-    `MIN_RESET_INTERVAL` steps for the opacities to grow back; never for MCMC."""
-    def resets(steps: int, asked: bool = True) -> bool:
-        return bool(make_strategy("default", steps, 1.0, 0, asked)[0].opacity_reset)
-
-    assert resets(7000) and resets(4 * MIN_RESET_INTERVAL) and resets(30000)
-    assert not resets(4 * MIN_RESET_INTERVAL - 4) and not resets(300) and not resets(7000, asked=False)
-    assert not hasattr(make_strategy("mcmc", 7000, 1.0, 1000, True)[0], "opacity_reset")
 
 
 def test_relocation_matches_the_mcmc_formula() -> None:
@@ -96,7 +79,7 @@ def test_training_on_cpu_lowers_the_loss_and_densifies(small_scene: tuple, strat
                          init_scale=0.1 if strategy == "mcmc" else 1.0)
     n0 = len(params["means"])
     before = evaluate(params, train_views, 0)["psnr"]
-    stats = train(params, train_views, TrainConfig(steps=90, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, opacity_reset=True, cap_max=int(n0 * 1.5)),
+    stats = train(params, train_views, TrainConfig(steps=90, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, opacity_reset=False, cap_max=int(n0 * 1.5)),
                   scene_scale=model.scene_extent()[1])
     after = evaluate(params, train_views, 1, torch.tensor(stats.background))["psnr"]
     assert after > before + 3, (before, after)
@@ -123,7 +106,7 @@ def test_depth_loss_pulls_rendered_depth_to_the_target(small_scene: tuple) -> No
     errs = {}
     for use in (False, True):
         params = init_params(model.points, model.colors, sh_degree=0, seed=1)
-        train(params, views, TrainConfig(steps=60, sh_degree=0, strategy="default", depth_loss=use, seed=0, opacity_reset=True, depth_lambda=0.5, cap_max=1),
+        train(params, views, TrainConfig(steps=60, sh_degree=0, strategy="default", depth_loss=use, seed=0, opacity_reset=False, depth_lambda=0.5, cap_max=1),
               scene_scale=model.scene_extent()[1])
         rel = []
         with torch.no_grad():
