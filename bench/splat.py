@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-for _k, _v in (("MALLOC_MMAP_MAX_", "0"), ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
-               ("MALLOC_TOP_PAD_", "1000000000")):
-    os.environ.setdefault(_k, _v)
 # Run as a script, sys.path[0] is bench/ (whose modules may shadow the standard library's): use the repo.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
+from batch_jobs import cpu_malloc  # noqa: E402
+
+cpu_malloc.reexec_unless_set()
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

@@ -42,12 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-for _k, _v in (("MALLOC_MMAP_MAX_", "0"), ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
-               ("MALLOC_TOP_PAD_", "1000000000")):
-    os.environ.setdefault(_k, _v)
 REPO = Path(__file__).resolve().parent.parent
 # Run as a script, sys.path[0] is bench/, whose queue.py would shadow the standard library's: use the repo.
 sys.path[0] = str(REPO)
+from batch_jobs import cpu_malloc  # noqa: E402
+
+cpu_malloc.reexec_unless_set()  # ours in this process, OpenSplat as its child: both under the same settings
 os.environ.setdefault("SPLATPIPE_STATUS_STORE", "log")
 
 import cv2  # noqa: E402
@@ -220,13 +220,13 @@ def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat
     else:
         ours_wall = prior["ours"]["wall_s"]
     report = json.loads((ws / "splat" / "report.json").read_text())
-    if prior is not None and report["steps"] != n_steps:
-        # One splat per workspace: the last budget trained is the one --eval-only would score.
-        raise RuntimeError(f"{scene.name}: the workspace's splat is from a {report['steps']}-step run, not "
-                           f"{n_steps}: rerun this budget without --eval-only")
-
     model = read_sparse_model(ws / "sfm" / "sparse" / "0")
     views = load_views(model, ws / "sfm" / "images", int(params["max_long_side"]))
+    size = [views[0].width, views[0].height]
+    if prior is not None and (report["steps"], report["resolution"]) != (n_steps, size):
+        # One splat per workspace: the last budget trained is the one --eval-only would score.
+        raise RuntimeError(f"{scene.name}: the workspace's splat is from a {report['steps']}-step run at "
+                           f"{report['resolution']}, not {n_steps} at {size}: rerun this budget without --eval-only")
     test_i = [i for i in range(len(views)) if held_out(i, HOLDOUT_EVERY)]
     train_i = [i for i in range(len(views)) if not held_out(i, HOLDOUT_EVERY)]
     test = [views[i] for i in test_i]
@@ -253,7 +253,7 @@ def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat
                                 proj)
     peer = {**score_images(renders, test), "gaussians": int(from_arrays(read_ply(ply_out))["means"].shape[0]),
             "ours_renderer_psnr": evaluate_ply(ply_out, test, OPENSPLAT_BACKGROUND)["psnr"]}
-    return {"scene": scene.name, "preset": preset, "steps": n_steps, "resolution": [views[0].width, views[0].height],
+    return {"scene": scene.name, "budget_tag": tag, "preset": preset, "steps": n_steps, "resolution": size,
             "n_train": len(train_i), "n_test": len(test_i), "sfm_seconds": round(sfm_s, 1),
             "initial_points": len(model.points),
             "ours": {**ours, "wall_s": round(ours_wall, 1), "train_s": report["train_seconds"],
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print_scene(res)
         results.append(res)
         args.work.mkdir(parents=True, exist_ok=True)
-        (args.work / f"results-{name}{budget_tag(args.steps, args.long_side)}.json").write_text(json.dumps(res, indent=1))
+        (args.work / f"results-{name}{res['budget_tag']}.json").write_text(json.dumps(res, indent=1))
     print(f"\n{'capture':<16}{'ours PSNR/SSIM':>18}{'OS PSNR/SSIM':>18}{'ours wall':>11}{'OS wall':>9}{'speed':>7}")
     for r in results:
         o, p = r["ours"], r["opensplat"]

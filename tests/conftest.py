@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from batch_jobs import cpu_malloc
 from emulator import services
 from emulator.processes import HOST
 
-# Fast CPU torch (glibc malloc: keep freed memory instead of returning it to the OS).
-for _k, _v in (("MALLOC_MMAP_MAX_", "0"), ("MALLOC_TRIM_THRESHOLD_", "100000000000"),
-               ("MALLOC_TOP_PAD_", "1000000000")):
-    os.environ.setdefault(_k, _v)
+# Fast CPU torch in the processes the tests start (this one has them from the Makefile).
+cpu_malloc.for_children()
 
 PROJECT = services.DEFAULT_PROJECT
 REPO = Path(__file__).resolve().parent.parent
