@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from batch_jobs.gaussians import losses  # noqa: E402
+from batch_jobs.gaussians.background import Background  # noqa: E402
 from batch_jobs.gaussians.camera import View, load_views  # noqa: E402
 from batch_jobs.gaussians.evaluate import evaluate  # noqa: E402
 from batch_jobs.gaussians.params import from_arrays, sh_degree_of  # noqa: E402
@@ -169,9 +170,9 @@ def score_images(renders: dict[str, np.ndarray], test: list[View]) -> dict[str, 
             "ssim": round(float(np.mean([m["ssim"] for m in per_view.values()])), 5), "views": per_view}
 
 
-def evaluate_ply(path: Path, views: list[View], background: tuple[float, ...]) -> dict[str, Any]:
+def evaluate_ply(path: Path, views: list[View], background: Background) -> dict[str, Any]:
     params = from_arrays(read_ply(path))
-    res = evaluate(params, views, sh_degree_of(params), torch.tensor(background, dtype=torch.float32))
+    res = evaluate(params, views, sh_degree_of(params), background)
     res["gaussians"] = int(params["means"].shape[0])
     return res
 
@@ -246,13 +247,15 @@ def run_scene(scene: Path, work: Path, preset: str, steps: int | None, opensplat
     else:
         os_wall = prior["opensplat"]["wall_s"]
 
-    ours = evaluate_ply(ws / "splat" / "point_cloud.ply", test, tuple(report["background"]))
+    if not isinstance(report["background"], dict):  # a splat stage before VERSION 2: one colour
+        raise RuntimeError(f"{scene.name}: the workspace's splat is from an older stage: rerun without --eval-only")
+    ours = evaluate_ply(ws / "splat" / "point_cloud.ply", test, Background.from_json(report["background"]))
     # OpenSplat's CPU renderer and ours disagree on each other's scenes (see docs/benchmarks.md):
     # its scene is scored on its own renders; ours through our renderer (the stage's evaluator).
     renders = opensplat_renders(opensplat, model, ply_out, n_steps, [shot(views[i], model.views[i]) for i in test_i],
                                 proj)
     peer = {**score_images(renders, test), "gaussians": int(from_arrays(read_ply(ply_out))["means"].shape[0]),
-            "ours_renderer_psnr": evaluate_ply(ply_out, test, OPENSPLAT_BACKGROUND)["psnr"]}
+            "ours_renderer_psnr": evaluate_ply(ply_out, test, Background.uniform(torch.tensor(OPENSPLAT_BACKGROUND)))["psnr"]}
     return {"scene": scene.name, "budget_tag": tag, "preset": preset, "steps": n_steps, "resolution": size,
             "n_train": len(train_i), "n_test": len(test_i), "sfm_seconds": round(sfm_s, 1),
             "initial_points": len(model.points),

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from batch_jobs.gaussians import losses
+from batch_jobs.gaussians.background import Background
 from batch_jobs.gaussians.camera import View
 from batch_jobs.gaussians.render import render
 
 
 @torch.no_grad()
 def evaluate(params: torch.nn.ParameterDict, views: Sequence[View], sh_degree: int,
-             background: torch.Tensor | None = None) -> dict[str, Any]:
+             background: Background | None = None) -> dict[str, Any]:
     """Mean and per-view PSNR (dB) and SSIM of renders against the photos of `views`."""
     per_view = {}
     for v in views:

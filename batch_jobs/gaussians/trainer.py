@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from batch_jobs.gaussians import losses
+from batch_jobs.gaussians.background import Background
 from batch_jobs.gaussians.camera import View
 from batch_jobs.gaussians.render import render
 from batch_jobs.gaussians.strategy import make_strategy
@@ -45,8 +46,7 @@ class TrainConfig:
     lr_sh_rest: float = 2.5e-3 / 20
     mcmc_opacity_reg: float = 0.01
     mcmc_scale_reg: float = 0.01
-    learn_background: bool = True  # one RGB colour behind everything (sky), optimised with the rest
-    lr_background: float = 1e-2
+    lr_background: float = 1e-2  # the background map's colours (background.Background)
 
     def sh_degree_at(self, step: int) -> int:
         """One more band every (steps / 2) / degree steps, all of them by half-way."""
@@ -62,7 +62,7 @@ class TrainStats:
     seconds: float = 0.0
     n_gaussians: int = 0
     peak_gaussians: int = 0
-    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    background: dict[str, Any] = field(default_factory=dict)  # Background.to_json()
     loss_history: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -106,11 +106,10 @@ class Trainer:
                                                            opacity_reset=cfg.opacity_reset)
         self.strategy.check_sanity(params, self.optimizers)
         dev = params["means"].device
-        # Start the background at the photos' mean colour; it then follows whatever no Gaussian covers.
-        init_bg = torch.stack([v.photo().reshape(-1, 3).mean(dim=0) for v in views]).mean(dim=0)
-        self.background = init_bg.to(dev).requires_grad_(cfg.learn_background)
-        self.bg_opt = (torch.optim.Adam([self.background], lr=cfg.lr_background, eps=1e-15)
-                       if cfg.learn_background else None)
+        # The background starts as the photos' mean colour in every direction and learns the
+        # directions the photos show uncovered (background.py says why).
+        self.background = Background.mean_of(views).to(dev).learnable()
+        self.bg_opt = torch.optim.Adam([self.background.texture], lr=cfg.lr_background, eps=1e-15)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.order: list[int] = []
         self.step = 0
@@ -127,8 +126,8 @@ class Trainer:
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "means_sched": self.means_sched.state_dict(),
             "strategy_state": dict(self.strategy_state),
-            "background": self.background.detach().clone(),
-            "bg_opt": self.bg_opt.state_dict() if self.bg_opt is not None else None,
+            "background": self.background.texture.detach().clone(),
+            "bg_opt": self.bg_opt.state_dict(),
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": cuda_rng,
@@ -152,9 +151,8 @@ class Trainer:
         self.strategy_state.update({k: v.to(dev) if isinstance(v, torch.Tensor) else v
                                     for k, v in state["strategy_state"].items()})
         with torch.no_grad():
-            self.background.copy_(state["background"].to(dev))
-        if self.bg_opt is not None and state["bg_opt"] is not None:
-            self.bg_opt.load_state_dict(state["bg_opt"])
+            self.background.texture.copy_(state["background"].to(dev))
+        self.bg_opt.load_state_dict(state["bg_opt"])
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -190,11 +188,8 @@ class Trainer:
         for opt in optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
-        if self.bg_opt is not None:
-            self.bg_opt.step()
-            self.bg_opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                self.background.clamp_(0.0, 1.0)
+        self.bg_opt.step()
+        self.bg_opt.zero_grad(set_to_none=True)
         self.means_sched.step()
         if cfg.strategy == "mcmc":
             self.strategy.step_post_backward(params, optimizers, self.strategy_state, step, out.info,
@@ -231,7 +226,7 @@ class Trainer:
                 last_saved, last_saved_at = self.step, time.monotonic()
         self.stats.steps = self.step
         self.stats.n_gaussians = len(self.params["means"])
-        self.stats.background = [round(float(x), 5) for x in self.background.detach().cpu()]
+        self.stats.background = self.background.to_json()
         return self.stats
 
 

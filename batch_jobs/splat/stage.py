@@ -40,7 +40,7 @@ from core import record as jobrecord
 from core.stages import REPORT_FILE
 from core.workspace import LATEST_SPLAT, LIVE_PREVIEW
 
-VERSION = 1
+VERSION = 2  # 2: the background is a map of colours over the viewing directions (gaussians.background)
 
 TOO_FEW_VIEWS = "TOO_FEW_VIEWS"
 HOLDOUT_EVERY = 8
@@ -167,8 +167,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     def live_preview() -> None:
         try:
             with torch.no_grad():
-                out = render(params, live_view, sh_degree,
-                             background=torch.zeros(3, dtype=torch.float32, device=params["means"].device))
+                out = render(params, live_view, sh_degree, background=trainer.background)
             data = preview_png(out.rgb.detach().cpu().numpy(), live_view.photo().cpu().numpy(),
                                LIVE_PREVIEW_MAX_HEIGHT)
             storage.write_bytes(storage.join(ctx.workspace, LIVE_PREVIEW), data, "image/png")
@@ -186,7 +185,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         stats = trainer.run(on_step, Checkpointing(int(p["checkpoint_steps"]), float(p["checkpoint_seconds"]), save))
 
     ctx.progress.update(0.9, f"evaluating on {len(test)} held-out views")
-    background = torch.tensor(stats.background, dtype=torch.float32, device=params["means"].device)
+    background = trainer.background
     with ctx.timed("evaluate"):
         held = evaluate(params, test, sh_degree, background)
         seen = evaluate(params, train_views[:: max(1, len(train_views) // 8)], sh_degree, background)

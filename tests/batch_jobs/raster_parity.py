@@ -116,6 +116,7 @@ def render_both(seed: int = 0) -> tuple[dict[str, tuple[torch.Tensor, ...]], dic
     """The synthetic scene's Gaussians rendered (RGB, alpha, expected depth) through
     `batch_jobs.gaussians.render` on CPU and on CUDA, and the parameters' gradients for the
     same random image gradient: ({device: (rgb, alpha, depth)}, {device: {param: grad}})."""
+    from batch_jobs.gaussians.background import Background
     from batch_jobs.gaussians.camera import View
     from batch_jobs.gaussians.params import init_params
     from batch_jobs.gaussians.render import render
@@ -133,7 +134,7 @@ def render_both(seed: int = 0) -> tuple[dict[str, tuple[torch.Tensor, ...]], dic
     vm[:3, :3] = torch.tensor(R, dtype=torch.float32)
     vm[:3, 3] = torch.tensor(t, dtype=torch.float32)
     view = View("p", torch.tensor([[200.0, 0, 120], [0, 200, 90], [0, 0, 1]]), vm, 240, 180)
-    bg = torch.tensor([0.1, 0.2, 0.3])
+    bg = Background.uniform(torch.tensor([0.1, 0.2, 0.3]))
     gw = torch.randn(180, 240, 3, generator=torch.Generator().manual_seed(2))
     outs: dict[str, tuple[torch.Tensor, ...]] = {}
     grads: dict[str, dict[str, torch.Tensor]] = {}

@@ -13,6 +13,7 @@ from workspace_fixture import SMALL, GTWorkspace, small_gt_workspace  # noqa: F4
 
 from batch_jobs import runner
 from batch_jobs.gaussians import losses, ply, spz
+from batch_jobs.gaussians.background import Background
 from batch_jobs.gaussians.camera import load_views
 from batch_jobs.gaussians.evaluate import evaluate
 from batch_jobs.gaussians.params import init_params
@@ -81,7 +82,7 @@ def test_training_on_cpu_lowers_the_loss_and_densifies(small_scene: tuple, strat
     before = evaluate(params, train_views, 0)["psnr"]
     stats = train(params, train_views, TrainConfig(steps=90, sh_degree=1, strategy=strategy, depth_loss=False, seed=0, opacity_reset=False, cap_max=int(n0 * 1.5)),
                   scene_scale=model.scene_extent()[1])
-    after = evaluate(params, train_views, 1, torch.tensor(stats.background))["psnr"]
+    after = evaluate(params, train_views, 1, Background.from_json(stats.background))["psnr"]
     assert after > before + 3, (before, after)
     assert stats.loss_history[-1][1] < stats.loss_history[0][1]
     n1 = len(params["means"])
