@@ -47,7 +47,7 @@ def test_preview_splat_quality_on_held_out_views(chain: dict[str, Any]) -> None:
     m = res.success["metrics"]
     assert res.success["params"]["preset"] == "preview" and m["steps"] == res.success["params"]["steps"]
     assert m["device"] == "cpu" and m["n_test_views"] == 5  # views 0, 8, 16, 24, 32 of 40
-    # measured: PSNR 33.4 dB, SSIM 0.949 (1000 steps; 30.3 dB / 0.92 at 600)
+    # measured: PSNR 33.8 dB, SSIM 0.952 (1000 steps; 33.4 dB / 0.949 with one background colour)
     assert m["heldout_psnr"] >= 30.0, m
     assert m["heldout_ssim"] >= 0.90, m
     assert m["train_psnr"] - m["heldout_psnr"] < 3.0  # not just memorised views
