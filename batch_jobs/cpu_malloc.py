@@ -26,4 +26,4 @@ def reexec_unless_set() -> None:
     if all(key in os.environ for key in ENV):
         return
     for_children()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # with the interpreter's own flags

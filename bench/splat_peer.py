@@ -19,11 +19,11 @@ For each real capture under `../shared/datasets/*` (`--scenes`, default `fox`), 
 4. One evaluator for both: each PLY is read with our reader and rendered with our renderer on
    the held-out views (every 8th by name, `batch_jobs.splat.stage.HOLDOUT_EVERY`), at the same
    resolution against the same photos (`batch_jobs.gaussians.evaluate`: PSNR and SSIM per view
-   and mean). Background: ours its trained one (the stage's report), OpenSplat its fixed
+   and mean). Background: ours its trained direction map (the report's `background`), OpenSplat its fixed
    training background (model.hpp, the Nerfstudio default 0.613, 0.0101, 0.3984).
 
 Prints per view and per capture: PSNR, SSIM, wall, Gaussians, and the ratios against OpenSplat
-in the same run; writes `<work>/results.json`.
+in the same run; writes `<work>/results-<capture>[-<steps>x<long side>].json`.
 
     flock /tmp/splatpipe-heavy.lock .venv/bin/python bench/splat_peer.py [--scenes fox,kermit]
         [--preset preview] [--steps N] [--long-side PX] [--work .cache/splat_peer] [--reuse-sfm]

@@ -17,7 +17,7 @@ from batch_jobs import cpu_malloc
 from emulator import services
 from emulator.processes import HOST
 
-# Fast CPU torch in the processes the tests start (this one has them from the Makefile).
+# Fast CPU torch in the processes the tests start (this one has them only when started by the Makefile).
 cpu_malloc.for_children()
 
 PROJECT = services.DEFAULT_PROJECT

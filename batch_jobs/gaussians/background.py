@@ -2,10 +2,11 @@
 
 A coarse map of the sphere of directions (latitude x longitude in the SfM frame, bilinear):
 each pixel's ray reads the colour of its direction. It starts as the photos' mean colour
-everywhere; training moves a cell only where training views saw its directions not fully
-covered by Gaussians (in the end mostly the sky), so directions no training view showed
-uncovered keep the mean, the least-squares guess for what a view beyond the training cameras
-sees uncovered (near walls, the ground at the ends of a walk). Measured at `preview`
+everywhere; training moves the cells whose directions training views see past the Gaussians
+(in the end mostly the sky; cells behind opaque Gaussians get only a vanishing gradient), and
+directions outside every training view keep the mean exactly: the least-squares guess for
+what a view beyond the training cameras sees uncovered (near walls, the ground at the ends
+of a walk). Measured at `preview`
 (docs/benchmarks.md, "Splat against OpenSplat", 2026-12-08): one colour learned for all
 directions became the sky's, and lund's first held-out view showed sky where its near walls are;
 a smooth function of the direction (spherical harmonics of degree 2) carried the sky there too.

@@ -375,6 +375,8 @@ def rasterize(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor,
     means2d [N, 2] pixels, conics [N, 3] (inverse 2D covariance a, b, c), colors [N, C],
     opacities [N] in (0, 1), depths [N] (sort key only). Returns (image [H, W, C],
     alpha [H, W, 1]); differentiable in means2d, conics, colors, opacities and background.
+    `background` (one colour, as gsplat's `backgrounds`) serves the parity tests with gsplat; the
+    renderer composites its map of directions by alpha instead (render.py).
     """
     if background is None:
         background = torch.zeros(colors.shape[1], dtype=torch.float32)
